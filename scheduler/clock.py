@@ -1,0 +1,50 @@
+"""One clock for the whole process: monotonic time for intervals, UTC wall time for storage."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """What every time-dependent part receives instead of calling `time` itself."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards (same base as the event loop's time)."""
+        ...
+
+    def now(self) -> datetime:
+        """Current wall time, timezone-aware UTC."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+
+class FakeClock:
+    """A clock that only moves when told to; tests and benchmarks drive it with `advance`."""
+
+    def __init__(self, start: datetime | None = None, monotonic_start: float = 1000.0) -> None:
+        self._wall = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._mono = monotonic_start
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def now(self) -> datetime:
+        return self._wall
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks forward by `seconds`."""
+        if seconds < 0:
+            raise ValueError("a clock cannot go backwards")
+        self._mono += seconds
+        self._wall += timedelta(seconds=seconds)
