@@ -43,6 +43,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX conversation_refs_user ON conversation_refs (user_id);
         CREATE INDEX conversation_refs_user_aad ON conversation_refs (user_aad_id);
         CREATE INDEX conversation_refs_tenant ON conversation_refs (tenant_id);
+        CREATE TABLE conversation_members (
+            conversation_id TEXT NOT NULL REFERENCES conversation_refs (conversation_id) ON DELETE CASCADE,
+            user_id         TEXT NOT NULL,
+            user_aad_id     TEXT,
+            user_name       TEXT,
+            last_seen       TEXT NOT NULL,
+            PRIMARY KEY (conversation_id, user_id)
+        );
+        CREATE INDEX conversation_members_user ON conversation_members (user_id);
+        CREATE INDEX conversation_members_aad ON conversation_members (user_aad_id);
         """,
     ),
 )

@@ -1,0 +1,96 @@
+"""The application factory and its ordered lifecycle.
+
+start: open the database (migrating it), start background work, then accept HTTP.
+stop:  stop accepting, let in-flight turns finish, stop background work, close the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from botbuilder.core import ConversationState, MessageFactory, TurnContext, UserState
+
+from scheduler.clock import Clock, SystemClock
+from state.db import Database
+from state.references import ConversationReferences
+from state.storage import SqliteStorage
+
+from .adapter import build_adapter, build_authentication
+from .config import Config
+from .handler import ProactiveBot
+from .http import MessagesEndpoint, build_web_app
+
+log = logging.getLogger(__name__)
+
+
+class BotApplication:
+    """Everything the bot is made of, built from config; nothing starts until `start()`."""
+
+    def __init__(self, config: Config, clock: Clock | None = None, *, shutdown_timeout: float = 15.0) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.db = Database(config.database_path)
+        self.storage = SqliteStorage(self.db, self.clock)
+        self.conversation_state = ConversationState(self.storage)
+        self.user_state = UserState(self.storage)
+        self.references = ConversationReferences(self.db, self.clock)
+        self.authentication = build_authentication(config)
+        self.adapter = build_adapter(self.authentication)
+        self.adapter.on_turn_error = self._on_turn_error
+        self.bot = ProactiveBot(
+            bot_name=config.bot_name,
+            references=self.references,
+            conversation_state=self.conversation_state,
+            user_state=self.user_state,
+        )
+        self.web_app = build_web_app(MessagesEndpoint(self.adapter, self.authentication, self.bot), self.health)
+        self._shutdown_timeout = shutdown_timeout
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def health(self) -> dict[str, Any]:
+        ok = await self.db.ping()
+        return {"ok": ok, "database": "ok" if ok else "unavailable"}
+
+    async def _on_turn_error(self, turn_context: TurnContext, exc: Exception) -> None:
+        log.error(
+            "turn failed in conversation %s (%s): %s",
+            turn_context.activity.conversation.id if turn_context.activity.conversation else "?",
+            turn_context.activity.type,
+            exc,
+            exc_info=exc,
+        )
+        if turn_context.activity.type == "message":
+            try:
+                await turn_context.send_activity(
+                    MessageFactory.text("Sorry, something went wrong on my side. Please try again.")
+                )
+            except Exception:  # the channel may be what failed; the error is already logged
+                log.warning("could not tell the user about the failed turn", exc_info=True)
+
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        await self.db.open()
+        self._runner = web.AppRunner(self.web_app, shutdown_timeout=self._shutdown_timeout, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host or self.config.host, self.config.port if port is None else port)
+        await site.start()
+        address = self._runner.addresses[0]
+        self.port = int(address[1])
+        log.info("listening on http://%s:%d/api/messages", address[0], self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()  # stops accepting, waits for in-flight requests up to shutdown_timeout
+        await self.db.close()
+        log.info("stopped")
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()

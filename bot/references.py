@@ -1,0 +1,57 @@
+"""Translate between the SDK's activities/ConversationReference and the SDK-free `ConversationRecord`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botbuilder.core import TurnContext
+from botbuilder.schema import Activity, ConversationReference
+
+from state.references import ConversationRecord
+
+
+def tenant_of(activity: Activity) -> str | None:
+    """Teams puts the tenant in channelData.tenant.id (the SDK loses conversation.tenantId on parse)."""
+    channel_data: Any = activity.channel_data
+    if isinstance(channel_data, dict):
+        tenant = channel_data.get("tenant")
+        if isinstance(tenant, dict) and tenant.get("id"):
+            return str(tenant["id"])
+    conversation = activity.conversation
+    tenant_id = getattr(conversation, "tenant_id", None) if conversation else None
+    return str(tenant_id) if tenant_id else None
+
+
+def record_from_activity(activity: Activity) -> ConversationRecord | None:
+    """The record to upsert for an inbound activity; None when it names no conversation to reach."""
+    conversation = activity.conversation
+    if conversation is None or not conversation.id or not activity.service_url:
+        return None
+    tenant_id = tenant_of(activity)
+    reference = TurnContext.get_conversation_reference(activity)
+    if reference.conversation is not None and tenant_id:
+        reference.conversation.tenant_id = tenant_id
+    sender = activity.from_property
+    bot = activity.recipient
+    return ConversationRecord(
+        conversation_id=conversation.id,
+        channel_id=activity.channel_id or "msteams",
+        service_url=activity.service_url,
+        reference=reference.serialize(),
+        tenant_id=tenant_id,
+        conversation_type=conversation.conversation_type,
+        user_id=sender.id if sender else None,
+        user_aad_id=sender.aad_object_id if sender else None,
+        user_name=sender.name if sender else None,
+        bot_id=bot.id if bot else None,
+        bot_name=bot.name if bot else None,
+    )
+
+
+def reference_from_record(record: ConversationRecord) -> ConversationReference:
+    """The SDK reference to `continue_conversation` with."""
+    reference = ConversationReference().deserialize(record.reference)
+    reference.service_url = record.service_url
+    if reference.conversation is not None and record.tenant_id:
+        reference.conversation.tenant_id = record.tenant_id
+    return reference

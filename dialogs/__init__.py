@@ -1,0 +1,1 @@
+"""Conversation logic: the command catalogue and (later) the botbuilder dialogs that implement it."""

@@ -1,0 +1,49 @@
+"""Start the bot: `python main.py` (what `make run` does). Configuration comes from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+
+def main() -> int:
+    from bot.config import ConfigError, load_config
+
+    try:
+        config = load_config(os.environ)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if not config.auth_enabled:
+        logging.getLogger("main").warning(
+            "MicrosoftAppId is not set: accepting unauthenticated requests (fine for the Agents Playground, "
+            "not for Teams)"
+        )
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(config: object) -> None:
+    from bot.app import BotApplication
+    from bot.config import Config
+
+    assert isinstance(config, Config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await BotApplication(config).run_until(stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Conversation references: where and how to reach every conversation the bot has seen.
+
+SDK-free: the bot layer turns an inbound activity into a `ConversationRecord` (the SDK's
+ConversationReference is kept as a JSON dict) and back.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from scheduler.clock import Clock
+
+from .db import Database
+
+
+@dataclass
+class ConversationRecord:
+    """One conversation as last seen. `user_*` is the member who spoke or acted last."""
+
+    conversation_id: str
+    channel_id: str
+    service_url: str
+    reference: dict[str, Any]
+    tenant_id: str | None = None
+    conversation_type: str | None = None
+    user_id: str | None = None
+    user_aad_id: str | None = None
+    user_name: str | None = None
+    bot_id: str | None = None
+    bot_name: str | None = None
+    active: bool = True
+    inactive_reason: str | None = None
+    first_seen: str = ""
+    last_seen: str = ""
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> ConversationRecord:
+        return cls(
+            conversation_id=row["conversation_id"],
+            channel_id=row["channel_id"],
+            service_url=row["service_url"],
+            reference=json.loads(row["reference"]),
+            tenant_id=row["tenant_id"],
+            conversation_type=row["conversation_type"],
+            user_id=row["user_id"],
+            user_aad_id=row["user_aad_id"],
+            user_name=row["user_name"],
+            bot_id=row["bot_id"],
+            bot_name=row["bot_name"],
+            active=bool(row["active"]),
+            inactive_reason=row["inactive_reason"],
+            first_seen=row["first_seen"],
+            last_seen=row["last_seen"],
+        )
+
+
+class ConversationReferences:
+    """Upserted on every inbound activity; read by everything that messages proactively."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def upsert(self, record: ConversationRecord, *, reactivate: bool) -> None:
+        """Insert or refresh a conversation (service URL, reference, last speaker).
+
+        `reactivate` is for activities that prove the bot can talk there again (a message, an install);
+        other activities refresh the reference without undoing an earlier removal or block.
+        """
+        now = self._clock.now().isoformat()
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                """
+                INSERT INTO conversation_refs (
+                    conversation_id, channel_id, service_url, tenant_id, conversation_type,
+                    user_id, user_aad_id, user_name, bot_id, bot_name, reference,
+                    active, inactive_reason, first_seen, last_seen)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, NULL, ?, ?)
+                ON CONFLICT (conversation_id) DO UPDATE SET
+                    channel_id = excluded.channel_id,
+                    service_url = excluded.service_url,
+                    tenant_id = COALESCE(excluded.tenant_id, conversation_refs.tenant_id),
+                    conversation_type = COALESCE(excluded.conversation_type, conversation_refs.conversation_type),
+                    user_id = COALESCE(excluded.user_id, conversation_refs.user_id),
+                    user_aad_id = COALESCE(excluded.user_aad_id, conversation_refs.user_aad_id),
+                    user_name = COALESCE(excluded.user_name, conversation_refs.user_name),
+                    bot_id = COALESCE(excluded.bot_id, conversation_refs.bot_id),
+                    bot_name = COALESCE(excluded.bot_name, conversation_refs.bot_name),
+                    reference = excluded.reference,
+                    active = CASE WHEN ? THEN 1 ELSE conversation_refs.active END,
+                    inactive_reason = CASE WHEN ? THEN NULL ELSE conversation_refs.inactive_reason END,
+                    last_seen = excluded.last_seen
+                """,
+                (
+                    record.conversation_id,
+                    record.channel_id,
+                    record.service_url,
+                    record.tenant_id,
+                    record.conversation_type,
+                    record.user_id,
+                    record.user_aad_id,
+                    record.user_name,
+                    record.bot_id,
+                    record.bot_name,
+                    json.dumps(record.reference, separators=(",", ":")),
+                    now,
+                    now,
+                    reactivate,
+                    reactivate,
+                ),
+            )
+            if record.user_id:
+                await tx.execute(
+                    """
+                    INSERT INTO conversation_members (conversation_id, user_id, user_aad_id, user_name, last_seen)
+                    VALUES (?, ?, ?, ?, ?)
+                    ON CONFLICT (conversation_id, user_id) DO UPDATE SET
+                        user_aad_id = COALESCE(excluded.user_aad_id, conversation_members.user_aad_id),
+                        user_name = COALESCE(excluded.user_name, conversation_members.user_name),
+                        last_seen = excluded.last_seen
+                    """,
+                    (record.conversation_id, record.user_id, record.user_aad_id, record.user_name, now),
+                )
+
+    async def get(self, conversation_id: str) -> ConversationRecord | None:
+        row = await self._db.fetchone(
+            "SELECT * FROM conversation_refs WHERE conversation_id = ?", (conversation_id,)
+        )
+        return ConversationRecord.from_row(row) if row else None
+
+    async def for_user(self, user_id: str, *, active_only: bool = True) -> list[ConversationRecord]:
+        """Conversations a user takes part in, by Teams user id or AAD object id; 1:1 chats first."""
+        rows = await self._db.fetchall(
+            f"""
+            SELECT r.* FROM conversation_refs r
+            JOIN conversation_members m ON m.conversation_id = r.conversation_id
+            WHERE (m.user_id = ? OR m.user_aad_id = ?) {"AND r.active = 1" if active_only else ""}
+            ORDER BY CASE r.conversation_type WHEN 'personal' THEN 0 ELSE 1 END, r.last_seen DESC
+            """,
+            (user_id, user_id),
+        )
+        return [ConversationRecord.from_row(r) for r in rows]
+
+    async def all(self, *, active_only: bool = True, tenant_id: str | None = None) -> list[ConversationRecord]:
+        clauses, params = [], []
+        if active_only:
+            clauses.append("active = 1")
+        if tenant_id is not None:
+            clauses.append("tenant_id = ?")
+            params.append(tenant_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._db.fetchall(f"SELECT * FROM conversation_refs {where} ORDER BY first_seen", params)
+        return [ConversationRecord.from_row(r) for r in rows]
+
+    async def mark_inactive(self, conversation_id: str, reason: str) -> bool:
+        """Stop treating a conversation as reachable (uninstalled, blocked, not found). True if it changed."""
+        changed = await self._db.execute(
+            "UPDATE conversation_refs SET active = 0, inactive_reason = ? WHERE conversation_id = ? AND active = 1",
+            (reason, conversation_id),
+        )
+        return changed > 0
