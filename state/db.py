@@ -66,14 +66,18 @@ class Database:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = await aiosqlite.connect(self.path, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
-        for pragma in (
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA synchronous=NORMAL",
-            "PRAGMA busy_timeout=5000",
-            "PRAGMA foreign_keys=ON",
-        ):
-            await self._conn.execute(pragma)
-        await self._migrate()
+        try:
+            for pragma in (
+                "PRAGMA journal_mode=WAL",
+                "PRAGMA synchronous=NORMAL",
+                "PRAGMA busy_timeout=5000",
+                "PRAGMA foreign_keys=ON",
+            ):
+                await self._conn.execute(pragma)
+            await self._migrate()
+        except BaseException:
+            await self.close()  # a failed open must not leave the connection's thread running
+            raise
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -1,0 +1,97 @@
+"""Conversation references: upsert refreshes, by-user lookups, inactive marking and reactivation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from scheduler.clock import FakeClock
+from state.db import Database
+from state.references import ConversationRecord, ConversationReferences
+
+
+@pytest.fixture
+async def refs(tmp_path: Path) -> AsyncIterator[ConversationReferences]:
+    db = Database(str(tmp_path / "r.sqlite3"))
+    await db.open()
+    yield ConversationReferences(db, FakeClock())
+    await db.close()
+
+
+def record(conversation_id: str = "c1", **kw: object) -> ConversationRecord:
+    values: dict[str, object] = {
+        "conversation_id": conversation_id,
+        "channel_id": "msteams",
+        "service_url": "https://smba.example/amer/",
+        "reference": {"conversation": {"id": conversation_id}},
+        "tenant_id": "t1",
+        "conversation_type": "personal",
+        "user_id": "29:u1",
+        "user_aad_id": "aad-1",
+        "user_name": "Ada",
+    }
+    values.update(kw)
+    return ConversationRecord(**values)  # type: ignore[arg-type]
+
+
+async def test_upsert_refreshes_service_url_and_keeps_known_fields(refs: ConversationReferences) -> None:
+    await refs.upsert(record(), reactivate=True)
+    await refs.upsert(record(service_url="https://smba.example/emea/", tenant_id=None, user_aad_id=None),
+                      reactivate=True)
+    got = await refs.get("c1")
+    assert got is not None
+    assert got.service_url == "https://smba.example/emea/"
+    assert got.tenant_id == "t1", "a later activity without a tenant must not erase it"
+    assert got.user_aad_id == "aad-1"
+
+
+async def test_lookup_by_teams_id_or_aad_id_personal_first(refs: ConversationReferences) -> None:
+    await refs.upsert(record("group", conversation_type="groupChat"), reactivate=True)
+    await refs.upsert(record("dm"), reactivate=True)
+    await refs.upsert(record("other", user_id="29:u2", user_aad_id="aad-2"), reactivate=True)
+    assert [r.conversation_id for r in await refs.for_user("29:u1")] == ["dm", "group"]
+    assert [r.conversation_id for r in await refs.for_user("aad-1")] == ["dm", "group"]
+    assert await refs.for_user("nobody") == []
+
+
+async def test_inactive_until_a_reactivating_activity(refs: ConversationReferences) -> None:
+    await refs.upsert(record(), reactivate=True)
+    assert await refs.mark_inactive("c1", "uninstalled") is True
+    assert await refs.mark_inactive("c1", "uninstalled") is False
+    await refs.upsert(record(), reactivate=False)
+    got = await refs.get("c1")
+    assert got is not None and not got.active and got.inactive_reason == "uninstalled"
+    assert await refs.for_user("29:u1") == []
+    assert [r.conversation_id for r in await refs.all(active_only=False)] == ["c1"]
+    await refs.upsert(record(), reactivate=True)
+    got = await refs.get("c1")
+    assert got is not None and got.active and got.inactive_reason is None
+
+
+async def test_all_filters_by_tenant(refs: ConversationReferences) -> None:
+    await refs.upsert(record("a", tenant_id="t1"), reactivate=True)
+    await refs.upsert(record("b", tenant_id="t2"), reactivate=True)
+    assert [r.conversation_id for r in await refs.all(tenant_id="t2")] == ["b"]
+
+
+async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
+    path = str(tmp_path / "m.sqlite3")
+    for _ in range(2):
+        db = Database(path)
+        await db.open()
+        rows = await db.fetchall("SELECT version FROM schema_version ORDER BY version")
+        await db.close()
+    versions = [r["version"] for r in rows]
+    assert versions == sorted(set(versions)) and versions[0] == 1
+
+
+async def test_newer_schema_than_the_build_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "n.sqlite3")
+    db = Database(path)
+    await db.open()
+    await db.execute("INSERT INTO schema_version VALUES (999, 'future', 'now')")
+    await db.close()
+    with pytest.raises(RuntimeError, match="newer than this build"):
+        await Database(path).open()

@@ -1,0 +1,96 @@
+"""The HTTP surface refuses bad input with a specific 4xx and never a 500 (the stock SDK answers 500)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import StartBot, bot_url
+
+ACTIVITY = {
+    "type": "message",
+    "id": "a1",
+    "text": "help",
+    "channelId": "msteams",
+    "serviceUrl": "http://127.0.0.1:9/",
+    "conversation": {"id": "c1", "conversationType": "personal"},
+    "from": {"id": "29:u1", "name": "Ada"},
+    "recipient": {"id": "28:bot", "name": "Price Watch"},
+}
+
+BAD_REQUESTS: list[tuple[str, dict[str, str], bytes, int, str]] = [
+    ("malformed JSON", {"Content-Type": "application/json"}, b"{bad", 400, "BadJson"),
+    ("not UTF-8", {"Content-Type": "application/json"}, b"\xff\xfe", 400, "BadJson"),
+    ("JSON array", {"Content-Type": "application/json"}, b"[1, 2]", 400, "BadActivity"),
+    ("missing type", {"Content-Type": "application/json"}, b'{"text": "hi"}', 400, "BadActivity"),
+    ("empty type", {"Content-Type": "application/json"}, b'{"type": ""}', 400, "BadActivity"),
+    ("text/plain", {"Content-Type": "text/plain"}, json.dumps(ACTIVITY).encode(), 415, "UnsupportedMediaType"),
+    ("no content type", {}, json.dumps(ACTIVITY).encode(), 415, "UnsupportedMediaType"),
+    ("over 256 KiB", {"Content-Type": "application/json"}, b'{"type":"message","text":"' + b"x" * 262_200 + b'"}',
+     413, "PayloadTooLarge"),
+    ("garbage bearer", {"Content-Type": "application/json", "Authorization": "Bearer garbage"},
+     json.dumps(ACTIVITY).encode(), 401, "Unauthorized"),
+    ("not a bearer", {"Content-Type": "application/json", "Authorization": "Basic Zm9vOmJhcg=="},
+     json.dumps(ACTIVITY).encode(), 401, "Unauthorized"),
+]
+
+
+@pytest.mark.parametrize(("name", "headers", "body", "status", "code"), BAD_REQUESTS, ids=[r[0] for r in BAD_REQUESTS])
+async def test_bad_input_gets_a_specific_error(
+    start_bot: StartBot, http: aiohttp.ClientSession, name: str, headers: dict[str, str], body: bytes,
+    status: int, code: str,
+) -> None:
+    app = await start_bot()
+    async with http.post(bot_url(app), data=body, headers=headers) as response:
+        payload: dict[str, Any] = await response.json()
+        assert response.status == status, payload
+        assert payload["error"]["code"] == code
+        assert "Traceback" not in json.dumps(payload)
+    if status == 401:
+        assert response.headers.get("WWW-Authenticate") == "Bearer"
+
+
+async def test_chunked_body_over_limit_is_413(start_bot: StartBot, http: aiohttp.ClientSession) -> None:
+    app = await start_bot()
+
+    async def chunks() -> Any:
+        yield b'{"type":"message","text":"'
+        for _ in range(300):
+            yield b"x" * 1024
+        yield b'"}'
+
+    async with http.post(bot_url(app), data=chunks(), headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 413
+
+
+async def test_with_app_id_unauthenticated_requests_are_refused(
+    start_bot: StartBot, http: aiohttp.ClientSession
+) -> None:
+    app = await start_bot(app_id="00000000-0000-0000-0000-000000000001", app_password="secret")
+    async with http.post(bot_url(app), json=ACTIVITY) as response:
+        assert response.status == 401
+    record = await app.references.get("c1")
+    assert record is None, "a refused activity must not be recorded"
+
+
+async def test_unknown_route_and_wrong_method_answer_json(start_bot: StartBot, http: aiohttp.ClientSession) -> None:
+    app = await start_bot()
+    async with http.get(bot_url(app, "/nope")) as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["code"] == "NotFound"
+    async with http.get(bot_url(app)) as response:
+        assert response.status == 405
+
+
+async def test_healthz_reports_database(start_bot: StartBot, http: aiohttp.ClientSession) -> None:
+    app = await start_bot()
+    async with http.get(bot_url(app, "/healthz")) as response:
+        assert response.status == 200
+        assert (await response.json())["database"] == "ok"
+    await app.db.close()
+    async with http.get(bot_url(app, "/healthz")) as response:
+        assert response.status == 503
+        assert (await response.json())["database"] == "unavailable"
