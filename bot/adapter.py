@@ -1,10 +1,10 @@
 """The Bot Framework adapter, built once, with connector clients reused across turns.
 
 The stock SDK builds a new ConnectorClient (and a new user-token client) for every inbound turn; msrest's
-client constructor is most of a turn's CPU. `ReusingAuthentication` wraps the SDK's own
-`BotFrameworkAuthentication` through its public interface and hands out connector factories that keep
-one client per (app id, service URL, audience). Credentials stay per client, so token refresh is the
-SDK's as before.
+client constructor is most of a turn's CPU, and its sends queue for the default thread pool.
+`ReusingAuthentication` wraps the SDK's own `BotFrameworkAuthentication` through its public interface
+and hands out connector factories that keep one pooled client (see `connector.py`) per (app id,
+service URL, audience). Credentials are the SDK's, so token refresh is as before.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from botframework.connector.auth import (
 from botframework.connector.skills import BotFrameworkClient
 
 from .config import Config
+from .connector import SharedSession, pooled_client
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 class ReusingConnectorFactory(ConnectorFactory):
     """A ConnectorFactory that returns the same client for the same service URL and audience."""
 
-    def __init__(self, inner: ConnectorFactory, max_clients: int = 256) -> None:
+    def __init__(self, inner: ConnectorFactory, session: SharedSession, max_clients: int = 256) -> None:
         self._inner = inner
+        self._session = session
         self._clients: OrderedDict[tuple[str, str | None], ConnectorClient] = OrderedDict()
         self._max = max_clients
 
@@ -42,7 +44,7 @@ class ReusingConnectorFactory(ConnectorFactory):
         key = (service_url, audience)
         client = self._clients.get(key)
         if client is None:
-            client = await self._inner.create(service_url, audience)
+            client = pooled_client(await self._inner.create(service_url, audience), self._session)
             self._clients[key] = client
             if len(self._clients) > self._max:
                 self._clients.popitem(last=False)
@@ -59,8 +61,9 @@ def _app_id(claims: ClaimsIdentity) -> str:
 class ReusingAuthentication(BotFrameworkAuthentication):
     """Delegates authentication to the SDK; caches what it builds per bot app id."""
 
-    def __init__(self, inner: BotFrameworkAuthentication) -> None:
+    def __init__(self, inner: BotFrameworkAuthentication, session: SharedSession | None = None) -> None:
         self._inner = inner
+        self.session = session or SharedSession()
         self._factories: dict[str, ReusingConnectorFactory] = {}
         self._token_clients: dict[str, UserTokenClient] = {}
 
@@ -68,7 +71,7 @@ class ReusingAuthentication(BotFrameworkAuthentication):
         app_id = _app_id(claims)
         factory = self._factories.get(app_id)
         if factory is None:
-            factory = ReusingConnectorFactory(make or self._inner.create_connector_factory(claims))
+            factory = ReusingConnectorFactory(make or self._inner.create_connector_factory(claims), self.session)
             self._factories[app_id] = factory
         return factory
 

@@ -85,6 +85,7 @@ class BotApplication:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()  # stops accepting, waits for in-flight requests up to shutdown_timeout
+        await self.authentication.session.close()
         await self.db.close()
         log.info("stopped")
 

@@ -60,7 +60,9 @@ class MessagesEndpoint:
             auth = await self._authentication.authenticate_request(activity, auth_header)
         except Exception as exc:  # the SDK raises PermissionError, jwt errors, KeyError... all mean "not authorised"
             log.info("refused unauthenticated activity: %s", exc)
-            return error(401, "Unauthorized", "missing or invalid Authorization header", **{"WWW-Authenticate": "Bearer"})
+            return error(
+                401, "Unauthorized", "missing or invalid Authorization header", **{"WWW-Authenticate": "Bearer"}
+            )
 
         invoke_response = await self._adapter.process_activity(auth, activity, self._bot.on_turn)
         if invoke_response:

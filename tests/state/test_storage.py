@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botbuilder.core import ConversationState, MessageFactory, TurnContext
@@ -84,15 +85,15 @@ async def test_conversation_state_survives_reopening(tmp_path: Path) -> None:
         await db.open()
         state = ConversationState(SqliteStorage(db))
         counter = state.create_property("counter")
-        adapter = TestAdapter()
         seen: list[int] = []
 
-        async def turn(context: TurnContext) -> None:
+        async def turn(context: TurnContext, state: ConversationState = state, counter: Any = counter,
+                       seen: list[int] = seen) -> None:
             value = await counter.get(context, lambda: 0)
             await counter.set(context, value + 1)
             seen.append(value + 1)
             await state.save_changes(context)
 
-        await adapter.process_activity(MessageFactory.text("hi"), turn)
+        await TestAdapter().process_activity(MessageFactory.text("hi"), turn)
         await db.close()
         assert seen == [expected]

@@ -1,0 +1,45 @@
+"""Pooled connector clients send on the event loop (not through `requests`) and carry the bot's token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+from botbuilder.schema import Activity
+from botframework.connector.aio import ConnectorClient
+from botframework.connector.auth import MicrosoftAppCredentials
+
+from bot.connector import SharedSession, pooled_client
+from tests.connector_double import ConnectorDouble
+
+
+class FakeCredentials(MicrosoftAppCredentials):
+    """Real SDK credentials class with the token call replaced (no network)."""
+
+    def get_access_token(self, force_refresh: bool = False) -> str:
+        return "token-123"
+
+
+def _no_requests(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("connector traffic must not go through requests")
+
+
+@pytest.mark.parametrize(("credentials", "expected"), [
+    (MicrosoftAppCredentials("", ""), None),
+    (FakeCredentials("app-id", "secret"), "Bearer token-123"),
+])
+async def test_pooled_client_sends_over_aiohttp_with_the_sdk_token(
+    monkeypatch: pytest.MonkeyPatch, credentials: MicrosoftAppCredentials, expected: str | None
+) -> None:
+    monkeypatch.setattr(requests.Session, "send", _no_requests)
+    session = SharedSession()
+    async with ConnectorDouble() as double:
+        client = pooled_client(ConnectorClient(credentials, base_url=double.url), session)
+        response = await client.conversations.send_to_conversation("c1", Activity(type="message", text="hi"))
+        assert response.id
+        [request] = double.find(op="send")
+        assert request.body["text"] == "hi"
+        assert request.authorization == expected
+        assert "teams-proactive-bot" in request.headers.get("User-Agent", "")
+    await session.close()
