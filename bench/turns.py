@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import free_port, median, percentile, spawn, stop, wait_http  # noqa: E402
+from _harness import free_port, median, percentile, spawn, stop, wait_http
 
 STOCK_ECHO = """
 import sys

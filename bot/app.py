@@ -14,14 +14,21 @@ from aiohttp import web
 from botbuilder.core import ConversationState, MessageFactory, TurnContext, UserState
 
 from scheduler.clock import Clock, SystemClock
+from scheduler.ratelimit import TeamsRateLimiter
+from scheduler.sendqueue import SendQueue
 from state.db import Database
+from state.outbox import OutboxStore
 from state.references import ConversationReferences
 from state.storage import SqliteStorage
 
 from .adapter import build_adapter, build_authentication
 from .config import Config
+from .delivery import DeliveryWorker
 from .handler import ProactiveBot
 from .http import MessagesEndpoint, build_web_app
+from .notify import NotifyEndpoints
+from .proactive import ProactiveMessages
+from .sender import TeamsSender
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +53,38 @@ class BotApplication:
             conversation_state=self.conversation_state,
             user_state=self.user_state,
         )
+        self.outbox = OutboxStore(self.db, self.clock)
+        self.limiter = TeamsRateLimiter(self.clock, tenant_rps=config.tenant_rps)
+        self.worker = DeliveryWorker(
+            self.outbox,
+            self.references,
+            TeamsSender(self.authentication, config.app_id),
+            SendQueue(self.clock, self.limiter),
+            self.clock,
+            limiter=self.limiter,
+        )
+        self.proactive = ProactiveMessages(self.outbox, self.worker)
+        notify = NotifyEndpoints(
+            config.notify_token, self.references, self.outbox, self.proactive.enqueue,
+            lambda: self.clock.now().timestamp(),
+        )
         self.web_app = build_web_app(MessagesEndpoint(self.adapter, self.authentication, self.bot), self.health)
+        self.web_app.router.add_post("/api/notify", notify.post)
+        self.web_app.router.add_get("/api/notify/{id}", notify.get)
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
     async def health(self) -> dict[str, Any]:
         ok = await self.db.ping()
-        return {"ok": ok, "database": "ok" if ok else "unavailable"}
+        report: dict[str, Any] = {"ok": ok, "database": "ok" if ok else "unavailable"}
+        report["delivery"] = {
+            k: self.worker.counts.get(k, 0)
+            for k in ("queued", "sent", "retried", "throttled", "failed", "cancelled", "expired", "dropped")
+        }
+        if ok:
+            report["outbox"] = await self.outbox.counts()
+        return report
 
     async def _on_turn_error(self, turn_context: TurnContext, exc: Exception) -> None:
         log.error(
@@ -73,6 +104,7 @@ class BotApplication:
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         await self.db.open()
+        await self.worker.start()
         self._runner = web.AppRunner(self.web_app, shutdown_timeout=self._shutdown_timeout, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host or self.config.host, self.config.port if port is None else port)
@@ -85,6 +117,7 @@ class BotApplication:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()  # stops accepting, waits for in-flight requests up to shutdown_timeout
+        await self.worker.stop()
         await self.authentication.session.close()
         await self.db.close()
         log.info("stopped")

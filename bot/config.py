@@ -31,6 +31,7 @@ class Config:
     notify_token: str = field(default="", repr=False)
     log_level: str = "INFO"
     bot_name: str = "Price Watch"
+    tenant_rps: float = 50.0
 
     @property
     def database_path(self) -> str:
@@ -69,6 +70,16 @@ def _port(value: str) -> int:
     return port
 
 
+def _positive(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}") from None
+    if not number > 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    return number
+
+
 def load_config(environ: Mapping[str, str], env_file: Path | None = Path(".env")) -> Config:
     """Build the config from `environ`, with values from `env_file` (if present) as defaults."""
     values: dict[str, str] = {}
@@ -97,6 +108,7 @@ def load_config(environ: Mapping[str, str], env_file: Path | None = Path(".env")
         notify_token=get("NOTIFY_TOKEN", ""),
         log_level=log_level,
         bot_name=get("BOT_NAME", defaults.bot_name) or defaults.bot_name,
+        tenant_rps=_positive("TEAMS_TENANT_RPS", get("TEAMS_TENANT_RPS", str(defaults.tenant_rps))),
     )
     try:
         config.database_path  # noqa: B018 - validates the URL

@@ -27,10 +27,7 @@ class ETagConflictError(Exception):
 
 
 def _etag_of(item: Any) -> str | None:
-    if isinstance(item, dict):
-        value = item.get("e_tag")
-    else:
-        value = getattr(item, "e_tag", None)
+    value = item.get("e_tag") if isinstance(item, dict) else getattr(item, "e_tag", None)
     return None if value is None else str(value)
 
 

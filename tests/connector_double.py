@@ -335,7 +335,7 @@ class ConnectorDouble:
         self._waiters.append(waiter)
         try:
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             seen = ", ".join(f"{r.method} {r.path} -> {r.status}" for r in list(self.requests)[-5:])
             raise TimeoutError(
                 f"no matching connector request within {timeout}s; last seen: {seen}"
@@ -506,7 +506,7 @@ class ConnectorDouble:
         self._notify(record)
         try:
             await asyncio.wait_for(release.wait(), min(seconds, self.max_hold))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             self._held -= 1

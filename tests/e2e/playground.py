@@ -405,7 +405,7 @@ class Playground:
                     self._proc.terminate()
                 try:
                     await asyncio.wait_for(self._proc.wait(), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     with contextlib.suppress(ProcessLookupError):
                         self._proc.kill()
                     await self._proc.wait()
@@ -486,7 +486,7 @@ class Playground:
 
         try:
             return await asyncio.wait_for(scan(), timeout)
-        except (asyncio.TimeoutError, PlaygroundError) as exc:
+        except (TimeoutError, PlaygroundError) as exc:
             reason = f"no {what} within {timeout} s" if isinstance(exc, asyncio.TimeoutError) else str(exc)
             raise PlaygroundTimeout(f"{reason}\n{self.diagnostics()}") from None
 

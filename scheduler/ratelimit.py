@@ -1,0 +1,208 @@
+"""Teams' send limits as a pure, clock-injected limiter: "may this send go now, and if not, when?".
+
+The delivery worker asks `try_acquire` before each proactive send; a positive answer is the number of
+seconds until that conversation may send, so the worker can serve other conversations meanwhile and arm
+one timer for the earliest wake-up. Nothing here sleeps, polls or starts tasks; it is not thread-safe
+(one event loop owns it).
+
+Every window is a sliding-window log: the timestamps of recent sends, newest last. A send may go when, for
+each window of `limit` sends per `seconds`, the `limit`-th most recent send is at least `seconds` old.
+
+Safety margin: every window is treated as `1 + margin` times its nominal length (default 2 %, i.e. 20 ms
+on the 1 s window), so small differences between our clock and the moment Teams counts a request cannot
+push a window over Teams' limit; it costs about the same fraction of throughput. Latency jitter larger than
+that margin is the job of `penalize` (429 + Retry-After).
+
+Not built on pyrate-limiter (4.5): it has several rates per key, but no atomic check across two buckets
+(a conversation's and its tenant's) since its only check is a `put` that records and cannot be undone, and
+no penalty/block-until after a 429; its clock is also integer milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from scheduler.clock import Clock
+
+
+@dataclass(frozen=True)
+class Window:
+    """At most `limit` sends in any `seconds`-long span."""
+
+    limit: int
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError(f"Window.limit must be >= 1, got {self.limit}")
+        if not (self.seconds > 0 and math.isfinite(self.seconds)):
+            raise ValueError(f"Window.seconds must be a positive number, got {self.seconds}")
+
+
+#: Teams' per-bot, per-conversation send limits (all apply at once).
+TEAMS_CONVERSATION_WINDOWS: tuple[Window, ...] = (
+    Window(7, 1.0),
+    Window(8, 2.0),
+    Window(60, 30.0),
+    Window(1800, 3600.0),
+)
+#: Teams' per-app, per-tenant budget across all conversations (older docs: 30).
+DEFAULT_TENANT_RPS = 50.0
+#: Windows are treated as this fraction longer than nominal.
+DEFAULT_MARGIN = 0.02
+
+
+class _Log:
+    """Recent send times of one key (newest last) and the end of any 429 penalty."""
+
+    __slots__ = ("blocked_until", "times")
+
+    def __init__(self, capacity: int) -> None:
+        self.times: deque[float] = deque(maxlen=capacity)
+        self.blocked_until = -math.inf
+
+
+class _Limits:
+    """A set of windows, stretched by the margin, as (limit, seconds) pairs for the hot path."""
+
+    __slots__ = ("capacity", "horizon", "pairs")
+
+    def __init__(self, windows: Iterable[Window], margin: float) -> None:
+        self.pairs = tuple((w.limit, w.seconds * (1.0 + margin)) for w in windows)
+        if not self.pairs:
+            raise ValueError("at least one window is required")
+        self.capacity = max(limit for limit, _ in self.pairs)
+        self.horizon = max(seconds for _, seconds in self.pairs)
+
+    def wait(self, log: _Log, now: float) -> float:
+        """Seconds until `log` may send (<= 0 means now); drops times outside every window."""
+        times = log.times
+        oldest_kept = now - self.horizon
+        while times and times[0] <= oldest_kept:
+            times.popleft()
+        wait = log.blocked_until - now
+        count = len(times)
+        for limit, seconds in self.pairs:
+            if count >= limit:
+                until = times[-limit] + seconds - now
+                if until > wait:
+                    wait = until
+        return wait
+
+    def is_idle(self, log: _Log, now: float) -> bool:
+        """Whether `log` has no send inside any window and no penalty in force."""
+        return log.blocked_until <= now and (not log.times or log.times[-1] <= now - self.horizon)
+
+
+class TeamsRateLimiter:
+    """Per-conversation and per-tenant sliding-window limits plus 429 penalties, on an injected clock.
+
+    A `tenant_id` of None (e.g. a non-Teams channel) applies no tenant budget.
+    `tenant_rps` comes from configuration (`TEAMS_TENANT_RPS`); it is enforced as `floor(tenant_rps)` sends
+    per 1 s window.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        conversation_windows: Iterable[Window] = TEAMS_CONVERSATION_WINDOWS,
+        tenant_rps: float = DEFAULT_TENANT_RPS,
+        margin: float = DEFAULT_MARGIN,
+    ) -> None:
+        if not (tenant_rps >= 1 and math.isfinite(tenant_rps)):
+            raise ValueError(f"tenant_rps must be a number >= 1, got {tenant_rps}")
+        if not (margin >= 0 and math.isfinite(margin)):
+            raise ValueError(f"margin must be a number >= 0, got {margin}")
+        self._clock = clock
+        self._conversation = _Limits(conversation_windows, margin)
+        self._tenant = _Limits((Window(math.floor(tenant_rps), 1.0),), margin)
+        self._conversations: dict[str, _Log] = {}
+        self._tenants: dict[str, _Log] = {}
+
+    def wait_time(self, conversation_id: str, tenant_id: str | None) -> float:
+        """Seconds until a send to this conversation may go (0.0: now). Records nothing."""
+        return self._wait(conversation_id, tenant_id, self._clock.monotonic())
+
+    def try_acquire(self, conversation_id: str, tenant_id: str | None) -> float:
+        """Record a send and return 0.0 if it may go now; otherwise record nothing and return the wait.
+
+        The conversation's and the tenant's windows are checked together: a send is recorded in both or
+        in neither.
+        """
+        now = self._clock.monotonic()
+        wait = self._wait(conversation_id, tenant_id, now)
+        if wait > 0.0:
+            return wait
+        conversation = self._conversations.get(conversation_id)
+        if conversation is None:
+            conversation = self._conversations[conversation_id] = _Log(self._conversation.capacity)
+        conversation.times.append(now)
+        if tenant_id is not None:
+            tenant = self._tenants.get(tenant_id)
+            if tenant is None:
+                tenant = self._tenants[tenant_id] = _Log(self._tenant.capacity)
+            tenant.times.append(now)
+        return 0.0
+
+    def tenant_wait(self, tenant_id: str | None) -> float:
+        """Seconds until the tenant's budget admits another send (0.0: now). Records nothing."""
+        tenant = self._tenants.get(tenant_id) if tenant_id is not None else None
+        wait = self._tenant.wait(tenant, self._clock.monotonic()) if tenant is not None else 0.0
+        return wait if wait > 0.0 else 0.0
+
+    def conversation_wait(self, conversation_id: str) -> float:
+        """Seconds until the conversation's own windows admit another send (0.0: now). Records nothing."""
+        conversation = self._conversations.get(conversation_id)
+        wait = self._conversation.wait(conversation, self._clock.monotonic()) if conversation is not None else 0.0
+        return wait if wait > 0.0 else 0.0
+
+    def acquire(self, conversation_id: str, tenant_id: str | None) -> None:
+        """Record a send the caller has checked with `tenant_wait` and `conversation_wait`."""
+        if self.try_acquire(conversation_id, tenant_id) > 0.0:
+            raise RuntimeError(f"acquire() without budget for conversation {conversation_id!r}")
+
+    def penalize(
+        self, conversation_id: str, tenant_id: str | None, retry_after: float, *, tenant_wide: bool = False
+    ) -> None:
+        """After a 429: nothing goes to the conversation (or, if `tenant_wide`, the tenant) for `retry_after` s.
+
+        A penalty never shortens one already in force.
+        """
+        if not (retry_after >= 0 and math.isfinite(retry_after)):
+            raise ValueError(f"retry_after must be a number of seconds >= 0, got {retry_after}")
+        if tenant_wide:
+            if tenant_id is None:
+                raise ValueError("tenant_wide penalty needs a tenant_id")
+            logs, key, capacity = self._tenants, tenant_id, self._tenant.capacity
+        else:
+            logs, key, capacity = self._conversations, conversation_id, self._conversation.capacity
+        log = logs.get(key)
+        if log is None:
+            log = logs[key] = _Log(capacity)
+        log.blocked_until = max(log.blocked_until, self._clock.monotonic() + retry_after)
+
+    def forget_idle(self) -> int:
+        """Drop keys with no send inside their longest window and no penalty in force; return how many."""
+        now = self._clock.monotonic()
+        dropped = 0
+        for logs, limits in ((self._conversations, self._conversation), (self._tenants, self._tenant)):
+            idle = [key for key, log in logs.items() if limits.is_idle(log, now)]
+            for key in idle:
+                del logs[key]
+            dropped += len(idle)
+        return dropped
+
+    def _wait(self, conversation_id: str, tenant_id: str | None, now: float) -> float:
+        wait = 0.0
+        conversation = self._conversations.get(conversation_id)
+        if conversation is not None:
+            wait = self._conversation.wait(conversation, now)
+        if tenant_id is not None:
+            tenant = self._tenants.get(tenant_id)
+            if tenant is not None:
+                wait = max(wait, self._tenant.wait(tenant, now))
+        return wait if wait > 0.0 else 0.0

@@ -1,0 +1,183 @@
+"""Which outbox message may go next: fair across tenants and conversations, within Teams' limits.
+
+Pure and clock-driven (no sleeping): the delivery worker asks `pop_ready()` for what may be sent now,
+reports `done()` when a send finishes, and waits until `next_wake()` when nothing may go. A
+conversation has at most one message in flight, keeps its own order (priority, then age), and one
+busy conversation never holds up the others; a tenant whose budget is spent costs one heap entry,
+not one per conversation.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .clock import Clock
+
+
+class Limiter(Protocol):
+    """The rate limits, as the queue needs them (see scheduler/ratelimit.py)."""
+
+    def tenant_wait(self, tenant_id: str | None) -> float: ...
+
+    def conversation_wait(self, conversation_id: str) -> float: ...
+
+    def acquire(self, conversation_id: str, tenant_id: str | None) -> None: ...
+
+
+@dataclass(order=True)
+class Ticket:
+    """One message waiting to be sent. Ordered within its conversation: urgent first, then oldest."""
+
+    sort_key: tuple[int, int] = field(init=False, repr=False)
+    row_id: int = field(compare=False)
+    conversation: str = field(compare=False)
+    tenant: str | None = field(compare=False)
+    priority: int = field(default=0, compare=False)
+    ready_at: float = field(default=0.0, compare=False)
+
+    def __post_init__(self) -> None:
+        self.sort_key = (-self.priority, self.row_id)
+
+
+@dataclass
+class _Conversation:
+    tickets: list[Ticket] = field(default_factory=list)  # heap
+    in_flight: bool = False
+    queued: bool = False  # in its tenant's ready deque or delayed heap
+
+
+@dataclass
+class _Tenant:
+    ready: deque[str] = field(default_factory=deque)
+    delayed: list[tuple[float, int, str]] = field(default_factory=list)  # heap of (ready_at, seq, conversation)
+    wake_at: float | None = None  # time of its live entry in the tenant heap, None if not scheduled
+
+
+class SendQueue:
+    def __init__(self, clock: Clock, limiter: Limiter) -> None:
+        self._clock = clock
+        self._limiter = limiter
+        self._conversations: dict[str, _Conversation] = {}
+        self._tenants: dict[str | None, _Tenant] = {}
+        self._heap: list[tuple[float, int, str | None]] = []  # (wake_at, seq, tenant); stale entries skipped
+        self._seq = itertools.count()
+        self._size = 0
+
+    def __len__(self) -> int:
+        """Tickets waiting (not counting those in flight)."""
+        return self._size
+
+    def push(self, ticket: Ticket) -> None:
+        state = self._conversations.setdefault(ticket.conversation, _Conversation())
+        heapq.heappush(state.tickets, ticket)
+        self._size += 1
+        if not state.in_flight:
+            self._place(ticket.conversation, ticket.tenant, state)
+
+    def done(self, conversation: str, tenant: str | None, retry: Ticket | None = None) -> None:
+        """The in-flight send of `conversation` finished; `retry` goes back at the head of its queue."""
+        state = self._conversations.get(conversation)
+        if state is None:
+            return
+        state.in_flight = False
+        if retry is not None:
+            heapq.heappush(state.tickets, retry)
+            self._size += 1
+        if state.tickets:
+            self._place(conversation, tenant, state)
+        elif not state.queued:
+            del self._conversations[conversation]
+
+    def drop_conversation(self, conversation: str) -> list[int]:
+        """Forget a conversation's waiting tickets (it was blocked or removed); returns their row ids."""
+        state = self._conversations.get(conversation)
+        if state is None:
+            return []
+        ids = [t.row_id for t in state.tickets]
+        self._size -= len(ids)
+        state.tickets.clear()
+        return ids
+
+    def next_wake(self) -> float | None:
+        """Monotonic time at which `pop_ready` may return something, None when the queue is idle."""
+        self._discard_stale()
+        return self._heap[0][0] if self._heap else None
+
+    def pop_ready(self, limit: int) -> list[Ticket]:
+        """Up to `limit` tickets that may be sent now; their rate budget is taken."""
+        now = self._clock.monotonic()
+        out: list[Ticket] = []
+        while len(out) < limit:
+            self._discard_stale()
+            if not self._heap or self._heap[0][0] > now:
+                break
+            _, _, tenant_id = heapq.heappop(self._heap)
+            tenant = self._tenants[tenant_id]
+            tenant.wake_at = None
+            while tenant.delayed and tenant.delayed[0][0] <= now:
+                tenant.ready.append(heapq.heappop(tenant.delayed)[2])
+            if not tenant.ready:
+                if tenant.delayed:
+                    self._schedule(tenant_id, tenant, tenant.delayed[0][0])
+                else:
+                    del self._tenants[tenant_id]
+                continue
+            tenant_wait = self._limiter.tenant_wait(tenant_id)
+            if tenant_wait > 0:
+                self._schedule(tenant_id, tenant, now + tenant_wait)
+                continue
+            conversation = tenant.ready.popleft()
+            state = self._conversations[conversation]
+            state.queued = False
+            if not state.tickets:  # dropped while queued
+                if not state.in_flight:
+                    del self._conversations[conversation]
+            else:
+                wait = max(self._limiter.conversation_wait(conversation), state.tickets[0].ready_at - now)
+                if wait > 0:
+                    self._delay(tenant, conversation, state, now + wait)
+                else:
+                    self._limiter.acquire(conversation, tenant_id)
+                    out.append(heapq.heappop(state.tickets))
+                    self._size -= 1
+                    state.in_flight = True
+            self._schedule(tenant_id, tenant, now)
+        return out
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _place(self, conversation: str, tenant_id: str | None, state: _Conversation) -> None:
+        if state.queued:
+            return
+        tenant = self._tenants.setdefault(tenant_id, _Tenant())
+        ready_at = state.tickets[0].ready_at
+        now = self._clock.monotonic()
+        if ready_at <= now:
+            state.queued = True
+            tenant.ready.append(conversation)
+            self._schedule(tenant_id, tenant, now)
+        else:
+            self._delay(tenant, conversation, state, ready_at)
+            self._schedule(tenant_id, tenant, ready_at)
+
+    def _delay(self, tenant: _Tenant, conversation: str, state: _Conversation, at: float) -> None:
+        state.queued = True
+        heapq.heappush(tenant.delayed, (at, next(self._seq), conversation))
+
+    def _schedule(self, tenant_id: str | None, tenant: _Tenant, at: float) -> None:
+        if tenant.wake_at is not None and tenant.wake_at <= at:
+            return
+        tenant.wake_at = at
+        heapq.heappush(self._heap, (at, next(self._seq), tenant_id))
+
+    def _discard_stale(self) -> None:
+        while self._heap:
+            at, _, tenant_id = self._heap[0]
+            tenant = self._tenants.get(tenant_id)
+            if tenant is not None and tenant.wake_at == at:
+                return
+            heapq.heappop(self._heap)

@@ -1,0 +1,239 @@
+"""The delivery worker against the connector double: sends, retries, gives up right, loses nothing."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bot.adapter import build_authentication
+from bot.config import Config
+from bot.connector import SharedSession
+from bot.delivery import DeliveryWorker, RetryPolicy
+from bot.proactive import ProactiveMessages
+from bot.sender import TeamsSender
+from scheduler.clock import FakeClock
+from scheduler.ratelimit import TeamsRateLimiter
+from scheduler.sendqueue import SendQueue
+from state.db import Database
+from state.outbox import OutboxItem, OutboxStore
+from state.references import ConversationRecord, ConversationReferences
+from tests.connector_double import ConnectorDouble
+
+
+@dataclass
+class Rig:
+    clock: FakeClock
+    db: Database
+    double: ConnectorDouble
+    references: ConversationReferences
+    store: OutboxStore
+    worker: DeliveryWorker
+    proactive: ProactiveMessages
+    sessions: list[SharedSession]
+
+    def new_worker(self) -> DeliveryWorker:
+        limiter = TeamsRateLimiter(self.clock)
+        authentication = build_authentication(Config())
+        self.sessions.append(authentication.session)
+        return DeliveryWorker(
+            self.store, self.references, TeamsSender(authentication, ""), SendQueue(self.clock, limiter),
+            self.clock, limiter=limiter, retry=RetryPolicy(max_attempts=4, base_s=2.0), rng=random.Random(7),
+        )
+
+    async def known(self, conversation_id: str, user_id: str = "29:u1", kind: str = "personal",
+                    tenant: str = "t1") -> None:
+        await self.references.upsert(ConversationRecord(
+            conversation_id=conversation_id, channel_id="msteams", service_url=self.double.url,
+            reference={"conversation": {"id": conversation_id}}, tenant_id=tenant, conversation_type=kind,
+            user_id=user_id, bot_id="28:bot", bot_name="Bot",
+        ), reactivate=True)
+
+    async def run(self, worker: DeliveryWorker | None = None, max_rounds: int = 100) -> None:
+        """Send until nothing is left, moving the fake clock to each next wake-up."""
+        worker = worker or self.worker
+        for _ in range(max_rounds):
+            worker.pump()
+            await worker.idle()
+            wake = worker._queue.next_wake()
+            if wake is None:
+                break
+            if wake > self.clock.monotonic():
+                self.clock.advance(wake - self.clock.monotonic())
+        await worker.flush()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    clock = FakeClock()
+    db = Database(str(tmp_path / "d.sqlite3"))
+    await db.open()
+    async with ConnectorDouble(clock=clock.monotonic) as double:
+        references = ConversationReferences(db, clock)
+        store = OutboxStore(db, clock)
+        rig = Rig(clock, db, double, references, store, None, None, [])  # type: ignore[arg-type]
+        rig.worker = rig.new_worker()
+        rig.proactive = ProactiveMessages(store, rig.worker)
+        yield rig
+        await rig.worker.stop(timeout=1)
+        for session in rig.sessions:
+            await session.close()
+    await db.close()
+
+
+def text(message: str) -> dict[str, str]:
+    return {"type": "message", "text": message}
+
+
+async def test_sends_and_records_the_teams_activity_id(rig: Rig) -> None:
+    for c in ("a", "b", "c"):
+        await rig.known(c)
+    results = await rig.proactive.enqueue([OutboxItem(text(f"hi {c}"), conversation_id=c) for c in "abc"])
+    await rig.run()
+    for result, c in zip(results, "abc", strict=True):
+        row = await rig.store.get(result.id)
+        assert row is not None and row.status == "sent" and row.activity_id
+        assert rig.double.activity(c, row.activity_id)["text"] == f"hi {c}"
+    assert rig.worker.counts["sent"] == 3
+
+
+async def test_dedup_key_queues_once(rig: Rig) -> None:
+    await rig.known("a")
+    first = await rig.proactive.enqueue([OutboxItem(text("x"), conversation_id="a", dedup_key="k")])
+    again = await rig.proactive.enqueue([OutboxItem(text("x"), conversation_id="a", dedup_key="k")])
+    assert first[0].created and not again[0].created and again[0].id == first[0].id
+    await rig.run()
+    assert len(rig.double.sent_activities("a")) == 1
+
+
+async def test_429_waits_for_retry_after_then_sends(rig: Rig) -> None:
+    await rig.known("a")
+    rig.double.fail_next("throttled")
+    [result] = await rig.proactive.enqueue([OutboxItem(text("x"), conversation_id="a")])
+    start = rig.clock.monotonic()
+    await rig.run()
+    row = await rig.store.get(result.id)
+    assert row is not None and row.status == "sent" and row.attempts == 2
+    sends = rig.double.find(op="send", conversation_id="a")
+    assert len(sends) == 2 and sends[0].status == 429 and (sends[1].status or 0) < 300
+    assert sends[1].time - start >= 1.0, "the retry must wait for Retry-After"
+    assert rig.worker.counts["throttled"] == 1 and rig.worker.counts["retried"] == 1
+
+
+@pytest.mark.parametrize("fault", ["service_unavailable", "bad_gateway", "gateway_timeout", "precondition_failed"])
+async def test_transient_errors_are_retried_with_backoff(rig: Rig, fault: str) -> None:
+    await rig.known("a")
+    rig.double.fail_next(fault, count=2)
+    [result] = await rig.proactive.enqueue([OutboxItem(text("x"), conversation_id="a")])
+    await rig.run()
+    row = await rig.store.get(result.id)
+    assert row is not None and row.status == "sent" and row.attempts == 3
+    times = [r.time for r in rig.double.find(op="send", conversation_id="a")]
+    assert times[1] > times[0] and times[2] > times[1]
+
+
+async def test_retries_are_bounded(rig: Rig) -> None:
+    await rig.known("a")
+    rig.double.fail_next("service_unavailable", count=None)
+    [result] = await rig.proactive.enqueue([OutboxItem(text("x"), conversation_id="a")])
+    await rig.run()
+    row = await rig.store.get(result.id)
+    assert row is not None and row.status == "failed" and row.attempts == 4 and "503" in (row.last_error or "")
+    assert len(rig.double.find(op="send", conversation_id="a")) == 4
+
+
+@pytest.mark.parametrize("fault", ["bad_argument", "too_big", "server_error", "bot_not_registered"])
+async def test_permanent_errors_are_not_retried(rig: Rig, fault: str) -> None:
+    await rig.known("a")
+    rig.double.fail_next(fault)
+    [result] = await rig.proactive.enqueue([OutboxItem(text("x"), conversation_id="a")])
+    await rig.run()
+    row = await rig.store.get(result.id)
+    assert row is not None and row.status == "failed" and row.attempts == 1
+    assert len(rig.double.find(op="send")) == 1
+
+
+@pytest.mark.parametrize("fault", ["blocked_by_user", "not_in_roster", "disabled_by_admin", "not_found"])
+async def test_gone_conversation_is_marked_inactive_and_its_rows_cancelled(rig: Rig, fault: str) -> None:
+    await rig.known("gone")
+    await rig.known("other", user_id="29:u2")
+    rig.double.fail_next(fault, conversation_id="gone")
+    results = await rig.proactive.enqueue(
+        [OutboxItem(text(f"m{i}"), conversation_id="gone") for i in range(3)]
+        + [OutboxItem(text("fine"), conversation_id="other")]
+    )
+    await rig.run()
+    statuses = [(await rig.store.get(r.id)).status for r in results]  # type: ignore[union-attr]
+    assert statuses == ["cancelled", "cancelled", "cancelled", "sent"]
+    assert len(rig.double.find(op="send", conversation_id="gone")) == 1, "nothing more is sent there"
+    record = await rig.references.get("gone")
+    assert record is not None and not record.active
+    # a later message there is not attempted at all
+    [later] = await rig.proactive.enqueue([OutboxItem(text("later"), conversation_id="gone")])
+    await rig.run()
+    assert (await rig.store.get(later.id)).status == "cancelled"  # type: ignore[union-attr]
+    assert len(rig.double.find(op="send", conversation_id="gone")) == 1
+
+
+async def test_expired_rows_are_not_sent(rig: Rig) -> None:
+    await rig.known("a")
+    now = rig.clock.now().timestamp()
+    [result] = await rig.proactive.enqueue(
+        [OutboxItem(text("x"), conversation_id="a", expires_at=now + 10, not_before=now + 60)]
+    )
+    await rig.run()
+    assert (await rig.store.get(result.id)).status == "expired"  # type: ignore[union-attr]
+    assert rig.double.find(op="send") == []
+
+
+async def test_update_replaces_the_sent_message_in_place(rig: Rig) -> None:
+    await rig.known("a")
+    [original] = await rig.proactive.enqueue([OutboxItem(text("working… 10%"), conversation_id="a")])
+    [update] = await rig.proactive.enqueue(
+        [OutboxItem(text("working… 50%"), conversation_id="a", kind="update", update_of=original.id)]
+    )
+    await rig.run()
+    sent = await rig.store.get(original.id)
+    assert sent is not None and sent.activity_id
+    assert (await rig.store.get(update.id)).status == "sent"  # type: ignore[union-attr]
+    assert rig.double.activity("a", sent.activity_id)["text"] == "working… 50%"
+    assert len(rig.double.sent_activities("a")) == 1, "an update posts no new message"
+
+
+async def test_personal_chat_is_created_once_then_reused(rig: Rig) -> None:
+    await rig.known("group-1", user_id="29:ada", kind="groupChat")
+    results = await rig.proactive.enqueue(
+        [OutboxItem(text("one"), target_user_id="29:ada", tenant_id="t1")]
+    )
+    await rig.run()
+    row = await rig.store.get(results[0].id)
+    assert row is not None and row.status == "sent" and row.conversation_id
+    [create] = rig.double.find(op="create")
+    assert create.body["members"] == [{"id": "29:ada"}]
+    assert create.body["channelData"] == {"tenant": {"id": "t1"}}
+    dm = await rig.references.get(row.conversation_id)
+    assert dm is not None and dm.conversation_type == "personal"
+    await rig.proactive.enqueue([OutboxItem(text("two"), target_user_id="29:ada", tenant_id="t1")])
+    await rig.run()
+    assert len(rig.double.find(op="create")) == 1, "the 1:1 chat is reused"
+    assert [a["text"] for a in rig.double.sent_activities(row.conversation_id)] == ["one", "two"]
+
+
+async def test_unknown_user_fails_clearly(rig: Rig) -> None:
+    [result] = await rig.proactive.enqueue([OutboxItem(text("x"), target_user_id="29:nobody")])
+    await rig.run()
+    row = await rig.store.get(result.id)
+    assert row is not None and row.status == "failed" and "UnknownUser" in (row.last_error or "")
+
+
+async def test_pending_rows_survive_a_restart(rig: Rig) -> None:
+    await rig.known("a")
+    await rig.store.enqueue([OutboxItem(text(f"m{i}"), conversation_id="a") for i in range(5)])
+    fresh = rig.new_worker()  # a new process would do exactly this
+    assert await fresh.load() == 5
+    await rig.run(fresh)
+    assert [a["text"] for a in rig.double.sent_activities("a")] == [f"m{i}" for i in range(5)]
+    assert (await rig.store.counts()) == {"sent": 5}
