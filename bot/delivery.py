@@ -238,7 +238,7 @@ class DeliveryWorker:
         if not known or not known[0].bot_id:
             raise SendFailure("drop", None, "UnknownUser", f"no conversation with {user_id} to reach them from")
         base = known[0]
-        member_id = user_id if base.user_id != user_id or not base.user_id else base.user_id
+        member_id = await self._references.teams_user_id(user_id) or user_id
         conversation_id = await self._sender.open_personal_chat(
             base.service_url, row.tenant_id or base.tenant_id, base.bot_id or "", member_id
         )

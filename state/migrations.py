@@ -55,4 +55,61 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX conversation_members_aad ON conversation_members (user_aad_id);
         """,
     ),
+    Migration(
+        2,
+        "scheduled jobs",
+        """
+        CREATE TABLE scheduled_jobs (
+            id          TEXT PRIMARY KEY NOT NULL,
+            key         TEXT,
+            handler     TEXT NOT NULL,
+            payload     TEXT NOT NULL,
+            due_at      TEXT NOT NULL,
+            slot_at     TEXT,
+            interval_s  REAL,
+            jitter_s    REAL NOT NULL DEFAULT 0,
+            misfire     TEXT NOT NULL DEFAULT 'run_late' CHECK (misfire IN ('run_late', 'skip')),
+            grace_s     REAL NOT NULL,
+            state       TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'running', 'dead')),
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            lease_until TEXT,
+            last_error  TEXT,
+            created_at  TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX scheduled_jobs_key ON scheduled_jobs (key) WHERE key IS NOT NULL;
+        CREATE INDEX scheduled_jobs_dead ON scheduled_jobs (due_at) WHERE state = 'dead'
+        """,
+    ),
+    Migration(
+        3,
+        "proactive outbox",
+        """
+        CREATE TABLE outbox (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            dedup_key       TEXT UNIQUE,
+            conversation_id TEXT,
+            target_user_id  TEXT,
+            tenant_id       TEXT,
+            kind            TEXT NOT NULL DEFAULT 'send' CHECK (kind IN ('send', 'update')),
+            update_of       INTEGER REFERENCES outbox (id),
+            payload         TEXT NOT NULL,
+            category        TEXT NOT NULL DEFAULT 'notification',
+            subject         TEXT,
+            priority        INTEGER NOT NULL DEFAULT 0,
+            status          TEXT NOT NULL DEFAULT 'pending' CHECK (status IN
+                                ('pending', 'held', 'sent', 'failed', 'dropped', 'expired', 'cancelled')),
+            not_before      REAL NOT NULL,
+            expires_at      REAL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            last_error      TEXT,
+            activity_id     TEXT,
+            created_at      REAL NOT NULL,
+            updated_at      REAL NOT NULL,
+            sent_at         REAL,
+            CHECK (conversation_id IS NOT NULL OR target_user_id IS NOT NULL)
+        );
+        CREATE INDEX outbox_pending ON outbox (status, not_before) WHERE status IN ('pending', 'held');
+        CREATE INDEX outbox_conversation ON outbox (conversation_id, status)
+        """,
+    ),
 )

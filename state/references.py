@@ -144,6 +144,15 @@ class ConversationReferences:
         )
         return [ConversationRecord.from_row(r) for r in rows]
 
+    async def teams_user_id(self, user_id: str) -> str | None:
+        """The Teams user id ("29:…") of a member known by Teams id or AAD object id, or None."""
+        row = await self._db.fetchone(
+            "SELECT user_id FROM conversation_members WHERE user_id = ? OR user_aad_id = ? "
+            "ORDER BY last_seen DESC LIMIT 1",
+            (user_id, user_id),
+        )
+        return str(row["user_id"]) if row else None
+
     async def all(self, *, active_only: bool = True, tenant_id: str | None = None) -> list[ConversationRecord]:
         clauses, params = [], []
         if active_only:
