@@ -15,9 +15,12 @@ from botbuilder.core import ConversationState, MessageFactory, TurnContext, User
 
 from scheduler.clock import Clock, SystemClock
 from scheduler.ratelimit import TeamsRateLimiter
+from scheduler.scheduler import Scheduler
 from scheduler.sendqueue import SendQueue
 from state.db import Database
+from state.engagement import Engagement
 from state.outbox import OutboxStore
+from state.preferences import Preferences
 from state.references import ConversationReferences
 from state.storage import SqliteStorage
 
@@ -63,7 +66,13 @@ class BotApplication:
             self.clock,
             limiter=self.limiter,
         )
-        self.proactive = ProactiveMessages(self.outbox, self.worker)
+        self.scheduler = Scheduler(self.db, self.clock)
+        self.engagement = Engagement(self.db, self.clock)
+        self.preferences = Preferences(self.db, self.clock)
+        self.proactive = ProactiveMessages(
+            self.outbox, self.worker, self.references, self.engagement, self.preferences, self.scheduler,
+            hold_max_seconds=config.hold_max_seconds,
+        )
         notify = NotifyEndpoints(
             config.notify_token, self.references, self.outbox, self.proactive.enqueue,
             lambda: self.clock.now().timestamp(),
@@ -105,6 +114,7 @@ class BotApplication:
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         await self.db.open()
         await self.worker.start()
+        await self.scheduler.start()
         self._runner = web.AppRunner(self.web_app, shutdown_timeout=self._shutdown_timeout, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host or self.config.host, self.config.port if port is None else port)
@@ -117,6 +127,7 @@ class BotApplication:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()  # stops accepting, waits for in-flight requests up to shutdown_timeout
+        await self.scheduler.stop()
         await self.worker.stop()
         await self.authentication.session.close()
         await self.db.close()

@@ -32,6 +32,8 @@ class Config:
     log_level: str = "INFO"
     bot_name: str = "Price Watch"
     tenant_rps: float = 50.0
+    hold_max_seconds: float = 600.0
+    welcome_team_members: bool = False
 
     @property
     def database_path(self) -> str:
@@ -80,6 +82,15 @@ def _positive(name: str, value: str) -> float:
     return number
 
 
+def _flag(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
 def load_config(environ: Mapping[str, str], env_file: Path | None = Path(".env")) -> Config:
     """Build the config from `environ`, with values from `env_file` (if present) as defaults."""
     values: dict[str, str] = {}
@@ -109,6 +120,8 @@ def load_config(environ: Mapping[str, str], env_file: Path | None = Path(".env")
         log_level=log_level,
         bot_name=get("BOT_NAME", defaults.bot_name) or defaults.bot_name,
         tenant_rps=_positive("TEAMS_TENANT_RPS", get("TEAMS_TENANT_RPS", str(defaults.tenant_rps))),
+        hold_max_seconds=_positive("HOLD_MAX_SECONDS", get("HOLD_MAX_SECONDS", str(defaults.hold_max_seconds))),
+        welcome_team_members=_flag("WELCOME_TEAM_MEMBERS", get("WELCOME_TEAM_MEMBERS", "false")),
     )
     try:
         config.database_path  # noqa: B018 - validates the URL

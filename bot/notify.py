@@ -193,7 +193,9 @@ class NotifyEndpoints:
         results = await self._enqueue(resolved.items)
         return web.json_response(
             {
-                "queued": sum(1 for r in results if r.created),
+                "queued": sum(1 for r in results if r.created and r.decision.action == "deliver"),
+                "held": sum(1 for r in results if r.created and r.decision.action == "hold"),
+                "muted": sum(1 for r in results if r.created and r.decision.action == "drop"),
                 "duplicates": sum(1 for r in results if not r.created),
                 "ids": [r.id for r in results],
                 "unknown": {"users": resolved.unknown_users, "conversations": resolved.unknown_conversations},

@@ -1,27 +1,152 @@
-"""The one door every proactive message goes through: enqueue durably, then hand to the worker."""
+"""The one door every proactive message goes through: policy, then the durable outbox, then the worker.
+
+Each item consults the engagement policy first (state/engagement.py): deliver now, hold until the user's
+topic ends, or drop (muted notifications, unreachable conversations). Held items about the same subject
+supersede each other; several released together go out as ONE digest message.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
 
-from state.outbox import Enqueued, OutboxItem, OutboxStore
+from scheduler.scheduler import Scheduler
+from state.engagement import Decision, Engagement, decide
+from state.outbox import OutboxItem, OutboxStore
+from state.preferences import Preferences, conversation_subject, user_subject
+from state.references import ConversationReferences
 
 from .delivery import DeliveryWorker
+from .digest import digest_payload
+
+log = logging.getLogger(__name__)
+
+RELEASE_OVERDUE = "engagement.release_overdue"
+_STATUS: dict[str, Literal["pending", "held", "dropped"]] = {"deliver": "pending", "hold": "held", "drop": "dropped"}
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What happened to one item: its outbox id, whether it is new, and the policy's decision."""
+
+    id: int
+    created: bool
+    decision: Decision
 
 
 class ProactiveMessages:
     """Nothing sends directly: welcome, notifications, progress and results all come here."""
 
-    def __init__(self, store: OutboxStore, worker: DeliveryWorker) -> None:
+    def __init__(
+        self,
+        store: OutboxStore,
+        worker: DeliveryWorker,
+        references: ConversationReferences,
+        engagement: Engagement,
+        preferences: Preferences,
+        scheduler: Scheduler,
+        *,
+        hold_max_seconds: float = 600.0,
+    ) -> None:
         self._store = store
         self._worker = worker
+        self._references = references
+        self._engagement = engagement
+        self._preferences = preferences
+        self._scheduler = scheduler
+        self._hold_max = hold_max_seconds
+        self.counts: Counter[str] = Counter()
+        engagement.on_topic_ended(self.release)
+        scheduler.register(RELEASE_OVERDUE, self._release_overdue)
 
-    async def enqueue(self, items: Sequence[OutboxItem]) -> list[Enqueued]:
-        """Commit the rows, then wake the worker for those that may go now."""
-        if not items:
-            return []
-        results = await self._store.enqueue(items)
-        created = [r.id for r in results if r.created]
-        if created:
-            self._worker.submit([row for row in await self._store.get_many(created) if row.status == "pending"])
-        return results
+    async def _decision(self, item: OutboxItem) -> tuple[Decision, str | None]:
+        """The policy's answer for an item, and the conversation it concerns (if known)."""
+        conversation_id = item.conversation_id
+        subjects = []
+        if conversation_id:
+            record = await self._references.get(conversation_id)
+            subjects.append(conversation_subject(conversation_id))
+            if record is not None and record.conversation_type == "personal" and record.user_id:
+                subjects.append(user_subject(record.user_id))
+        if item.target_user_id:
+            user_id = await self._references.teams_user_id(item.target_user_id) or item.target_user_id
+            subjects.append(user_subject(user_id))
+            personal = [r for r in await self._references.for_user(user_id) if r.conversation_type == "personal"]
+            conversation_id = conversation_id or (personal[0].conversation_id if personal else None)
+        state = await self._engagement.state(conversation_id) if conversation_id else "idle"
+        muted = item.category == "notification" and await self._preferences.is_muted(*subjects)
+        return decide(state, category=item.category, urgent=item.priority > 0, muted=muted), conversation_id
+
+    async def enqueue(self, items: Sequence[OutboxItem]) -> list[Admission]:
+        """Apply the policy, commit the rows, then wake the worker for those that may go now."""
+        admissions: list[Admission] = []
+        for item in items:
+            decision, conversation_id = await self._decision(item)
+            [result] = await self._store.enqueue([replace(item, status=_STATUS[decision.action])],
+                                                 reason=decision.reason)
+            admissions.append(Admission(result.id, result.created, decision))
+            if not result.created:
+                continue
+            self.counts[{"deliver": "admitted", "hold": "held", "drop": "dropped"}[decision.action]] += 1
+            if decision.action == "deliver":
+                self._worker.submit(await self._store.get_many([result.id]))
+            elif decision.action == "hold" and conversation_id:
+                await self._hold(result.id, conversation_id, item)
+            else:
+                log.info("dropped a %s for %s: %s", item.category, conversation_id or item.target_user_id,
+                         decision.reason)
+        return admissions
+
+    async def _hold(self, row_id: int, conversation_id: str, item: OutboxItem) -> None:
+        if item.conversation_id is None:  # a user-targeted item waits in the user's 1:1 chat
+            await self._store.retarget(row_id, conversation_id)
+        if item.subject:
+            superseded = await self._store.supersede(conversation_id, item.subject, keep=row_id)
+            self.counts["superseded"] += superseded
+        if await self._scheduler.get(key=f"hold:{conversation_id}") is None:
+            await self._scheduler.schedule_in(
+                self._hold_max, RELEASE_OVERDUE, {"conversation_id": conversation_id}, key=f"hold:{conversation_id}"
+            )
+
+    async def release(self, conversation_id: str, *, resume_prompt: str | None = None) -> int:
+        """Send what was held for a conversation: one item as is, several as one digest. Returns rows released."""
+        await self._scheduler.cancel(key=f"hold:{conversation_id}")
+        held = await self._store.held(conversation_id)
+        if not held:
+            return 0
+        if len(held) == 1 and resume_prompt is None:
+            await self._store.set_status([held[0].id], "pending", only_from=["held"])
+            held[0].status = "pending"
+            self._worker.submit(held)
+        else:
+            first = held[0]
+            [digest] = await self._store.enqueue([OutboxItem(
+                payload=digest_payload(held, resume_prompt=resume_prompt), conversation_id=conversation_id,
+                tenant_id=first.tenant_id, category="digest", priority=max(r.priority for r in held),
+            )])
+            await self._store.set_status([r.id for r in held], "merged", only_from=["held"],
+                                         note=f"delivered in digest {digest.id}")
+            self._worker.submit(await self._store.get_many([digest.id]))
+        self.counts["released"] += len(held)
+        log.info("released %d held item(s) in %s", len(held), conversation_id)
+        return len(held)
+
+    async def _release_overdue(self, job: object) -> None:
+        """HOLD_MAX_SECONDS passed mid-topic: deliver, then re-ask the pending question."""
+        conversation_id = str(getattr(job, "payload", {}).get("conversation_id", ""))
+        if not conversation_id:
+            return
+        prompt = await self._engagement.pending_prompt(conversation_id)
+        in_topic = await self._engagement.state(conversation_id) == "in_topic"
+        await self.release(conversation_id, resume_prompt=prompt if in_topic else None)
+
+    async def conversation_removed(self, conversation_id: str) -> None:
+        """The bot was uninstalled: nothing more goes there until it is installed again."""
+        await self._engagement.fire(conversation_id, "removed")
+        await self._engagement.forget_welcome(conversation_id)
+        await self._scheduler.cancel(key=f"hold:{conversation_id}")
+        cancelled = await self._store.cancel_conversation(conversation_id, "the bot was removed")
+        self._worker.cancel(cancelled)

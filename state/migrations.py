@@ -97,7 +97,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             subject         TEXT,
             priority        INTEGER NOT NULL DEFAULT 0,
             status          TEXT NOT NULL DEFAULT 'pending' CHECK (status IN
-                                ('pending', 'held', 'sent', 'failed', 'dropped', 'expired', 'cancelled')),
+                                ('pending', 'held', 'sent', 'failed', 'dropped', 'expired', 'cancelled',
+                                 'superseded', 'merged')),
             not_before      REAL NOT NULL,
             expires_at      REAL,
             attempts        INTEGER NOT NULL DEFAULT 0,
@@ -110,6 +111,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         CREATE INDEX outbox_pending ON outbox (status, not_before) WHERE status IN ('pending', 'held');
         CREATE INDEX outbox_conversation ON outbox (conversation_id, status)
+        """,
+    ),
+    Migration(
+        4,
+        "engagement and notification preferences",
+        """
+        CREATE TABLE engagement (
+            conversation_id TEXT PRIMARY KEY,
+            state           TEXT NOT NULL DEFAULT 'idle',
+            pending_prompt  TEXT,
+            welcomed        INTEGER NOT NULL DEFAULT 0,
+            updated_at      REAL NOT NULL
+        );
+        CREATE TABLE preferences (
+            subject     TEXT PRIMARY KEY,
+            muted       INTEGER NOT NULL DEFAULT 0,
+            muted_until REAL,
+            updated_at  REAL NOT NULL
+        );
+        CREATE TABLE counters (
+            name  TEXT PRIMARY KEY,
+            value INTEGER NOT NULL DEFAULT 0
+        )
         """,
     ),
 )

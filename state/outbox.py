@@ -17,8 +17,7 @@ from scheduler.clock import Clock
 
 from .db import Database
 
-Status = Literal["pending", "held", "sent", "failed", "dropped", "expired", "cancelled"]
-TERMINAL: frozenset[str] = frozenset({"sent", "failed", "dropped", "expired", "cancelled"})
+Status = Literal["pending", "held", "sent", "failed", "dropped", "expired", "cancelled", "superseded", "merged"]
 PRIORITIES = {"normal": 0, "urgent": 1}
 
 
@@ -39,7 +38,7 @@ class OutboxItem:
     expires_at: float | None = None
     kind: Literal["send", "update"] = "send"
     update_of: int | None = None
-    status: Literal["pending", "held"] = "pending"
+    status: Literal["pending", "held", "dropped"] = "pending"
 
 
 @dataclass
@@ -135,8 +134,10 @@ class OutboxStore:
         self._db = db
         self._clock = clock
 
-    async def enqueue(self, items: Sequence[OutboxItem]) -> list[Enqueued]:
-        """Insert items in one transaction; an item whose dedup key exists returns the existing id."""
+    async def enqueue(self, items: Sequence[OutboxItem], *, reason: str | None = None) -> list[Enqueued]:
+        """Insert items in one transaction; an item whose dedup key exists returns the existing id.
+
+        `reason` is kept as the rows' note (e.g. why a notification was dropped)."""
         now = self._clock.now().timestamp()
         results: list[Enqueued] = []
         async with self._db.transaction() as tx:
@@ -149,8 +150,9 @@ class OutboxStore:
                 row = await tx.fetchone(
                     """
                     INSERT INTO outbox (dedup_key, conversation_id, target_user_id, tenant_id, kind, update_of,
-                        payload, category, subject, priority, status, not_before, expires_at, created_at, updated_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
+                        payload, category, subject, priority, status, not_before, expires_at, created_at, updated_at,
+                        last_error)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
                     """,
                     (
                         item.dedup_key,
@@ -168,6 +170,7 @@ class OutboxStore:
                         item.expires_at,
                         now,
                         now,
+                        reason if item.status == "dropped" else None,
                     ),
                 )
                 assert row is not None
@@ -227,7 +230,9 @@ class OutboxStore:
                 ],
             )
 
-    async def set_status(self, ids: Sequence[int], status: Status, *, only_from: Sequence[str] = ()) -> int:
+    async def set_status(
+        self, ids: Sequence[int], status: Status, *, only_from: Sequence[str] = (), note: str | None = None
+    ) -> int:
         """Move rows to `status` (e.g. held → pending on release). Returns how many changed."""
         if not ids:
             return 0
@@ -239,10 +244,23 @@ class OutboxStore:
                 marks = ",".join("?" * len(chunk))
                 guard = f" AND status IN ({','.join('?' * len(only_from))})" if only_from else ""
                 changed += await tx.execute(
-                    f"UPDATE outbox SET status = ?, updated_at = ? WHERE id IN ({marks}){guard}",
-                    [status, now, *chunk, *only_from],
+                    f"UPDATE outbox SET status = ?, updated_at = ?, last_error = COALESCE(?, last_error) "
+                    f"WHERE id IN ({marks}){guard}",
+                    [status, now, note, *chunk, *only_from],
                 )
         return changed
+
+    async def retarget(self, row_id: int, conversation_id: str) -> None:
+        """Pin a user-targeted row to the conversation it will be delivered in."""
+        await self._db.execute("UPDATE outbox SET conversation_id = ? WHERE id = ?", (conversation_id, row_id))
+
+    async def supersede(self, conversation_id: str, subject: str, *, keep: int) -> int:
+        """Older held rows about `subject` in a conversation give way to row `keep`; returns how many."""
+        return await self._db.execute(
+            "UPDATE outbox SET status = 'superseded', last_error = ?, updated_at = ? "
+            "WHERE conversation_id = ? AND subject = ? AND status = 'held' AND id != ?",
+            (f"superseded by {keep}", self._clock.now().timestamp(), conversation_id, subject, keep),
+        )
 
     async def cancel_conversation(self, conversation_id: str, reason: str) -> list[int]:
         """Cancel every pending or held row of a conversation; returns their ids."""

@@ -18,8 +18,11 @@ from bot.sender import TeamsSender
 from scheduler.clock import FakeClock
 from scheduler.ratelimit import TeamsRateLimiter
 from scheduler.sendqueue import SendQueue
+from scheduler.scheduler import Scheduler
 from state.db import Database
+from state.engagement import Engagement
 from state.outbox import OutboxItem, OutboxStore
+from state.preferences import Preferences
 from state.references import ConversationRecord, ConversationReferences
 from tests.connector_double import ConnectorDouble
 
@@ -76,7 +79,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         store = OutboxStore(db, clock)
         rig = Rig(clock, db, double, references, store, None, None, [])  # type: ignore[arg-type]
         rig.worker = rig.new_worker()
-        rig.proactive = ProactiveMessages(store, rig.worker)
+        rig.proactive = ProactiveMessages(
+            store, rig.worker, references, Engagement(db, clock), Preferences(db, clock), Scheduler(db, clock)
+        )
         yield rig
         await rig.worker.stop(timeout=1)
         for session in rig.sessions:

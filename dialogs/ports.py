@@ -1,0 +1,96 @@
+"""What the dialogs need from the rest of the bot, as small async Protocols (no SDK types).
+
+The dialogs only collect and validate input; storing watches, running analyses and keeping
+preferences belong to other packages, which implement these Protocols (in-memory versions for
+tests live in `dialogs.memory`).
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Literal, Protocol
+
+from .conditions import Condition
+
+
+@dataclass(frozen=True)
+class UserRef:
+    """Who asked: the Teams user id (`29:…`, the key everywhere), plus AAD object id and display name."""
+
+    id: str
+    aad_object_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class WatchView:
+    """One watch as the user sees it."""
+
+    product: str
+    condition: Condition
+    last_price: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class WatchResult:
+    """Outcome of `WatchBook.add`: a new watch, a changed condition, or a refusal with a reason to show."""
+
+    status: Literal["created", "updated", "rejected"]
+    watch: WatchView
+    reason: str | None = None
+
+
+UNTIL_UNMUTED = datetime.max.replace(tzinfo=UTC)
+"""What `Preferences.muted_until` returns for a mute without an end."""
+
+
+class WatchBook(Protocol):
+    """The user's price watches. Products are matched case-insensitively."""
+
+    async def add(self, user: UserRef, conversation_id: str, product: str, condition: Condition) -> WatchResult:
+        """Create the watch, or replace the condition of an existing watch on the same product."""
+        ...
+
+    async def list(self, user_id: str) -> builtins.list[WatchView]:
+        """The user's watches, oldest first."""
+        ...
+
+    async def remove(self, user_id: str, product: str) -> bool:
+        """Stop watching; False when the user was not watching that product."""
+        ...
+
+
+class Analyses(Protocol):
+    """Long-running product analyses; results are delivered later, proactively."""
+
+    async def start(self, user: UserRef, conversation_id: str, product: str) -> str:
+        """Start (or find already running) an analysis; returns the message to show the user."""
+        ...
+
+    async def running(self, user_id: str) -> builtins.list[str]:
+        """Products whose analysis is still running for the user, oldest first."""
+        ...
+
+    async def cancel(self, user_id: str, product: str | None = None) -> int:
+        """Cancel the analysis of `product` (all of the user's when None); returns how many stopped."""
+        ...
+
+
+class Preferences(Protocol):
+    """Notification mutes per subject: `user:<teams user id>` (set by `mute` in a 1:1 chat) or
+    `conversation:<conversation id>` (set in a group chat or channel); see `user_input.mute_subject`."""
+
+    async def mute(self, subject: str, until: datetime | None) -> None:
+        """Mute until `until` (UTC), or until `unmute` when None. Replaces an earlier mute."""
+        ...
+
+    async def unmute(self, subject: str) -> bool:
+        """Turn notifications back on; returns whether the subject was muted (an expired mute is not)."""
+        ...
+
+    async def muted_until(self, subject: str) -> datetime | None:
+        """None when not muted now (never, unmuted or expired); UNTIL_UNMUTED without an end; else the end."""
+        ...

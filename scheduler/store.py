@@ -1,0 +1,196 @@
+"""The `scheduled_jobs` table: every statement the scheduler runs against the database."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .jobs import Job, JobState, Misfire, iso, parse_iso
+
+if TYPE_CHECKING:
+    from state.db import Database
+
+# SQLite's historic limit on bound parameters is 999; stay well under it.
+_CHUNK = 500
+
+InsertRow = tuple[Any, ...]
+
+_INSERT = (
+    "INSERT OR REPLACE INTO scheduled_jobs (id, key, handler, payload, due_at, slot_at, interval_s, jitter_s,"
+    " misfire, grace_s, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def insert_row(job: Job) -> InsertRow:
+    """The parameters of `_INSERT` for a new job (payload is serialised here, so bad payloads fail early)."""
+    return (
+        job.id,
+        job.key,
+        job.handler,
+        json.dumps(job.payload, separators=(",", ":")),
+        iso(job.due_at),
+        iso(job.slot_at) if job.slot_at is not None else None,
+        job.interval_s,
+        job.jitter_s,
+        job.misfire.value,
+        job.grace_s,
+        iso(job.created_at or job.due_at),
+    )
+
+
+def job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        handler=row["handler"],
+        payload=json.loads(row["payload"]),
+        due_at=parse_iso(row["due_at"]),
+        key=row["key"],
+        interval_s=row["interval_s"],
+        jitter_s=row["jitter_s"],
+        slot_at=parse_iso(row["slot_at"]) if row["slot_at"] else None,
+        misfire=Misfire(row["misfire"]),
+        grace_s=row["grace_s"],
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        lease_until=parse_iso(row["lease_until"]) if row["lease_until"] else None,
+        last_error=row["last_error"],
+        created_at=parse_iso(row["created_at"]),
+    )
+
+
+def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start : start + _CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+class JobStore:
+    """SQL for jobs. Single statements run in autocommit (one round trip); multi-row work in a transaction.
+
+    Every update of a claimed job is conditional on `state = 'running'`, so a job replaced or cancelled
+    while its handler ran is not resurrected when the handler finishes.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def insert(self, job: Job) -> None:
+        """Insert, or atomically replace the job holding the same key (one `INSERT OR REPLACE`)."""
+        await self._db.execute(_INSERT, insert_row(job))
+
+    async def insert_many(self, rows: Sequence[InsertRow]) -> None:
+        async with self._db.transaction() as tx:
+            await tx.executemany(_INSERT, rows)
+
+    async def reclaim_expired(self, now: datetime) -> int:
+        """Return runs whose lease expired (their process died) to pending; returns how many."""
+        return await self._db.execute(
+            "UPDATE scheduled_jobs SET state = 'pending', lease_until = NULL"
+            " WHERE state = 'running' AND lease_until <= ?",
+            (iso(now),),
+        )
+
+    async def runnable(self, page: int = 10_000) -> AsyncIterator[list[sqlite3.Row]]:
+        """Every job that may run again, as pages of (id, handler, due_at, state, lease_until) rows.
+
+        Paging by id keeps the peak memory of a restart with many pending jobs small."""
+        after = ""
+        while True:
+            rows = await self._db.fetchall(
+                "SELECT id, handler, due_at, state, lease_until FROM scheduled_jobs"
+                " WHERE id > ? AND state != 'dead' ORDER BY id LIMIT ?",
+                (after, page),
+            )
+            if not rows:
+                return
+            yield rows
+            after = rows[-1]["id"]
+
+    async def claim(self, ids: Sequence[str], now: datetime, lease_until: datetime) -> list[Job]:
+        """Mark the given jobs running with a lease, if they are still due; returns those claimed."""
+        claimed: list[Job] = []
+        now_text = iso(now)
+        for chunk in _chunks(ids):
+            rows = await self._db.fetchall(
+                "UPDATE scheduled_jobs SET state = 'running', lease_until = ?, attempts = attempts + 1"
+                f" WHERE id IN ({_marks(len(chunk))})"
+                " AND ((state = 'pending' AND due_at <= ?) OR (state = 'running' AND lease_until <= ?))"
+                " RETURNING *",
+                (iso(lease_until), *chunk, now_text, now_text),
+            )
+            claimed.extend(job_from_row(row) for row in rows)
+        return claimed
+
+    async def complete(self, job_id: str) -> bool:
+        """A one-shot job succeeded (or was skipped): it is done and leaves the table."""
+        return await self._db.execute("DELETE FROM scheduled_jobs WHERE id = ? AND state = 'running'", (job_id,)) > 0
+
+    async def reschedule(
+        self,
+        job_id: str,
+        due_at: datetime,
+        *,
+        slot_at: datetime | None,
+        attempts: int,
+        last_error: str | None,
+    ) -> bool:
+        """A claimed job goes back to pending at `due_at` (next slot, or a retry after backoff)."""
+        changed = await self._db.execute(
+            "UPDATE scheduled_jobs SET state = 'pending', lease_until = NULL, due_at = ?, slot_at = ?,"
+            " attempts = ?, last_error = ? WHERE id = ? AND state = 'running'",
+            (iso(due_at), iso(slot_at) if slot_at is not None else None, attempts, last_error, job_id),
+        )
+        return changed > 0
+
+    async def bury(self, job_id: str, last_error: str) -> bool:
+        """Out of attempts: keep the job as dead with its last error."""
+        changed = await self._db.execute(
+            "UPDATE scheduled_jobs SET state = 'dead', lease_until = NULL, last_error = ?"
+            " WHERE id = ? AND state = 'running'",
+            (last_error, job_id),
+        )
+        return changed > 0
+
+    async def release(self, ids: Sequence[str]) -> None:
+        """Runs interrupted by a graceful stop: runnable again at once, and the attempt does not count."""
+        async with self._db.transaction() as tx:
+            for chunk in _chunks(ids):
+                await tx.execute(
+                    "UPDATE scheduled_jobs SET state = 'pending', lease_until = NULL,"
+                    " attempts = MAX(attempts - 1, 0)"
+                    f" WHERE id IN ({_marks(len(chunk))}) AND state = 'running'",
+                    tuple(chunk),
+                )
+
+    async def delete(self, *, job_id: str | None = None, key: str | None = None) -> bool:
+        if job_id is not None:
+            return await self._db.execute("DELETE FROM scheduled_jobs WHERE id = ?", (job_id,)) > 0
+        return await self._db.execute("DELETE FROM scheduled_jobs WHERE key = ?", (key,)) > 0
+
+    async def get(self, *, job_id: str | None = None, key: str | None = None) -> Job | None:
+        if job_id is not None:
+            row = await self._db.fetchone("SELECT * FROM scheduled_jobs WHERE id = ?", (job_id,))
+        else:
+            row = await self._db.fetchone("SELECT * FROM scheduled_jobs WHERE key = ?", (key,))
+        return job_from_row(row) if row is not None else None
+
+    async def list_by_prefix(self, prefix: str | None) -> list[Job]:
+        if prefix is None:
+            rows = await self._db.fetchall("SELECT * FROM scheduled_jobs ORDER BY due_at, id")
+        else:
+            # A range on the unique key index: keys starting with `prefix` sort below prefix + U+10FFFF.
+            rows = await self._db.fetchall(
+                "SELECT * FROM scheduled_jobs WHERE key >= ? AND key < ? ORDER BY due_at, id",
+                (prefix, prefix + "\U0010ffff"),
+            )
+        return [job_from_row(row) for row in rows]
+
+    async def dead(self) -> list[Job]:
+        rows = await self._db.fetchall("SELECT * FROM scheduled_jobs WHERE state = 'dead' ORDER BY due_at, id")
+        return [job_from_row(row) for row in rows]
