@@ -6,7 +6,7 @@ A subject is a user (`user:<teams id>`) — what `mute` in a 1:1 chat sets — o
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from scheduler.clock import Clock
 
@@ -51,8 +51,8 @@ class Preferences:
         if row is None or not row["muted"]:
             return None
         if row["muted_until"] is None:
-            return datetime.max.replace(tzinfo=timezone.utc)
-        until = datetime.fromtimestamp(row["muted_until"], tz=timezone.utc)
+            return datetime.max.replace(tzinfo=UTC)
+        until = datetime.fromtimestamp(row["muted_until"], tz=UTC)
         return until if until > self._clock.now() else None
 
     async def is_muted(self, *subjects: str) -> bool:

@@ -17,8 +17,8 @@ from bot.proactive import ProactiveMessages
 from bot.sender import TeamsSender
 from scheduler.clock import FakeClock
 from scheduler.ratelimit import TeamsRateLimiter
-from scheduler.sendqueue import SendQueue
 from scheduler.scheduler import Scheduler
+from scheduler.sendqueue import SendQueue
 from state.db import Database
 from state.engagement import Engagement
 from state.outbox import OutboxItem, OutboxStore
