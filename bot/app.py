@@ -11,8 +11,9 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from botbuilder.core import ConversationState, MessageFactory, TurnContext, UserState
+from botbuilder.core import ConversationState, MessageFactory, PrivateConversationState, TurnContext, UserState
 
+from dialogs.main_dialog import MainDialog
 from scheduler.clock import Clock, SystemClock
 from scheduler.ratelimit import TeamsRateLimiter
 from scheduler.scheduler import Scheduler
@@ -23,15 +24,18 @@ from state.outbox import OutboxStore
 from state.preferences import Preferences
 from state.references import ConversationReferences
 from state.storage import SqliteStorage
+from state.watches import SqliteWatchBook
 
 from .adapter import build_adapter, build_authentication
+from .analyses import NotYetAnalyses
 from .config import Config
 from .delivery import DeliveryWorker
-from .handler import ProactiveBot
+from .handler import WELCOME_TEAM_MEMBERS, ProactiveBot
 from .http import MessagesEndpoint, build_web_app
 from .notify import NotifyEndpoints
 from .proactive import ProactiveMessages
 from .sender import TeamsSender
+from .welcome import TeamMemberWelcome
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +54,6 @@ class BotApplication:
         self.authentication = build_authentication(config)
         self.adapter = build_adapter(self.authentication)
         self.adapter.on_turn_error = self._on_turn_error
-        self.bot = ProactiveBot(
-            bot_name=config.bot_name,
-            references=self.references,
-            conversation_state=self.conversation_state,
-            user_state=self.user_state,
-        )
         self.outbox = OutboxStore(self.db, self.clock)
         self.limiter = TeamsRateLimiter(self.clock, tenant_rps=config.tenant_rps)
         self.worker = DeliveryWorker(
@@ -73,6 +71,22 @@ class BotApplication:
             self.outbox, self.worker, self.references, self.engagement, self.preferences, self.scheduler,
             hold_max_seconds=config.hold_max_seconds,
         )
+        self.watches = SqliteWatchBook(self.db, self.clock)
+        self.bot = ProactiveBot(
+            bot_name=config.bot_name,
+            references=self.references,
+            conversation_state=self.conversation_state,
+            user_state=self.user_state,
+            dialog_state=PrivateConversationState(self.storage),
+            dialog=MainDialog(watches=self.watches, analyses=NotYetAnalyses(), preferences=self.preferences,
+                              clock=self.clock, bot_name=config.bot_name),
+            engagement=self.engagement,
+            proactive=self.proactive,
+            scheduler=self.scheduler,
+            welcome_team_members=config.welcome_team_members,
+        )
+        self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
+            self.adapter, self.references, self.proactive, config.app_id, config.bot_name))
         notify = NotifyEndpoints(
             config.notify_token, self.references, self.outbox, self.proactive.enqueue,
             lambda: self.clock.now().timestamp(),

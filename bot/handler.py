@@ -1,7 +1,7 @@
-"""The Teams activity handler: records where every conversation lives, answers commands.
+"""The Teams activity handler: records where every conversation lives, runs the dialogs, welcomes.
 
-It translates Teams events into calls on the domain; it holds no state of its own beyond the
-per-conversation turn locks.
+It translates Teams events into calls on the domain. After each message turn it tells the engagement
+state machine whether the user is mid-topic, which is what decides if proactive items wait.
 """
 
 from __future__ import annotations
@@ -10,21 +10,30 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from weakref import WeakValueDictionary
 
-from botbuilder.core import ConversationState, MessageFactory, TurnContext, UserState
+from botbuilder.core import BotState, ConversationState, TurnContext, UserState
 from botbuilder.core.teams import TeamsActivityHandler
-from botbuilder.schema import ActivityTypes
+from botbuilder.dialogs import Dialog
+from botbuilder.schema import ActivityTypes, ChannelAccount
+from botbuilder.schema.teams import TeamInfo
 
-from dialogs.commands import COMMAND_NAMES, help_text, parse_command
+from dialogs.runner import DIALOG_STATE_PROPERTY, pending_prompt, run_main_dialog
+from dialogs.welcome import InstallContext, welcome_payload
+from scheduler.scheduler import Scheduler
+from state.engagement import Engagement
+from state.outbox import OutboxItem
 from state.references import ConversationReferences
 
-from .references import record_from_activity
+from .proactive import ProactiveMessages
+from .references import record_from_activity, tenant_of
 
 log = logging.getLogger(__name__)
 
 # Activities that prove the bot can talk in the conversation again (after a removal or a block).
 _REACTIVATING = {ActivityTypes.message, ActivityTypes.invoke, ActivityTypes.message_reaction}
+WELCOME_TEAM_MEMBERS = "welcome.team_members"
 
 
 class ProactiveBot(TeamsActivityHandler):
@@ -37,11 +46,23 @@ class ProactiveBot(TeamsActivityHandler):
         references: ConversationReferences,
         conversation_state: ConversationState,
         user_state: UserState,
+        dialog_state: BotState,
+        dialog: Dialog,
+        engagement: Engagement,
+        proactive: ProactiveMessages,
+        scheduler: Scheduler,
+        welcome_team_members: bool = False,
     ) -> None:
         self._bot_name = bot_name
         self._references = references
-        self._conversation_state = conversation_state
-        self._user_state = user_state
+        self._states: tuple[BotState, ...] = (conversation_state, user_state, dialog_state)
+        self._dialog_state = dialog_state
+        self._dialog_accessor = dialog_state.create_property(DIALOG_STATE_PROPERTY)
+        self._dialog = dialog
+        self._engagement = engagement
+        self._proactive = proactive
+        self._scheduler = scheduler
+        self._welcome_team_members = welcome_team_members
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
     @asynccontextmanager
@@ -60,8 +81,8 @@ class ProactiveBot(TeamsActivityHandler):
         async with self._conversation_turn(conversation_id):
             await self._remember(turn_context)
             await super().on_turn(turn_context)
-            await self._conversation_state.save_changes(turn_context)
-            await self._user_state.save_changes(turn_context)
+            for state in self._states:
+                await state.save_changes(turn_context)
 
     async def _remember(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
@@ -74,30 +95,71 @@ class ProactiveBot(TeamsActivityHandler):
         )
         await self._references.upsert(record, reactivate=installing or activity.type in _REACTIVATING)
 
+    # -- messages ----------------------------------------------------------------------------------
+
     async def on_message_activity(self, turn_context: TurnContext) -> None:
         TurnContext.remove_recipient_mention(turn_context.activity)
-        text = turn_context.activity.text or ""
-        value = turn_context.activity.value
-        if not text.strip() and isinstance(value, dict) and isinstance(value.get("command"), str):
-            text = value["command"]  # a card button (Action.Submit with data {"command": ...})
-        command, _rest = parse_command(text)
-        if command == "help":
-            await turn_context.send_activity(MessageFactory.text(help_text(self._bot_name)))
-        elif command in COMMAND_NAMES:
-            await turn_context.send_activity(
-                MessageFactory.text(f"`{command}` is not available in this version yet. Type `help` to see more.")
-            )
-        elif not command:
-            await turn_context.send_activity(MessageFactory.text("Type `help` to see what I can do."))
-        else:
-            await turn_context.send_activity(
-                MessageFactory.text(f"I don't know `{command}`. Type `help` to see what I can do.")
-            )
+        mid_topic = await run_main_dialog(self._dialog, turn_context, self._dialog_accessor)
+        prompt = pending_prompt(await self._dialog_accessor.get(turn_context)) if mid_topic else None
+        # save before releasing held items, so a crash in between cannot replay the turn's answers
+        for state in self._states:
+            await state.save_changes(turn_context)
+        await self._engagement.after_turn(turn_context.activity.conversation.id, mid_topic=mid_topic, prompt=prompt)
+
+    # -- installation and welcome --------------------------------------------------------------------
 
     async def on_installation_update_add(self, turn_context: TurnContext) -> None:
-        log.info("installed in conversation %s", turn_context.activity.conversation.id)
+        await self._welcome(turn_context)
+
+    async def on_teams_members_added(
+        self, teams_members_added: list[ChannelAccount], team_info: TeamInfo, turn_context: TurnContext
+    ) -> None:
+        bot_id = turn_context.activity.recipient.id if turn_context.activity.recipient else None
+        if any(member.id == bot_id for member in teams_members_added):
+            await self._welcome(turn_context)
 
     async def on_installation_update_remove(self, turn_context: TurnContext) -> None:
         conversation_id = turn_context.activity.conversation.id
         await self._references.mark_inactive(conversation_id, "uninstalled")
+        await self._proactive.conversation_removed(conversation_id)
         log.info("removed from conversation %s; marked inactive", conversation_id)
+
+    async def on_teams_members_removed(
+        self, teams_members_removed: list[ChannelAccount], team_info: TeamInfo, turn_context: TurnContext
+    ) -> None:
+        bot_id = turn_context.activity.recipient.id if turn_context.activity.recipient else None
+        if any(member.id == bot_id for member in teams_members_removed):
+            await self.on_installation_update_remove(turn_context)
+
+    async def _welcome(self, turn_context: TurnContext) -> None:
+        """Welcome once per conversation (again after a removal), through the outbox like everything else."""
+        activity = turn_context.activity
+        conversation_id = activity.conversation.id
+        await self._engagement.fire(conversation_id, "installed")
+        if not await self._engagement.mark_welcomed(conversation_id):
+            return
+        where = install_context(activity.channel_data, activity.conversation.conversation_type,
+                                activity.from_property.name if activity.from_property else None)
+        await self._proactive.enqueue([OutboxItem(
+            payload=welcome_payload(self._bot_name, where), conversation_id=conversation_id,
+            tenant_id=tenant_of(activity), category="welcome",
+        )])
+        log.info("welcomed conversation %s (%s)", conversation_id, where.scope)
+        if self._welcome_team_members and where.scope == "team":
+            await self._scheduler.schedule_in(
+                0, WELCOME_TEAM_MEMBERS,
+                {"conversation_id": conversation_id, "team": where.team, "installer": where.installer},
+                key=f"welcome-members:{conversation_id}",
+            )
+
+
+def install_context(channel_data: Any, conversation_type: str | None, installer: str | None) -> InstallContext:
+    """Where the bot was added, from the activity's channelData (team and channel names)."""
+    data = channel_data if isinstance(channel_data, dict) else {}
+    team = data.get("team") if isinstance(data.get("team"), dict) else None
+    channel = data.get("channel") if isinstance(data.get("channel"), dict) else None
+    if team is not None or conversation_type == "channel":
+        return InstallContext("team", installer, (team or {}).get("name"), (channel or {}).get("name"))
+    if conversation_type == "groupChat":
+        return InstallContext("groupChat", installer)
+    return InstallContext("personal", installer)

@@ -115,7 +115,11 @@ class Engagement:
             self._machine.remove_model(model)
 
     async def after_turn(self, conversation_id: str, *, mid_topic: bool, prompt: str | None) -> str:
-        """Called at the end of every turn with whether a dialog is still waiting for the user."""
+        """Called at the end of every message turn with whether a dialog is still waiting for the user.
+
+        A message from a conversation the bot had lost (removed, blocked) shows it is reachable again."""
+        if await self.state(conversation_id) == "inactive":
+            await self.fire(conversation_id, "installed")
         return await self.fire(conversation_id, "topic_started" if mid_topic else "topic_ended", prompt=prompt)
 
     async def mark_welcomed(self, conversation_id: str) -> bool:

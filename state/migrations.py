@@ -136,4 +136,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         )
         """,
     ),
+    Migration(
+        5,
+        "price watches",
+        """
+        CREATE TABLE watches (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id         TEXT NOT NULL,
+            user_aad_id     TEXT,
+            user_name       TEXT,
+            conversation_id TEXT NOT NULL,
+            product         TEXT NOT NULL,
+            product_key     TEXT NOT NULL,
+            condition       TEXT NOT NULL,
+            last_price      TEXT,
+            snoozed_until   REAL,
+            created_at      REAL NOT NULL,
+            updated_at      REAL NOT NULL,
+            UNIQUE (user_id, product_key)
+        );
+        CREATE INDEX watches_product ON watches (product_key)
+        """,
+    ),
 )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -12,20 +13,29 @@ from dialogs.conditions import Condition
 from dialogs.memory import InMemoryAnalyses, InMemoryPreferences, InMemoryWatchBook
 from dialogs.ports import UNTIL_UNMUTED, Analyses, Preferences, UserRef, WatchBook, WatchView
 from scheduler.clock import FakeClock
+from state.db import Database
+from state.preferences import Preferences as SqlitePreferences
+from state.watches import SqliteWatchBook
 
 ADA = UserRef("29:ada", "aad-ada", "Ada")
 BOB = UserRef("29:bob", None, None)
 BELOW_10 = Condition("below", Decimal(10))
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
-WATCH_BOOKS: list[Callable[[], WatchBook]] = [InMemoryWatchBook]
 ANALYSES: list[Callable[[], Analyses]] = [InMemoryAnalyses]
-PREFERENCES: list[Callable[[FakeClock], Preferences]] = [InMemoryPreferences]
 
 
-@pytest.fixture(params=WATCH_BOOKS)
-def book(request: pytest.FixtureRequest) -> WatchBook:
-    return request.param()
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    db = Database(str(tmp_path / "ports.sqlite3"))
+    await db.open()
+    yield db
+    await db.close()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def book(request: pytest.FixtureRequest, database: Database, clock: FakeClock) -> WatchBook:
+    return InMemoryWatchBook() if request.param == "memory" else SqliteWatchBook(database, clock)
 
 
 @pytest.fixture(params=ANALYSES)
@@ -38,9 +48,9 @@ def clock() -> FakeClock:
     return FakeClock(T0)
 
 
-@pytest.fixture(params=PREFERENCES)
-def preferences(request: pytest.FixtureRequest, clock: FakeClock) -> Preferences:
-    return request.param(clock)
+@pytest.fixture(params=["memory", "sqlite"])
+def preferences(request: pytest.FixtureRequest, clock: FakeClock, database: Database) -> Preferences:
+    return InMemoryPreferences(clock) if request.param == "memory" else SqlitePreferences(database, clock)
 
 
 async def test_watch_book_adds_updates_lists_and_removes_per_user(book: WatchBook) -> None:
