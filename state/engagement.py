@@ -29,6 +29,10 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "topic_ended", "source": "in_topic", "dest": "idle", "after": "released"},
     {"trigger": "removed", "source": "*", "dest": "inactive"},
     {"trigger": "installed", "source": "inactive", "dest": "idle"},
+    # events that change nothing in these states (internal transitions, so none is "invalid")
+    {"trigger": "topic_ended", "source": ["idle", "inactive"], "dest": None},
+    {"trigger": "topic_started", "source": "inactive", "dest": None},
+    {"trigger": "installed", "source": ["idle", "in_topic"], "dest": None},
 ]
 
 Action = Literal["deliver", "hold", "drop"]
@@ -80,7 +84,7 @@ class Engagement:
         self._clock = clock
         self._machine = AsyncMachine(
             model=None, states=STATES, transitions=TRANSITIONS, initial="idle",
-            auto_transitions=False, ignore_invalid_triggers=True,
+            auto_transitions=False,
         )
         self._on_released: Callable[[str], Awaitable[object]] = _nothing
 

@@ -1,0 +1,79 @@
+"""The interjection rules as one table, and the engagement machine's persisted transitions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scheduler.clock import FakeClock
+from state.db import Database
+from state.engagement import Engagement, decide
+
+# state × category × urgent × muted → action
+TABLE = [
+    ("idle", "notification", False, False, "deliver"),
+    ("idle", "notification", True, False, "deliver"),
+    ("idle", "notification", False, True, "drop"),
+    ("idle", "notification", True, True, "drop"),
+    ("in_topic", "notification", False, False, "hold"),
+    ("in_topic", "notification", True, False, "deliver"),
+    ("in_topic", "notification", False, True, "drop"),
+    ("in_topic", "result", False, False, "hold"),
+    ("in_topic", "result", False, True, "hold"),  # results the user asked for ignore mute
+    ("idle", "result", False, True, "deliver"),
+    ("in_topic", "result", True, False, "deliver"),
+    ("in_topic", "welcome", False, False, "deliver"),
+    ("in_topic", "progress", False, False, "deliver"),  # an in-place update does not interrupt
+    ("inactive", "notification", False, False, "drop"),
+    ("inactive", "result", True, False, "drop"),
+    ("inactive", "welcome", False, False, "drop"),
+]
+
+
+@pytest.mark.parametrize(("state", "category", "urgent", "muted", "action"), TABLE)
+def test_interjection_rules(state: str, category: str, urgent: bool, muted: bool, action: str) -> None:
+    assert decide(state, category=category, urgent=urgent, muted=muted).action == action
+
+
+async def test_topic_end_releases_once_and_state_persists(tmp_path: Path) -> None:
+    released: list[str] = []
+
+    async def release(conversation_id: str) -> None:
+        released.append(conversation_id)
+
+    path = str(tmp_path / "e.sqlite3")
+    db = Database(path)
+    await db.open()
+    engagement = Engagement(db, FakeClock())
+    engagement.on_topic_ended(release)
+    assert await engagement.after_turn("c", mid_topic=True, prompt="Which product?") == "in_topic"
+    await db.close()
+
+    db = Database(path)  # a restart in the middle of the topic
+    await db.open()
+    engagement = Engagement(db, FakeClock())
+    engagement.on_topic_ended(release)
+    assert await engagement.state("c") == "in_topic"
+    assert await engagement.pending_prompt("c") == "Which product?"
+    assert await engagement.after_turn("c", mid_topic=False, prompt=None) == "idle"
+    assert await engagement.after_turn("c", mid_topic=False, prompt=None) == "idle"
+    assert released == ["c"], "only the turn in which the topic ends releases"
+    assert await engagement.pending_prompt("c") is None
+    await db.close()
+
+
+async def test_removed_then_message_or_install_reactivates(tmp_path: Path) -> None:
+    db = Database(str(tmp_path / "e.sqlite3"))
+    await db.open()
+    engagement = Engagement(db, FakeClock())
+    await engagement.fire("c", "removed")
+    assert await engagement.fire("c", "topic_started") == "inactive", "no topic in a conversation the bot left"
+    assert await engagement.after_turn("c", mid_topic=False, prompt=None) == "idle"
+    await engagement.fire("c", "removed")
+    assert await engagement.fire("c", "installed") == "idle"
+    assert await engagement.mark_welcomed("c") is True
+    assert await engagement.mark_welcomed("c") is False
+    await engagement.forget_welcome("c")
+    assert await engagement.mark_welcomed("c") is True
+    await db.close()
