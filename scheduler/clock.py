@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -26,14 +26,14 @@ class SystemClock:
         return time.monotonic()
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 class FakeClock:
     """A clock that only moves when told to; tests and benchmarks drive it with `advance`."""
 
     def __init__(self, start: datetime | None = None, monotonic_start: float = 1000.0) -> None:
-        self._wall = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._wall = start or datetime(2026, 1, 1, tzinfo=UTC)
         self._mono = monotonic_start
 
     def monotonic(self) -> float:
