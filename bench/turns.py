@@ -23,6 +23,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import free_port, median, percentile, spawn, stop, wait_http
 
+LATENCY_CONCURRENCY = 10
+
 STOCK_ECHO = """
 import sys
 from aiohttp import web
@@ -63,11 +65,11 @@ web.run_app(APP, host="127.0.0.1", port=CONFIG.PORT, print=None, access_log=None
 """
 
 
-def activity(service_url: str, worker: int, n: int) -> dict[str, object]:
+def activity(service_url: str, worker: int, n: int, text: str = "help") -> dict[str, object]:
     return {
         "type": "message",
         "id": f"m{worker}-{n}",
-        "text": "help",
+        "text": text,
         "channelId": "msteams",
         "serviceUrl": service_url,
         "conversation": {"id": f"bench-conv-{worker}", "conversationType": "personal", "tenantId": "t1"},
@@ -112,9 +114,20 @@ async def measure(name: str, url: str, service_url: str, turns: int, concurrency
     }
 
 
+async def start_analyses(url: str, service_url: str, count: int) -> None:
+    """`count` users each start a long analysis (in their own conversations)."""
+    async with aiohttp.ClientSession() as session:
+        for i in range(count):
+            body = activity(service_url, 10_000 + i, 0, text="analyze gadget")
+            async with session.post(url, json=body) as response:
+                await response.read()
+                if response.status >= 300:
+                    raise RuntimeError(f"starting analysis {i} failed: HTTP {response.status}")
+
+
 async def run(turns: int, concurrency: int, rounds: int) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-turns-"))
-    double_port, stock_port, ours_port = free_port(), free_port(), free_port()
+    double_port, stock_port, ours_port, busy_port = free_port(), free_port(), free_port(), free_port()
     (workdir / "stock_echo.py").write_text(STOCK_ECHO)
     processes = [
         spawn(["tests/connector_double.py", "--port", str(double_port)], log=workdir / "double.log"),
@@ -130,17 +143,37 @@ async def run(turns: int, concurrency: int, rounds: int) -> dict[str, float]:
             },
             log=workdir / "ours.log",
         ),
+        spawn(
+            ["main.py"],
+            env={
+                "PORT": str(busy_port),
+                "DATABASE_URL": f"sqlite:///{workdir}/busy.sqlite3",
+                "LOG_LEVEL": "WARNING",
+                "MicrosoftAppId": "",
+                "MicrosoftAppPassword": "",
+                "PRICE_SOURCE": "demo",
+                "ANALYZE_SECONDS": "600",
+                "PROGRESS_DELAYS": "1,2,3,4,5",
+            },
+            log=workdir / "busy.log",
+        ),
     ]
     service_url = f"http://127.0.0.1:{double_port}/"
-    results: dict[str, list[dict[str, float]]] = {"stock": [], "ours": []}
+    results: dict[str, list[dict[str, float]]] = {"stock": [], "ours": [], "quiet": [], "busy": []}
     try:
         await wait_http(service_url + "healthz")
         await wait_http(f"http://127.0.0.1:{stock_port}/healthz")
         await wait_http(f"http://127.0.0.1:{ours_port}/healthz")
+        await wait_http(f"http://127.0.0.1:{busy_port}/healthz")
+        await start_analyses(f"http://127.0.0.1:{busy_port}/api/messages", service_url, 100)
         for _ in range(rounds):  # alternate so drift on the machine hits both alike
             for name, port in (("stock", stock_port), ("ours", ours_port)):
                 url = f"http://127.0.0.1:{port}/api/messages"
                 results[name].append(await measure(name, url, service_url, turns, concurrency))
+            # turn latency (not throughput) with long work going on: a lighter load, side by side
+            for name, port in (("quiet", ours_port), ("busy", busy_port)):
+                url = f"http://127.0.0.1:{port}/api/messages"
+                results[name].append(await measure(name, url, service_url, turns // 2, LATENCY_CONCURRENCY))
     finally:
         for process in processes:
             stop(process)
@@ -154,12 +187,18 @@ async def run(turns: int, concurrency: int, rounds: int) -> dict[str, float]:
           f"{med('stock', 'p50_ms'):>10.1f}{med('stock', 'p99_ms'):>10.1f}")
     print(f"{'ours (state in SQLite)':<28}{med('ours', 'turns_s'):>10.0f}"
           f"{med('ours', 'p50_ms'):>10.1f}{med('ours', 'p99_ms'):>10.1f}")
+    print(f"\nturn latency at concurrency {LATENCY_CONCURRENCY}, {turns // 2} turns")
+    print(f"{'ours, nothing running':<28}{med('quiet', 'turns_s'):>10.0f}"
+          f"{med('quiet', 'p50_ms'):>10.1f}{med('quiet', 'p99_ms'):>10.1f}")
+    print(f"{'ours, 100 analyses running':<28}{med('busy', 'turns_s'):>10.0f}"
+          f"{med('busy', 'p50_ms'):>10.1f}{med('busy', 'p99_ms'):>10.1f}")
     return {
         "stock_echo_turns_s": round(med("stock", "turns_s"), 1),
         "ours_turns_s": round(med("ours", "turns_s"), 1),
         "ratio": round(med("ours", "turns_s") / med("stock", "turns_s"), 2),
         "stock_p99_ms": round(med("stock", "p99_ms"), 1),
         "ours_p99_ms": round(med("ours", "p99_ms"), 1),
+        "ours_p99_ms_100_analyses": round(med("busy", "p99_ms"), 1),
     }
 
 

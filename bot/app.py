@@ -22,19 +22,24 @@ from state.db import Database
 from state.engagement import Engagement
 from state.outbox import OutboxStore
 from state.preferences import Preferences
+from state.prices import PriceLog
 from state.references import ConversationReferences
 from state.storage import SqliteStorage
 from state.watches import SqliteWatchBook
 
 from .adapter import build_adapter, build_authentication
-from .analyses import NotYetAnalyses
+from .alert_buttons import AlertButtons
+from .analyses import AnalysisService
 from .config import Config
 from .delivery import DeliveryWorker
 from .handler import WELCOME_TEAM_MEMBERS, ProactiveBot
 from .http import MessagesEndpoint, build_web_app
 from .notify import NotifyEndpoints
+from .price_sources import build_price_source
+from .prices_api import PricesEndpoint
 from .proactive import ProactiveMessages
 from .sender import TeamsSender
+from .watching import PriceWatcher
 from .welcome import TeamMemberWelcome
 
 log = logging.getLogger(__name__)
@@ -71,19 +76,33 @@ class BotApplication:
             self.outbox, self.worker, self.references, self.engagement, self.preferences, self.scheduler,
             hold_max_seconds=config.hold_max_seconds,
         )
-        self.watches = SqliteWatchBook(self.db, self.clock)
+        self.price_source = build_price_source(
+            config.price_source, clock=self.clock, url_template=config.price_url_template,
+            price_path=config.price_field, currency_path=config.price_currency_field,
+            url_path=config.price_url_field, source_name=config.price_source_name,
+        )
+        self.prices = PriceLog(self.db, self.clock)
+        self.watcher = PriceWatcher(
+            SqliteWatchBook(self.db, self.clock), self.prices, self.proactive, self.scheduler, self.references,
+            self.clock, self.price_source, coalesce_seconds=config.alert_coalesce_seconds,
+        )
+        self.analyses = AnalysisService(
+            self.db, self.prices, self.proactive, self.scheduler, self.references, self.clock,
+            source=self.price_source, analyze_seconds=config.analyze_seconds, progress_delays=config.progress_delays,
+        )
         self.bot = ProactiveBot(
             bot_name=config.bot_name,
             references=self.references,
             conversation_state=self.conversation_state,
             user_state=self.user_state,
             dialog_state=PrivateConversationState(self.storage),
-            dialog=MainDialog(watches=self.watches, analyses=NotYetAnalyses(), preferences=self.preferences,
+            dialog=MainDialog(watches=self.watcher, analyses=self.analyses, preferences=self.preferences,
                               clock=self.clock, bot_name=config.bot_name),
             engagement=self.engagement,
             proactive=self.proactive,
             scheduler=self.scheduler,
             welcome_team_members=config.welcome_team_members,
+            alert_buttons=AlertButtons(self.watcher, self.preferences),
         )
         self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
             self.adapter, self.references, self.proactive, config.app_id, config.bot_name))
@@ -94,6 +113,8 @@ class BotApplication:
         self.web_app = build_web_app(MessagesEndpoint(self.adapter, self.authentication, self.bot), self.health)
         self.web_app.router.add_post("/api/notify", notify.post)
         self.web_app.router.add_get("/api/notify/{id}", notify.get)
+        prices_api = PricesEndpoint(notify.refuse, self.watcher.observe, self.clock)
+        self.web_app.router.add_post("/api/prices", prices_api.post)
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -129,6 +150,7 @@ class BotApplication:
         await self.db.open()
         await self.worker.start()
         await self.scheduler.start()
+        await self.watcher.start()
         self._runner = web.AppRunner(self.web_app, shutdown_timeout=self._shutdown_timeout, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host or self.config.host, self.config.port if port is None else port)
@@ -144,6 +166,8 @@ class BotApplication:
         await self.scheduler.stop()
         await self.worker.stop()
         await self.authentication.session.close()
+        if self.price_source is not None:
+            await self.price_source.close()
         await self.db.close()
         log.info("stopped")
 

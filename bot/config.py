@@ -34,6 +34,15 @@ class Config:
     tenant_rps: float = 50.0
     hold_max_seconds: float = 600.0
     welcome_team_members: bool = False
+    price_source: str = "demo"
+    price_url_template: str = ""
+    price_field: str = ""
+    price_currency_field: str = ""
+    price_url_field: str = ""
+    price_source_name: str = ""
+    analyze_seconds: float = 30.0
+    progress_delays: tuple[float, ...] = (5.0, 15.0, 30.0)
+    alert_coalesce_seconds: float = 3.0
 
     @property
     def database_path(self) -> str:
@@ -82,6 +91,32 @@ def _positive(name: str, value: str) -> float:
     return number
 
 
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _non_negative(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not number >= 0:
+        raise ConfigError(f"{name} must be zero or more, got {value!r}")
+    return number
+
+
+def _delays(value: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"PROGRESS_DELAYS must be comma-separated seconds like 5,15,30, got {value!r}") from None
+    if not delays or any(not d > 0 for d in delays) or list(delays) != sorted(delays):
+        raise ConfigError(f"PROGRESS_DELAYS must be increasing positive seconds like 5,15,30, got {value!r}")
+    return delays
+
+
 def _flag(name: str, value: str) -> bool:
     lowered = value.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -122,11 +157,28 @@ def load_config(environ: Mapping[str, str], env_file: Path | None = Path(".env")
         tenant_rps=_positive("TEAMS_TENANT_RPS", get("TEAMS_TENANT_RPS", str(defaults.tenant_rps))),
         hold_max_seconds=_positive("HOLD_MAX_SECONDS", get("HOLD_MAX_SECONDS", str(defaults.hold_max_seconds))),
         welcome_team_members=_flag("WELCOME_TEAM_MEMBERS", get("WELCOME_TEAM_MEMBERS", "false")),
+        price_source=_choice("PRICE_SOURCE", get("PRICE_SOURCE", defaults.price_source).lower(),
+                             ("demo", "http", "none")),
+        price_url_template=get("PRICE_URL_TEMPLATE", ""),
+        price_field=get("PRICE_FIELD", ""),
+        price_currency_field=get("PRICE_CURRENCY_FIELD", ""),
+        price_url_field=get("PRICE_URL_FIELD", ""),
+        price_source_name=get("PRICE_SOURCE_NAME", ""),
+        analyze_seconds=_positive("ANALYZE_SECONDS", get("ANALYZE_SECONDS", str(defaults.analyze_seconds))),
+        progress_delays=_delays(get("PROGRESS_DELAYS", ",".join(f"{d:g}" for d in defaults.progress_delays))),
+        alert_coalesce_seconds=_non_negative(
+            "ALERT_COALESCE_SECONDS", get("ALERT_COALESCE_SECONDS", str(defaults.alert_coalesce_seconds))),
     )
     try:
         config.database_path  # noqa: B018 - validates the URL
     except DatabaseUrlError as exc:
         raise ConfigError(str(exc)) from None
+    if config.price_source == "http":
+        for variable, value in (("PRICE_URL_TEMPLATE", config.price_url_template), ("PRICE_FIELD", config.price_field)):
+            if not value:
+                raise ConfigError(f"PRICE_SOURCE=http needs {variable}")
+        if "{product}" not in config.price_url_template:
+            raise ConfigError("PRICE_URL_TEMPLATE must contain {product}, e.g. https://prices.example/api/{product}")
     if config.app_password and not config.app_id:
         raise ConfigError("MicrosoftAppPassword is set but MicrosoftAppId is empty; set both or neither")
     if config.app_id and config.app_type != "UserAssignedMSI" and not config.app_password:

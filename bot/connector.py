@@ -64,9 +64,16 @@ class AiohttpSender(AsyncHTTPSender):
         raw = await self._session.get().request(
             http_request.method, http_request.url, headers=dict(http_request.headers), data=http_request.data
         )
-        response = AioHttpClientResponse(http_request, raw)
+        response = _LoadedResponse(http_request, raw)
         await response.load_body()
         return Response(request, response)
+
+
+class _LoadedResponse(AioHttpClientResponse):
+    """msrest's aiohttp response, except that an empty body (Teams' 202/204 answers) is a body too."""
+
+    def body(self) -> bytes:
+        return self._body or b""
 
 
 class CredentialsPolicy(SansIOHTTPPolicy):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from weakref import WeakValueDictionary
@@ -20,6 +20,7 @@ from botbuilder.schema import ActivityTypes, ChannelAccount
 from botbuilder.schema.teams import TeamInfo
 
 from dialogs.runner import DIALOG_STATE_PROPERTY, pending_prompt, run_main_dialog
+from dialogs.runner import mid_topic as mid_topic_of
 from dialogs.welcome import InstallContext, welcome_payload
 from scheduler.scheduler import Scheduler
 from state.engagement import Engagement
@@ -52,6 +53,7 @@ class ProactiveBot(TeamsActivityHandler):
         proactive: ProactiveMessages,
         scheduler: Scheduler,
         welcome_team_members: bool = False,
+        alert_buttons: Callable[[TurnContext, dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         self._bot_name = bot_name
         self._references = references
@@ -63,6 +65,7 @@ class ProactiveBot(TeamsActivityHandler):
         self._proactive = proactive
         self._scheduler = scheduler
         self._welcome_team_members = welcome_team_members
+        self._alert_buttons = alert_buttons
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
     @asynccontextmanager
@@ -99,7 +102,12 @@ class ProactiveBot(TeamsActivityHandler):
 
     async def on_message_activity(self, turn_context: TurnContext) -> None:
         TurnContext.remove_recipient_mention(turn_context.activity)
-        mid_topic = await run_main_dialog(self._dialog, turn_context, self._dialog_accessor)
+        value = turn_context.activity.value
+        if isinstance(value, dict) and value.get("command") == "alert" and self._alert_buttons is not None:
+            await self._alert_buttons(turn_context, value)
+            mid_topic = bool(await mid_topic_of(turn_context, self._dialog_accessor))
+        else:
+            mid_topic = await run_main_dialog(self._dialog, turn_context, self._dialog_accessor)
         prompt = pending_prompt(await self._dialog_accessor.get(turn_context)) if mid_topic else None
         # save before releasing held items, so a crash in between cannot replay the turn's answers
         for state in self._states:

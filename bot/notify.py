@@ -165,7 +165,8 @@ class NotifyEndpoints:
         self._enqueue = enqueue
         self._now = now
 
-    def _refuse(self, request: web.Request) -> web.Response | None:
+    def refuse(self, request: web.Request) -> web.Response | None:
+        """None when the request carries the right Bearer token, else the answer to give."""
         if not self._token:
             return error(503, "NotifyDisabled", "the notify API is off: set NOTIFY_TOKEN to enable it")
         header = request.headers.get("Authorization", "")
@@ -175,7 +176,7 @@ class NotifyEndpoints:
         return None
 
     async def post(self, request: web.Request) -> web.Response:
-        refused = self._refuse(request)
+        refused = self.refuse(request)
         if refused is not None:
             return refused
         if request.content_type != "application/json":
@@ -205,7 +206,7 @@ class NotifyEndpoints:
         )
 
     async def get(self, request: web.Request) -> web.Response:
-        refused = self._refuse(request)
+        refused = self.refuse(request)
         if refused is not None:
             return refused
         try:

@@ -150,12 +150,39 @@ MIGRATIONS: tuple[Migration, ...] = (
             product_key     TEXT NOT NULL,
             condition       TEXT NOT NULL,
             last_price      TEXT,
+            last_alert_price TEXT,
             snoozed_until   REAL,
             created_at      REAL NOT NULL,
             updated_at      REAL NOT NULL,
             UNIQUE (user_id, product_key)
         );
-        CREATE INDEX watches_product ON watches (product_key)
+        CREATE INDEX watches_product ON watches (product_key);
+        CREATE TABLE price_observations (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            product_key TEXT NOT NULL,
+            product     TEXT NOT NULL,
+            price       TEXT NOT NULL,
+            currency    TEXT,
+            source      TEXT NOT NULL,
+            url         TEXT,
+            observed_at REAL NOT NULL
+        );
+        CREATE INDEX price_observations_product ON price_observations (product_key, observed_at);
+        CREATE TABLE analyses (
+            id              TEXT PRIMARY KEY,
+            user_id         TEXT NOT NULL,
+            conversation_id TEXT NOT NULL,
+            tenant_id       TEXT,
+            product         TEXT NOT NULL,
+            product_key     TEXT NOT NULL,
+            status          TEXT NOT NULL CHECK (status IN ('running', 'done', 'cancelled', 'failed')),
+            started_at      REAL NOT NULL,
+            due_at          REAL NOT NULL,
+            progress_row    INTEGER,
+            result          TEXT,
+            updated_at      REAL NOT NULL
+        );
+        CREATE INDEX analyses_user ON analyses (user_id, status)
         """,
     ),
 )

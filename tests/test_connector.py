@@ -43,3 +43,28 @@ async def test_pooled_client_sends_over_aiohttp_with_the_sdk_token(
         assert request.authorization == expected
         assert "teams-proactive-bot" in request.headers.get("User-Agent", "")
     await session.close()
+
+
+async def test_an_empty_connector_answer_is_not_an_error() -> None:
+    """Teams (and the Playground) may answer a send with 202 and no body."""
+    from aiohttp import web
+
+    async def empty(request: web.Request) -> web.Response:
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/v3/conversations/{cid}/activities", empty)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    session = SharedSession()
+    try:
+        client = pooled_client(ConnectorClient(MicrosoftAppCredentials("", ""), base_url=f"http://127.0.0.1:{port}/"),
+                               session)
+        response = await client.conversations.send_to_conversation("c1", Activity(type="message", text="hi"))
+        assert response is None or not getattr(response, "id", None)
+    finally:
+        await session.close()
+        await runner.cleanup()

@@ -1,0 +1,150 @@
+"""Price watching: one poll job per watched product, every price change evaluated against its watches.
+
+Quotes come from polling (a PriceSource) or from `POST /api/prices`. Each new quote is recorded and an
+evaluation is scheduled a few seconds later (only if none is pending), so rapid moves coalesce into one
+alert carrying the latest price. Alerts go through the interjection policy and the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from dialogs.alert_card import Alert, alert_payload
+from dialogs.conditions import Condition
+from dialogs.ports import UserRef, WatchResult, WatchView
+from scheduler.clock import Clock
+from scheduler.jobs import Job
+from scheduler.scheduler import Scheduler
+from state.outbox import OutboxItem
+from state.prices import Observation, PriceLog, triggers
+from state.references import ConversationReferences
+from state.watches import SqliteWatchBook, product_key
+
+from .proactive import ProactiveMessages
+
+log = logging.getLogger(__name__)
+
+POLL = "prices.poll"
+EVALUATE = "prices.evaluate"
+
+
+class PriceWatcher:
+    """Implements the dialogs' WatchBook port and reacts to price quotes."""
+
+    def __init__(self, book: SqliteWatchBook, prices: PriceLog, proactive: ProactiveMessages, scheduler: Scheduler,
+                 references: ConversationReferences, clock: Clock, source: Any = None,
+                 coalesce_seconds: float = 3.0) -> None:
+        self._book = book
+        self._prices = prices
+        self._proactive = proactive
+        self._scheduler = scheduler
+        self._references = references
+        self._clock = clock
+        self._source = source
+        self._coalesce = coalesce_seconds
+        scheduler.register(POLL, self._poll)
+        scheduler.register(EVALUATE, self._evaluate)
+
+    # -- the WatchBook port ------------------------------------------------------------------------
+
+    async def add(self, user: UserRef, conversation_id: str, product: str, condition: Condition) -> WatchResult:
+        result = await self._book.add(user, conversation_id, product, condition)
+        if result.status != "rejected":
+            if condition.kind in ("any", "percent"):  # these measure moves from the price known now
+                latest = await self._prices.latest(product)
+                if latest is not None:
+                    for watch in await self._prices.watches_on(product):
+                        if watch.user_id == user.id and watch.last_price is None:
+                            await self._prices.saw(watch.id, latest.price, alerted=False)
+            await self._ensure_polling(product)
+        return result
+
+    async def list(self, user_id: str) -> list[WatchView]:
+        return await self._book.list(user_id)
+
+    async def remove(self, user_id: str, product: str) -> bool:
+        removed = await self._book.remove(user_id, product)
+        if removed:
+            await self._stop_polling_if_unwatched(product)
+        return removed
+
+    # -- polling -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Make sure every watched product is polled by the configured source (and nothing else is)."""
+        for key in await self._prices.watched_products():
+            await self._ensure_polling(key)
+
+    async def _ensure_polling(self, product: str) -> None:
+        if self._source is None:
+            return
+        key = f"poll:{product_key(product)}"
+        if await self._scheduler.get(key=key) is None:
+            await self._scheduler.schedule_every(
+                self._source.poll_interval_s, POLL, {"product": product_key(product)}, key=key, first_in=0,
+                misfire="skip",
+            )
+
+    async def _stop_polling_if_unwatched(self, product: str) -> None:
+        if not await self._prices.watches_on(product):
+            await self._scheduler.cancel(key=f"poll:{product_key(product)}")
+
+    async def _poll(self, job: Job) -> None:
+        product = str(job.payload["product"])
+        if self._source is None or not await self._prices.watches_on(product):
+            await self._scheduler.cancel(key=f"poll:{product}")
+            return
+        quote = await self._source.fetch(product)
+        if quote is not None:
+            await self.observe(Observation(quote.product, quote.price, quote.currency, quote.source, quote.url,
+                                           quote.observed_at))
+
+    # -- quotes and alerts -------------------------------------------------------------------------
+
+    async def observe(self, observation: Observation) -> None:
+        """A new price (polled or pushed): record it; evaluate soon, once for a burst of moves."""
+        await self._prices.record(observation)
+        key = f"evaluate:{product_key(observation.product)}"
+        if await self._scheduler.get(key=key) is None:
+            await self._scheduler.schedule_in(self._coalesce, EVALUATE, {"product": product_key(observation.product)},
+                                              key=key)
+
+    async def _evaluate(self, job: Job) -> None:
+        product = str(job.payload["product"])
+        latest = await self._prices.latest(product)
+        if latest is None:
+            return
+        now = self._clock.now().timestamp()
+        items = []
+        for watch in await self._prices.watches_on(product):
+            fire = triggers(watch.condition, last_seen=watch.last_price, last_alert=watch.last_alert_price,
+                            new=latest.price)
+            snoozed = watch.snoozed_until is not None and watch.snoozed_until > now
+            if fire and not snoozed:
+                record = await self._references.get(watch.conversation_id)
+                alert = Alert(watch.id, watch.product, watch.last_price, latest.price, latest.currency,
+                              latest.source, latest.url, watch.condition, latest.observed_at)
+                items.append(OutboxItem(
+                    payload=alert_payload(alert), conversation_id=watch.conversation_id,
+                    tenant_id=record.tenant_id if record else None, category="notification",
+                    subject=f"price:{product}", dedup_key=f"alert:{watch.id}:{latest.price}",
+                ))
+            await self._prices.saw(watch.id, latest.price, alerted=fire and not snoozed)
+        if items:
+            await self._proactive.enqueue(items)
+            log.info("price of %s is %s: %d alert(s)", product, latest.price, len(items))
+
+    async def snooze(self, watch_id: int, hours: float) -> str:
+        until = self._clock.now() + timedelta(hours=hours)
+        if not await self._prices.snooze(watch_id, until):
+            return "That watch no longer exists."
+        return f"Snoozed until {until.strftime('%Y-%m-%d %H:%M UTC')}."
+
+    async def stop(self, watch_id: int) -> str:
+        watch = await self._prices.watch(watch_id)
+        if watch is None or not await self._prices.remove_watch(watch_id):
+            return "You're no longer watching this product."
+        await self._stop_polling_if_unwatched(watch.product)
+        return f"Stopped watching {watch.product}."

@@ -1,0 +1,82 @@
+"""The price alert: what happened, to what, who/what caused it, what you can do, how to opt out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from .cards import SCHEMA
+from .conditions import Condition, format_price
+
+CARD = "application/vnd.microsoft.card.adaptive"
+
+
+@dataclass(frozen=True)
+class Alert:
+    watch_id: int
+    product: str
+    old: Decimal | None
+    new: Decimal
+    currency: str | None
+    source: str
+    url: str | None
+    condition: Condition
+    observed_at: datetime
+
+
+def _money(value: Decimal, currency: str | None) -> str:
+    return f"{format_price(value)} {currency}" if currency else format_price(value)
+
+
+def _button(title: str, action: str, alert: Alert, **extra: str) -> dict[str, Any]:
+    data = {"command": "alert", "action": action, "watchId": str(alert.watch_id), "product": alert.product, **extra}
+    return {"type": "Action.Submit", "title": title, "data": data}
+
+
+def alert_text(alert: Alert) -> str:
+    if alert.old is None or alert.old == 0:
+        return f"{alert.product} is now {_money(alert.new, alert.currency)}"
+    change = (alert.new - alert.old) / alert.old * 100
+    return (f"{alert.product}: {_money(alert.old, alert.currency)} → {_money(alert.new, alert.currency)} "
+            f"({change:+.1f}%)")
+
+
+def alert_payload(alert: Alert) -> dict[str, Any]:
+    """The activity JSON of one alert (Adaptive Card 1.5)."""
+    product = f"[{alert.product}]({alert.url})" if alert.url else alert.product
+    body: list[dict[str, Any]] = [
+        {"type": "TextBlock", "text": "Price alert", "weight": "Bolder", "size": "Medium", "wrap": True},
+        {"type": "TextBlock", "wrap": True, "text": alert_text(alert).replace(alert.product, product, 1)},
+        {"type": "FactSet", "facts": [
+            {"title": "Why", "value": f"You asked to hear when {alert.product} {alert.condition.describe()}."},
+            {"title": "Reported by", "value": alert.source},
+            {"title": "Seen at", "value": alert.observed_at.strftime("%Y-%m-%d %H:%M UTC")},
+        ]},
+        {"type": "TextBlock", "isSubtle": True, "wrap": True, "size": "Small",
+         "text": "Don't want these? Snooze this watch, stop watching it, or mute all notifications."},
+    ]
+    actions: list[dict[str, Any]] = []
+    if alert.url:
+        actions.append({"type": "Action.OpenUrl", "title": "View", "url": alert.url})
+    actions += [
+        _button("Snooze 1 hour", "snooze", alert, args="1h"),
+        _button("Snooze 1 day", "snooze", alert, args="1d"),
+        _button("Stop watching", "stop", alert),
+        _button("Mute notifications", "mute", alert),
+    ]
+    card = {"type": "AdaptiveCard", "$schema": SCHEMA, "version": "1.5", "body": body, "actions": actions}
+    return {"type": "message", "summary": alert_text(alert), "attachments": [{"contentType": CARD, "content": card}]}
+
+
+def acknowledged_payload(alert_summary: str, outcome: str) -> dict[str, Any]:
+    """What an alert card becomes after a button press (updated in place)."""
+    card = {
+        "type": "AdaptiveCard", "$schema": SCHEMA, "version": "1.5",
+        "body": [
+            {"type": "TextBlock", "text": alert_summary or "Price alert", "wrap": True, "isSubtle": True},
+            {"type": "TextBlock", "text": outcome, "wrap": True, "weight": "Bolder"},
+        ],
+    }
+    return {"type": "message", "attachments": [{"contentType": CARD, "content": card}]}

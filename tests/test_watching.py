@@ -1,0 +1,170 @@
+"""Price watching and analyses end to end over HTTP: push prices, alerts, buttons, progress, results."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.app import BotApplication
+from scheduler.clock import FakeClock
+from tests.chat import Chat
+from tests.conftest import StartBot, bot_url
+from tests.connector_double import ConnectorDouble
+
+TOKEN = "tok"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def double() -> AsyncIterator[ConnectorDouble]:
+    async with ConnectorDouble() as d:
+        yield d
+
+
+@pytest.fixture
+async def chat(start_bot: StartBot, http: aiohttp.ClientSession, double: ConnectorDouble) -> Chat:
+    app = await start_bot(notify_token=TOKEN, price_source="none", analyze_seconds=30.0,
+                          progress_delays=(5.0, 15.0), alert_coalesce_seconds=2.0)
+    chat = Chat(http, app, double)
+    await chat.install()
+    await chat.settle()
+    return chat
+
+
+async def push(chat: Chat, price: Any, product: str = "gadget", **extra: Any) -> tuple[int, dict[str, Any]]:
+    body = {"product": product, "price": price, "currency": "USD", "source": "Acme Store", **extra}
+    async with chat.http.post(bot_url(chat.app, "/api/prices"), json=body, headers=AUTH) as response:
+        return response.status, await response.json()
+
+
+async def tick(chat: Chat, clock: FakeClock, seconds: float) -> None:
+    clock.advance(seconds)
+    await chat.app.scheduler.run_due()
+    await chat.settle()
+
+
+def alert_cards(chat: Chat) -> list[dict[str, Any]]:
+    return [c for c in chat.cards() if c["body"][0].get("text") == "Price alert"]
+
+
+async def test_alert_only_when_the_condition_holds_and_once_per_price(chat: Chat, fake_clock: FakeClock) -> None:
+    await chat.say("watch gadget below 10")
+    assert (await push(chat, 12))[0] == 202
+    await tick(chat, fake_clock, 3)
+    assert alert_cards(chat) == []
+    await push(chat, "9.50", url="https://shop.example/gadget")
+    await tick(chat, fake_clock, 3)
+    [card] = alert_cards(chat)
+    text = " ".join(chat.texts())
+    assert "12.00 USD → 9.50 USD" in text and "-20.8%" in text and "Acme Store" in text
+    titles = [a["title"] for a in card["actions"]]
+    assert titles == ["View", "Snooze 1 hour", "Snooze 1 day", "Stop watching", "Mute notifications"]
+    await push(chat, "9.50")
+    await tick(chat, fake_clock, 3)
+    assert len(alert_cards(chat)) == 1, "never twice for the same price"
+
+
+async def test_rapid_moves_coalesce_into_one_alert_with_the_latest_price(chat: Chat, fake_clock: FakeClock) -> None:
+    await chat.say("watch gadget below 10")
+    for price in ("9.9", "9.5", "9.1"):
+        await push(chat, price)
+    await tick(chat, fake_clock, 3)
+    [_] = alert_cards(chat)
+    assert "9.10" in " ".join(chat.texts()) and "9.50" not in " ".join(chat.texts())
+
+
+async def test_stop_watching_button_updates_the_card_in_place(chat: Chat, fake_clock: FakeClock,
+                                                              double: ConnectorDouble) -> None:
+    await chat.say("watch gadget below 10")
+    await push(chat, 9)
+    await tick(chat, fake_clock, 3)
+    [card] = alert_cards(chat)
+    stop = next(a for a in card["actions"] if a["title"] == "Stop watching")
+    [sent] = [r for r in double.find(op="send") if "Price alert" in str(r.body)]
+    activity_id = sent.response["id"]
+    await chat.post(chat.activity("message", value=stop["data"], replyToId=activity_id))
+    updated = double.activity(chat.conversation_id, activity_id)
+    assert updated is not None and "Stopped watching gadget" in str(updated)
+    await chat.say("list")
+    assert "aren't watching any prices" in chat.texts()[-1]
+
+
+async def test_snooze_silences_a_watch_for_a_while(chat: Chat, fake_clock: FakeClock) -> None:
+    await chat.say("watch gadget any change")
+    await push(chat, 10)
+    await tick(chat, fake_clock, 3)
+    await push(chat, 11)
+    await tick(chat, fake_clock, 3)
+    [card] = alert_cards(chat)
+    snooze = next(a for a in card["actions"] if a["title"] == "Snooze 1 hour")
+    await chat.press(snooze["data"])
+    await push(chat, 12)
+    await tick(chat, fake_clock, 3)
+    assert len(alert_cards(chat)) == 1
+    await tick(chat, fake_clock, 3600)
+    await push(chat, 13)
+    await tick(chat, fake_clock, 3)
+    assert len(alert_cards(chat)) == 2
+
+
+async def test_push_api_validates_and_requires_the_token(chat: Chat) -> None:
+    assert (await push(chat, -1))[1]["error"]["field"] == "price"
+    async with chat.http.post(bot_url(chat.app, "/api/prices"), json={"product": "x"}) as response:
+        assert response.status == 401
+
+
+async def test_analysis_acknowledges_updates_in_place_and_delivers(chat: Chat, fake_clock: FakeClock,
+                                                                   double: ConnectorDouble) -> None:
+    for price in (10, 12, 11):
+        await push(chat, price)
+    await chat.say("analyze gadget")
+    assert "Working on it" in chat.texts()[-1]
+    await chat.say("status")
+    assert "gadget" in chat.texts()[-1]
+    await tick(chat, fake_clock, 5)
+    await tick(chat, fake_clock, 10)
+    progress = [r for r in double.find(conversation_id=chat.conversation_id) if "Still working" in str(r.body)]
+    assert [r.op for r in progress] == ["send", "update"], "one progress message, then updated in place"
+    await chat.say("help")  # the conversation goes on meanwhile
+    await tick(chat, fake_clock, 15)
+    result = [t for t in chat.texts() if "Analysis of gadget is ready" in t]
+    assert len(result) == 1 and "10.00 / 12.00 USD" in result[0] and "rising" in result[0]
+    final = double.activity(chat.conversation_id, progress[0].response["id"])
+    assert final is not None and "Done" in str(final)
+
+
+async def test_cancel_analysis(chat: Chat, fake_clock: FakeClock) -> None:
+    await chat.say("analyze gizmo")
+    await chat.say("cancel gizmo")
+    await tick(chat, fake_clock, 60)
+    assert not any("Analysis of **gizmo**" in t or "Analysis of gizmo" in t for t in chat.texts())
+    assert "Stopped the analysis of **gizmo**" in " ".join(chat.texts())
+    await chat.say("status")
+    assert "gizmo" not in chat.texts()[-1]
+
+
+async def test_analysis_result_waits_for_the_end_of_a_topic(chat: Chat, fake_clock: FakeClock) -> None:
+    await chat.say("analyze gadget")
+    await chat.say("watch")
+    await tick(chat, fake_clock, 31)
+    assert not any("Analysis of **gadget**" in t for t in chat.texts())
+    await chat.say("cancel")
+    await chat.settle()
+    assert sum("Analysis of **gadget** finished" in t for t in chat.texts()) == 1
+
+
+async def test_analysis_resumes_after_restart(start_bot: StartBot, http: aiohttp.ClientSession,
+                                              double: ConnectorDouble, fake_clock: FakeClock) -> None:
+    app = await start_bot(price_source="none", analyze_seconds=30.0)
+    chat = Chat(http, app, double)
+    await chat.say("analyze gadget")
+    await app.stop()
+    fake_clock.advance(40)
+    again: BotApplication = await start_bot(price_source="none", analyze_seconds=30.0)
+    chat = Chat(http, again, double)
+    await again.scheduler.run_due()
+    await chat.settle()
+    assert sum("Analysis of **gadget** finished" in t for t in chat.texts()) == 1
