@@ -126,8 +126,12 @@ def _flag(name: str, value: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
-def load_config(environ: Mapping[str, str], env_file: Path | None = Path(".env")) -> Config:
-    """Build the config from `environ`, with values from `env_file` (if present) as defaults."""
+def load_config(
+    environ: Mapping[str, str], env_file: Path | None = Path(".env"), *, require_credentials: bool = True
+) -> Config:
+    """Build the config from `environ`, with values from `env_file` (if present) as defaults.
+
+    `require_credentials=False` (building the app package) needs only the app id, not its secret."""
     values: dict[str, str] = {}
     if env_file is not None and env_file.is_file():
         values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
@@ -181,7 +185,7 @@ def load_config(environ: Mapping[str, str], env_file: Path | None = Path(".env")
             raise ConfigError("PRICE_URL_TEMPLATE must contain {product}, e.g. https://prices.example/api/{product}")
     if config.app_password and not config.app_id:
         raise ConfigError("MicrosoftAppPassword is set but MicrosoftAppId is empty; set both or neither")
-    if config.app_id and config.app_type != "UserAssignedMSI" and not config.app_password:
+    if require_credentials and config.app_id and config.app_type != "UserAssignedMSI" and not config.app_password:
         raise ConfigError("MicrosoftAppId is set but MicrosoftAppPassword is empty")
     if config.app_type == "SingleTenant" and config.app_id and not config.app_tenant_id:
         raise ConfigError("MicrosoftAppType=SingleTenant needs MicrosoftAppTenantId")

@@ -311,7 +311,7 @@ def main(
     args = parser.parse_args(argv)
     environ = os.environ if environ is None else environ
     try:
-        config = load_config(environ, env_file)
+        config = load_config(environ, env_file, require_credentials=False)
         if not config.app_id and not args.allow_placeholder_id:
             raise ManifestError(
                 "MicrosoftAppId is required to build a sideloadable package "
