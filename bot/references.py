@@ -29,6 +29,7 @@ def record_from_activity(activity: Activity) -> ConversationRecord | None:
         return None
     tenant_id = tenant_of(activity)
     reference = TurnContext.get_conversation_reference(activity)
+    reference.activity_id = None  # proactive sends start new threads; the id of one message is noise here
     if reference.conversation is not None and tenant_id:
         reference.conversation.tenant_id = tenant_id
     sender = activity.from_property

@@ -87,14 +87,22 @@ class Engagement:
             auto_transitions=False,
         )
         self._on_released: Callable[[str], Awaitable[object]] = _nothing
+        self._states: dict[str, str] = {}  # write-through cache: this process is the only writer
 
     def on_topic_ended(self, callback: Callable[[str], Awaitable[object]]) -> None:
         """What to do when a conversation's topic ends (release held items)."""
         self._on_released = callback
 
     async def state(self, conversation_id: str) -> str:
+        cached = self._states.get(conversation_id)
+        if cached is not None:
+            return cached
         row = await self._db.fetchone("SELECT state FROM engagement WHERE conversation_id = ?", (conversation_id,))
-        return str(row["state"]) if row else "idle"
+        state = str(row["state"]) if row else "idle"
+        if len(self._states) > 100_000:
+            self._states.clear()
+        self._states[conversation_id] = state
+        return state
 
     async def pending_prompt(self, conversation_id: str) -> str | None:
         row = await self._db.fetchone(
@@ -141,6 +149,7 @@ class Engagement:
         await self._db.execute("UPDATE engagement SET welcomed = 0 WHERE conversation_id = ?", (conversation_id,))
 
     async def _save(self, conversation_id: str, state: str, prompt: str | None) -> None:
+        self._states.pop(conversation_id, None)
         await self._db.execute(
             "INSERT INTO engagement (conversation_id, state, pending_prompt, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (conversation_id) DO UPDATE SET state = excluded.state, "

@@ -60,16 +60,26 @@ class ConversationRecord:
 class ConversationReferences:
     """Upserted on every inbound activity; read by everything that messages proactively."""
 
+    REFRESH_SECONDS = 60.0
+
     def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
         self._clock = clock
+        self._fresh: dict[str, tuple[tuple[Any, ...], float]] = {}  # conversation → (what was written, when)
 
     async def upsert(self, record: ConversationRecord, *, reactivate: bool) -> None:
         """Insert or refresh a conversation (service URL, reference, last speaker).
 
         `reactivate` is for activities that prove the bot can talk there again (a message, an install);
-        other activities refresh the reference without undoing an earlier removal or block.
+        other activities refresh the reference without undoing an earlier removal or block. An identical
+        record written less than a minute ago is not written again (last_seen is that coarse).
         """
+        fingerprint = (record.service_url, record.tenant_id, record.user_id, record.user_aad_id, record.user_name,
+                       record.bot_id, json.dumps(record.reference, sort_keys=True), reactivate)
+        seen = self._fresh.get(record.conversation_id)
+        mono = self._clock.monotonic()
+        if seen is not None and seen[0] == fingerprint and mono - seen[1] < self.REFRESH_SECONDS:
+            return
         now = self._clock.now().isoformat()
         async with self._db.transaction() as tx:
             await tx.execute(
@@ -124,6 +134,9 @@ class ConversationReferences:
                     """,
                     (record.conversation_id, record.user_id, record.user_aad_id, record.user_name, now),
                 )
+        if len(self._fresh) > 100_000:
+            self._fresh.clear()
+        self._fresh[record.conversation_id] = (fingerprint, mono)
 
     async def get(self, conversation_id: str) -> ConversationRecord | None:
         row = await self._db.fetchone(
@@ -166,6 +179,7 @@ class ConversationReferences:
 
     async def mark_inactive(self, conversation_id: str, reason: str) -> bool:
         """Stop treating a conversation as reachable (uninstalled, blocked, not found). True if it changed."""
+        self._fresh.pop(conversation_id, None)
         changed = await self._db.execute(
             "UPDATE conversation_refs SET active = 0, inactive_reason = ? WHERE conversation_id = ? AND active = 1",
             (reason, conversation_id),

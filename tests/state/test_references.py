@@ -95,3 +95,24 @@ async def test_newer_schema_than_the_build_is_refused(tmp_path: Path) -> None:
     await db.close()
     with pytest.raises(RuntimeError, match="newer than this build"):
         await Database(path).open()
+
+
+async def test_identical_refresh_within_a_minute_is_not_written_again(tmp_path: Path) -> None:
+    db = Database(str(tmp_path / "w.sqlite3"))
+    await db.open()
+    clock = FakeClock()
+    refs = ConversationReferences(db, clock)
+    await refs.upsert(record(), reactivate=True)
+    first = (await refs.get("c1")).last_seen  # type: ignore[union-attr]
+    clock.advance(30)
+    await refs.upsert(record(), reactivate=True)
+    assert (await refs.get("c1")).last_seen == first  # type: ignore[union-attr]
+    await refs.upsert(record(service_url="https://smba.example/emea/"), reactivate=True)
+    assert (await refs.get("c1")).service_url == "https://smba.example/emea/"  # type: ignore[union-attr]
+    await refs.mark_inactive("c1", "blocked")
+    await refs.upsert(record(service_url="https://smba.example/emea/"), reactivate=True)
+    assert (await refs.get("c1")).active, "a reactivating activity after a block is always written"  # type: ignore[union-attr]
+    clock.advance(61)
+    await refs.upsert(record(service_url="https://smba.example/emea/"), reactivate=True)
+    assert (await refs.get("c1")).last_seen != first  # type: ignore[union-attr]
+    await db.close()
