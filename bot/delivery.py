@@ -144,6 +144,7 @@ class DeliveryWorker:
     async def _run(self) -> None:
         flush_due: float | None = None
         while not self._stopping:
+            self._wake.clear()  # first: a wake-up that arrives during this pass is kept for the wait below
             self.pump()
             if self._outcomes and flush_due is None:
                 flush_due = self._clock.monotonic() + self._flush_interval
@@ -151,11 +152,11 @@ class DeliveryWorker:
                                           or self._clock.monotonic() >= flush_due):
                 await self.flush()
                 flush_due = None
+                continue  # outcomes may have arrived during the flush
             wake = self._queue.next_wake() if len(self._in_flight) < self._max_in_flight else None
             if flush_due is not None:
                 wake = flush_due if wake is None else min(wake, flush_due)
             timeout = None if wake is None else max(0.0, wake - self._clock.monotonic())
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 

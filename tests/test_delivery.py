@@ -242,3 +242,39 @@ async def test_pending_rows_survive_a_restart(rig: Rig) -> None:
     await rig.run(fresh)
     assert [a["text"] for a in rig.double.sent_activities("a")] == [f"m{i}" for i in range(5)]
     assert (await rig.store.counts()) == {"sent": 5}
+
+
+async def test_stop_during_a_flush_does_not_hang() -> None:
+    """Regression: stop() called while the loop was writing outcomes used to wait forever."""
+    import asyncio
+
+    from scheduler.clock import SystemClock
+
+    class IdleQueue:
+        def next_wake(self) -> None:
+            return None
+
+        def pop_ready(self, room: int) -> list[object]:
+            return []
+
+    class SlowStore:
+        def __init__(self) -> None:
+            self.flushing, self.gate = asyncio.Event(), asyncio.Event()
+
+        async def pending(self) -> list[object]:
+            return []
+
+        async def apply(self, outcomes: object) -> None:
+            self.flushing.set()
+            await self.gate.wait()
+
+    store = SlowStore()
+    worker = DeliveryWorker(store, None, None, IdleQueue(), SystemClock())  # type: ignore[arg-type]
+    await worker.start()
+    worker._outcomes.append(object())  # type: ignore[arg-type]
+    worker._wake.set()
+    await store.flushing.wait()
+    stopping = asyncio.create_task(worker.stop())
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.wait_for(stopping, 5)

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -84,7 +84,7 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _start_bot(tmp_path: Path, attempt: int) -> BotProcess:
+def _start_bot(tmp_path: Path, attempt: int, extra_env: Mapping[str, str] | None = None) -> BotProcess:
     port = _free_port()
     database = tmp_path / "bot.sqlite3"
     log_path = tmp_path / f"bot-{attempt}.log"
@@ -99,6 +99,7 @@ def _start_bot(tmp_path: Path, attempt: int) -> BotProcess:
         MicrosoftAppTenantId="",
         PYTHONUNBUFFERED="1",
     )
+    env.update(extra_env or {})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "main.py"],
@@ -120,11 +121,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
-def bot_process(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BotProcess]:
+def bot_env() -> dict[str, str]:
+    """Extra environment for the bot subprocess, applied last (none by default).
+
+    Override this fixture in a test module (or parametrize it) to set e.g. NOTIFY_TOKEN."""
+    return {}
+
+
+@pytest.fixture
+def bot_process(tmp_path: Path, request: pytest.FixtureRequest, bot_env: dict[str, str]) -> Iterator[BotProcess]:
     """`python main.py` on a free port with its own SQLite file; SIGTERM must stop it with exit code 0."""
     bot: BotProcess | None = None
     for attempt in range(1, 4):  # a free port can be taken between choosing and binding it: try another
-        bot = _start_bot(tmp_path, attempt)
+        bot = _start_bot(tmp_path, attempt, bot_env)
         deadline = time.monotonic() + BOT_START_TIMEOUT
         delay = 0.05
         while bot.process.poll() is None and not _healthy(bot) and time.monotonic() < deadline:
