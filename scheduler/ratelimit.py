@@ -1,17 +1,18 @@
 """Teams' send limits as a pure, clock-injected limiter: "may this send go now, and if not, when?".
 
-The delivery worker asks `try_acquire` before each proactive send; a positive answer is the number of
-seconds until that conversation may send, so the worker can serve other conversations meanwhile and arm
-one timer for the earliest wake-up. Nothing here sleeps, polls or starts tasks; it is not thread-safe
+The send queue asks `tenant_wait` / `conversation_wait` before each proactive send; a positive answer is
+the number of seconds until it may go (infinity: when a send in flight is answered), so the worker can
+serve other conversations meanwhile and arm one timer for the earliest wake-up. It then calls `begin`,
+and `complete` when Teams has answered. Nothing here sleeps, polls or starts tasks; it is not thread-safe
 (one event loop owns it).
 
 Every window is a sliding-window log: the timestamps of recent sends, newest last. A send may go when, for
 each window of `limit` sends per `seconds`, the `limit`-th most recent send is at least `seconds` old.
 
 Safety margin: every window is treated as `1 + margin` times its nominal length (default 2 %, i.e. 20 ms
-on the 1 s window), so small differences between our clock and the moment Teams counts a request cannot
-push a window over Teams' limit; it costs about the same fraction of throughput. Latency jitter larger than
-that margin is the job of `penalize` (429 + Retry-After).
+on the 1 s window), against clock differences between us and Teams; it costs about the same fraction of
+throughput. Network delay is handled exactly instead: a send started with `begin` holds a slot until
+`complete`, and is logged at the time of its answer, which is later than the moment Teams counted it.
 
 Not built on pyrate-limiter (4.5): it has several rates per key, but no atomic check across two buckets
 (a conversation's and its tenant's) since its only check is a `put` that records and cannot be undone, and
@@ -56,13 +57,14 @@ DEFAULT_MARGIN = 0.02
 
 
 class _Log:
-    """Recent send times of one key (newest last) and the end of any 429 penalty."""
+    """Recent send times of one key (newest last), sends still in flight, and the end of any 429 penalty."""
 
-    __slots__ = ("blocked_until", "times")
+    __slots__ = ("blocked_until", "in_flight", "times")
 
     def __init__(self, capacity: int) -> None:
         self.times: deque[float] = deque(maxlen=capacity)
         self.blocked_until = -math.inf
+        self.in_flight = 0
 
 
 class _Limits:
@@ -85,16 +87,21 @@ class _Limits:
             times.popleft()
         wait = log.blocked_until - now
         count = len(times)
+        busy = log.in_flight
         for limit, seconds in self.pairs:
-            if count >= limit:
-                until = times[-limit] + seconds - now
+            room = limit - busy  # sends in flight may land in any window that is open now
+            if room <= 0:
+                return math.inf  # only a completion can make room
+            if count >= room:
+                until = times[-room] + seconds - now
                 if until > wait:
                     wait = until
         return wait
 
     def is_idle(self, log: _Log, now: float) -> bool:
         """Whether `log` has no send inside any window and no penalty in force."""
-        return log.blocked_until <= now and (not log.times or log.times[-1] <= now - self.horizon)
+        return (log.blocked_until <= now and log.in_flight == 0
+                and (not log.times or log.times[-1] <= now - self.horizon))
 
 
 class TeamsRateLimiter:
@@ -164,6 +171,34 @@ class TeamsRateLimiter:
         """Record a send the caller has checked with `tenant_wait` and `conversation_wait`."""
         if self.try_acquire(conversation_id, tenant_id) > 0.0:
             raise RuntimeError(f"acquire() without budget for conversation {conversation_id!r}")
+
+    def begin(self, conversation_id: str, tenant_id: str | None) -> None:
+        """A send (checked with the waits) is going out now; it holds a slot until `complete`.
+
+        Teams counts a request when it arrives, which is after we send it and before we see the answer.
+        Counting it as "in flight" until the answer, then logging the answer's time, keeps every window
+        that Teams can see within its limit, however much the network delays the request."""
+        for logs, key, capacity in self._logs(conversation_id, tenant_id):
+            log = logs.get(key)
+            if log is None:
+                log = logs[key] = _Log(capacity)
+            log.in_flight += 1
+
+    def complete(self, conversation_id: str, tenant_id: str | None) -> None:
+        """The send started by `begin` has been answered (or failed): log it at the answer's time."""
+        now = self._clock.monotonic()
+        for logs, key, capacity in self._logs(conversation_id, tenant_id):
+            log = logs.get(key)
+            if log is None:
+                log = logs[key] = _Log(capacity)
+            log.in_flight = max(0, log.in_flight - 1)
+            log.times.append(now)
+
+    def _logs(self, conversation_id: str, tenant_id: str | None) -> list[tuple[dict[str, _Log], str, int]]:
+        keys = [(self._conversations, conversation_id, self._conversation.capacity)]
+        if tenant_id is not None:
+            keys.append((self._tenants, tenant_id, self._tenant.capacity))
+        return keys
 
     def penalize(
         self, conversation_id: str, tenant_id: str | None, retry_after: float, *, tenant_wide: bool = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,7 +26,9 @@ class Limiter(Protocol):
 
     def conversation_wait(self, conversation_id: str) -> float: ...
 
-    def acquire(self, conversation_id: str, tenant_id: str | None) -> None: ...
+    def begin(self, conversation_id: str, tenant_id: str | None) -> None: ...
+
+    def complete(self, conversation_id: str, tenant_id: str | None) -> None: ...
 
 
 @dataclass(order=True)
@@ -80,6 +83,10 @@ class SendQueue:
 
     def done(self, conversation: str, tenant: str | None, retry: Ticket | None = None) -> None:
         """The in-flight send of `conversation` finished; `retry` goes back at the head of its queue."""
+        self._limiter.complete(conversation, tenant)
+        parked = self._tenants.get(tenant)
+        if parked is not None and parked.wake_at is None and (parked.ready or parked.delayed):
+            self._schedule(tenant, parked, self._clock.monotonic())  # a completion may free its budget
         state = self._conversations.get(conversation)
         if state is None:
             return
@@ -127,6 +134,8 @@ class SendQueue:
                     del self._tenants[tenant_id]
                 continue
             tenant_wait = self._limiter.tenant_wait(tenant_id)
+            if tenant_wait == math.inf:
+                continue  # parked: every slot is in flight; `done` reschedules it
             if tenant_wait > 0:
                 self._schedule(tenant_id, tenant, now + tenant_wait)
                 continue
@@ -138,10 +147,12 @@ class SendQueue:
                     del self._conversations[conversation]
             else:
                 wait = max(self._limiter.conversation_wait(conversation), state.tickets[0].ready_at - now)
+                if wait == math.inf:  # cannot happen with one send in flight per conversation; re-check soon
+                    wait = 1.0
                 if wait > 0:
                     self._delay(tenant, conversation, state, now + wait)
                 else:
-                    self._limiter.acquire(conversation, tenant_id)
+                    self._limiter.begin(conversation, tenant_id)
                     out.append(heapq.heappop(state.tickets))
                     self._size -= 1
                     state.in_flight = True

@@ -280,3 +280,48 @@ def test_split_waits_match_the_combined_wait_and_acquire_records() -> None:
         limiter.acquire("c", "t")
     clock.advance(1.0)
     assert limiter.tenant_wait("t") == 0.0
+
+
+def test_in_flight_sends_hold_their_slot_until_answered() -> None:
+    clock = FakeClock()
+    limiter = TeamsRateLimiter(clock, tenant_rps=3, margin=0.0)
+    for i in range(3):
+        assert limiter.tenant_wait("t") == 0.0
+        limiter.begin(f"c{i}", "t")
+    assert limiter.tenant_wait("t") == math.inf, "all slots are in flight: only an answer frees one"
+    clock.advance(0.4)
+    limiter.complete("c0", "t")
+    assert limiter.tenant_wait("t") == pytest.approx(1.0), "the freed slot counts from the answer's time"
+    clock.advance(1.0)
+    assert limiter.tenant_wait("t") == 0.0
+
+
+def test_network_delay_never_lets_a_teams_window_overflow() -> None:
+    """Greedy sends whose requests reach Teams after a random delay: count them where Teams does."""
+    rng = random.Random(11)
+    clock = FakeClock()
+    limiter = TeamsRateLimiter(clock, tenant_rps=50)
+    arrivals: list[float] = []
+    completions: list[tuple[float, str]] = []  # (time, conversation)
+    sent = 0
+    while clock.monotonic() < 1000 + 60:
+        completions.sort()
+        while completions and completions[0][0] <= clock.monotonic():
+            _, conversation = completions.pop(0)
+            limiter.complete(conversation, "t")
+        conversation = f"c{sent}"
+        wait = limiter.tenant_wait("t")
+        if wait == 0.0:
+            limiter.begin(conversation, "t")
+            arrival = clock.monotonic() + rng.uniform(0.0, 0.3)
+            arrivals.append(arrival)
+            completions.append((arrival + rng.uniform(0.0, 0.05), conversation))
+            sent += 1
+            continue
+        next_completion = min((t for t, _ in completions), default=math.inf)
+        clock.advance(max(1e-6, min(wait, next_completion - clock.monotonic())))
+    arrivals.sort()
+    worst = max(bisect_right(arrivals, a + 1.0 - 1e-9) - i for i, a in enumerate(arrivals))
+    assert worst <= 50, f"Teams would have seen {worst} requests in one second"
+    # a slot is busy for 1 s plus the round trip (here 0.175 s on average): ~85% of 50/s
+    assert sent >= 0.8 * 50 * 60, f"throughput too low: {sent} in 60 s"

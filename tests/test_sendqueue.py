@@ -17,6 +17,7 @@ class CountingLimiter:
         self.per_conversation = per_conversation
         self.tenant_sends: dict[tuple[str | None, int], int] = defaultdict(int)
         self.conversation_sends: dict[tuple[str, int], int] = defaultdict(int)
+        self.completed = 0
 
     def _bucket(self) -> int:
         return int(self.clock.monotonic())
@@ -32,9 +33,12 @@ class CountingLimiter:
         full = self.conversation_sends[(conversation_id, self._bucket())] >= self.per_conversation
         return self._until_next() if full else 0.0
 
-    def acquire(self, conversation_id: str, tenant_id: str | None) -> None:
+    def begin(self, conversation_id: str, tenant_id: str | None) -> None:
         self.tenant_sends[(tenant_id, self._bucket())] += 1
         self.conversation_sends[(conversation_id, self._bucket())] += 1
+
+    def complete(self, conversation_id: str, tenant_id: str | None) -> None:
+        self.completed += 1
 
 
 def ticket(row_id: int, conversation: str, tenant: str | None = "t", priority: int = 0, ready_at: float = 0.0

@@ -1,0 +1,399 @@
+"""Proactive fan-out: ours (durable outbox + rate-limited worker) vs. the SDK samples' loop, and ours' ceiling.
+
+    python bench/fanout.py [--conversations 2000] [--tenant-rps 50] [--tenants 20] [--per-tenant 500]
+
+(a) One message to each of N conversations in one tenant, against the connector double enforcing Teams'
+    windows and `--tenant-rps` requests/s per tenant, a fresh double process per side:
+    - the samples' approach: Microsoft's proactive sample, i.e. a stock `CloudAdapter` and a loop of
+      `continue_conversation` over stored references, each exception caught and counted as lost;
+    - ours: `main.py` with TEAMS_TENANT_RPS = `--tenant-rps` and POST /api/notify to all.
+    Time: from the start of the loop / the POST to the last message the double accepted. 429s: answered by
+    the double. Lost: seeded conversations with no accepted message at the end.
+(b) Ceiling: ours against a non-throttling double, `--tenants` x `--per-tenant` conversations, limits set
+    high: sends/s (messages / time from the POST to the last accepted) and the bot's CPU seconds per 1,000.
+    A second row measures the delivery worker alone: the same rows written to the outbox before the bot
+    starts, due a few seconds later, timed from that due time (no POST, no policy, no enqueue).
+
+Every party is its own process (the doubles and the sample are this file with `--role`); this process only
+drives and observes (it polls the double's counters every 100 ms). The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import ROOT, free_port, spawn, stop, wait_http
+
+sys.path.insert(0, str(ROOT))
+from scheduler.clock import SystemClock
+from state.db import Database
+from state.outbox import OutboxItem, OutboxStore
+from tests.connector_double import ConnectorDouble, RecordedRequest, serve
+from tests.outbox_seed import BOT_ID, Conversation, conversation_ids, seed_references
+
+NOTIFY_TOKEN = "bench-fanout-token"
+PAYLOAD = {"type": "message", "text": "Fan-out benchmark: hello", "textFormat": "markdown"}
+POLL_S = 0.1  # how often the driver reads the double's counters
+PRELOAD_LEAD_S = 8.0  # worker-only run: rows fall due this long after they are queued (the bot starts meanwhile)
+CEILING_TIMEOUT_S = 90.0
+Json = dict[str, Any]
+
+
+# ---- the connector double, as its own process (--role double) ------------------------------------------
+
+
+class FanoutDouble(ConnectorDouble):
+    """The connector double, seeded with the conversations (and their tenants, as Teams knows them), that
+    also counts accepted messages per conversation: GET /_bench/delivery."""
+
+    def __init__(self, conversations: Sequence[Conversation], **options: Any) -> None:
+        super().__init__(**options)
+        self.seeded = [conversation_id for conversation_id, _ in conversations]
+        for conversation_id, tenant_id in conversations:
+            self.add_conversation(conversation_id, tenant_id)
+        self.delivered: Counter[str] = Counter()
+        self.last_accepted_at: float | None = None
+
+    def _op_send(self, record: RecordedRequest, info: Any) -> tuple[int, Json]:
+        answer = super()._op_send(record, info)
+        self.delivered[record.conversation_id or ""] += 1
+        self.last_accepted_at = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes on Linux
+        return answer
+
+    _op_reply = _op_send
+
+    def delivery(self) -> Json:
+        reached = sum(1 for c in self.seeded if self.delivered[c])
+        return {
+            "accepted": sum(self.delivered.values()),
+            "reached": reached,
+            "lost": len(self.seeded) - reached,
+            "duplicated": sum(1 for c in self.seeded if self.delivered[c] > 1),
+            "last_accepted_at": self.last_accepted_at,
+        }
+
+    def make_app(self) -> web.Application:
+        app = super().make_app()
+
+        async def delivery(request: web.Request) -> web.Response:
+            return web.json_response(self.delivery())
+
+        app.router.add_get("/_bench/delivery", delivery)
+        return app
+
+
+def serve_double(args: argparse.Namespace) -> None:
+    double = FanoutDouble(
+        conversation_ids(args.tenants, args.per_tenant),
+        throttling=args.throttle,
+        tenant_rps=args.tenant_rps,
+        max_records=1000,  # only the counters matter here
+    )
+    asyncio.run(serve(double, "127.0.0.1", args.port))
+
+
+# ---- the samples' approach (--role sample) -------------------------------------------------------------
+
+
+async def sample_fanout(service_url: str, conversations: Sequence[Conversation]) -> Json:
+    """Microsoft's proactive-messages sample: stored references, then `continue_conversation` in a loop."""
+    from botbuilder.core import TurnContext
+    from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
+    from botbuilder.schema import Activity
+
+    class DefaultConfig:
+        APP_ID = ""
+        APP_PASSWORD = ""
+        APP_TYPE = "MultiTenant"
+        APP_TENANTID = ""
+
+    adapter = CloudAdapter(ConfigurationBotFrameworkAuthentication(DefaultConfig()))
+    references = {}  # what the sample's on_conversation_update_activity stores
+    for conversation_id, tenant_id in conversations:
+        inbound = Activity().deserialize({
+            "type": "conversationUpdate", "channelId": "msteams", "serviceUrl": service_url,
+            "conversation": {"id": conversation_id, "conversationType": "personal", "tenantId": tenant_id},
+            "from": {"id": f"29:user-{conversation_id}"}, "recipient": {"id": BOT_ID, "name": "Fanout Bot"},
+            "channelData": {"tenant": {"id": tenant_id}},
+        })
+        references[conversation_id] = TurnContext.get_conversation_reference(inbound)
+
+    errors: Counter[str] = Counter()
+    started = time.monotonic()
+    for reference in references.values():
+        try:
+            await adapter.continue_conversation(
+                reference, lambda turn_context: turn_context.send_activity("proactive hello"), DefaultConfig.APP_ID
+            )
+        except Exception as exc:  # the sample has no retry: the message is lost
+            errors[type(exc).__name__] += 1
+    return {"seconds": time.monotonic() - started, "started_at": started, "errors": dict(errors)}
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    result = asyncio.run(sample_fanout(args.service_url, conversation_ids(args.tenants, args.per_tenant)))
+    print(json.dumps(result), flush=True)
+
+
+# ---- the driver ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """What one fan-out achieved, as the double saw it."""
+
+    messages: int
+    seconds: float | None  # None: not every conversation got its message before the timeout
+    throttled: int  # 429s the double answered
+    lost: int  # conversations without an accepted message at the end
+    duplicated: int  # conversations with more than one
+    sender_429s: int | None = None  # 429s the sender saw: the bot's counter / the loop's caught exceptions
+    bot_cpu_s: float | None = None
+    double_cpu_s: float | None = None
+    post_s: float | None = None  # how long POST /api/notify took to answer 202
+
+    @property
+    def rate(self) -> float | None:
+        return self.messages / self.seconds if self.seconds else None
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+async def get_json(session: aiohttp.ClientSession, url: str) -> Json:
+    async with session.get(url) as response:
+        response.raise_for_status()
+        result: Json = await response.json()
+        return result
+
+
+def start_double(
+    workdir: Path, name: str, tenants: int, per_tenant: int, tenant_rps: int | None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A FanoutDouble process and its serviceUrl; `tenant_rps` None: no throttling."""
+    port = free_port()
+    args = ["bench/fanout.py", "--role", "double", "--port", str(port),
+            "--tenants", str(tenants), "--per-tenant", str(per_tenant)]
+    if tenant_rps is not None:
+        args += ["--throttle", "--tenant-rps", str(tenant_rps)]
+    return spawn(args, log=workdir / f"{name}-double.log"), f"http://127.0.0.1:{port}/"
+
+
+async def observe(session: aiohttp.ClientSession, double_url: str, messages: int, started_at: float) -> Side:
+    """The double's view at the end: time to the last accepted message, 429s, lost and duplicated."""
+    delivery = await get_json(session, double_url + "_bench/delivery")
+    stats = await get_json(session, double_url + "_double/stats")
+    last = delivery["last_accepted_at"]
+    return Side(
+        messages=messages,
+        seconds=last - started_at if last is not None and delivery["lost"] == 0 else None,
+        throttled=int(stats["statuses"].get("429", 0)),
+        lost=int(delivery["lost"]),
+        duplicated=int(delivery["duplicated"]),
+    )
+
+
+async def samples_side(workdir: Path, conversations: int, tenant_rps: int, timeout: float) -> Side:
+    """The samples' loop in its own process against a fresh throttling double."""
+    double, double_url = start_double(workdir, "sample", 1, conversations, tenant_rps)
+    try:
+        await wait_http(double_url + "healthz")
+        sample = await asyncio.create_subprocess_exec(
+            sys.executable, "bench/fanout.py", "--role", "sample", "--service-url", double_url,
+            "--tenants", "1", "--per-tenant", str(conversations),
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            output, _ = await asyncio.wait_for(sample.communicate(), timeout)
+        except TimeoutError:
+            sample.kill()
+            await sample.wait()
+            raise RuntimeError(f"the samples' loop did not finish within {timeout:.0f} s") from None
+        lines = output.decode().strip().splitlines()
+        if sample.returncode != 0 or not lines:
+            raise RuntimeError(f"the samples' loop failed (exit {sample.returncode}):\n" + "\n".join(lines[-20:]))
+        result = json.loads(lines[-1])
+        async with aiohttp.ClientSession() as session:
+            side = await observe(session, double_url, conversations, result["started_at"])
+        side.seconds = result["seconds"]  # the whole loop: its last sends may have been refused
+        side.sender_429s = sum(result["errors"].values())
+        return side
+    finally:
+        stop(double)
+
+
+async def queue_rows(database: Path, conversations: Sequence[Conversation], not_before: float) -> None:
+    """Put one pending outbox row per conversation straight into the database, due at `not_before`."""
+    db = Database(str(database))
+    await db.open()
+    try:
+        await OutboxStore(db, SystemClock()).enqueue([
+            OutboxItem(payload=dict(PAYLOAD), conversation_id=c, tenant_id=t, not_before=not_before)
+            for c, t in conversations
+        ])
+    finally:
+        await db.close()
+
+
+async def ours_side(
+    workdir: Path, name: str, tenants: int, per_tenant: int, *, bot_rps: float, double_rps: int | None,
+    timeout: float, preload: bool = False,
+) -> Side:
+    """`main.py` against a fresh double: seed references, POST /api/notify to all, watch the double.
+
+    `preload`: skip the POST; the rows are queued in the database before the bot starts, due a few seconds
+    later, so only the delivery worker is measured (from their due time).
+    """
+    conversations = conversation_ids(tenants, per_tenant)
+    messages = len(conversations)
+    database = workdir / f"{name}.sqlite3"
+    double, double_url = start_double(workdir, name, tenants, per_tenant, double_rps)
+    processes = [double]
+    try:
+        await seed_references(str(database), double_url, conversations)
+        due = time.time() + PRELOAD_LEAD_S
+        if preload:
+            await queue_rows(database, conversations, due)
+        port = free_port()
+        processes.append(spawn(["main.py"], env={
+            "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_URL": f"sqlite:///{database}",
+            "NOTIFY_TOKEN": NOTIFY_TOKEN, "TEAMS_TENANT_RPS": str(bot_rps), "LOG_LEVEL": "WARNING",
+            "MicrosoftAppId": "", "MicrosoftAppPassword": "", "MicrosoftAppTenantId": "",
+        }, log=workdir / f"{name}-bot.log"))
+        bot_url = f"http://127.0.0.1:{port}/"
+        await wait_http(double_url + "healthz")
+        await wait_http(bot_url + "healthz")
+        bot_process, double_process = psutil.Process(processes[1].pid), psutil.Process(double.pid)
+        async with aiohttp.ClientSession() as session:
+            bot_cpu, double_cpu = cpu_seconds(bot_process), cpu_seconds(double_process)
+            post_s = None
+            if preload:
+                started_at = time.monotonic() + (due - time.time())
+                if started_at < time.monotonic():
+                    raise RuntimeError(f"the bot took over {PRELOAD_LEAD_S} s to start; raise PRELOAD_LEAD_S")
+            else:
+                started_at = time.monotonic()
+                async with session.post(
+                    bot_url + "api/notify", json={"to": {"all": True}, "text": PAYLOAD["text"]},
+                    headers={"Authorization": f"Bearer {NOTIFY_TOKEN}"},
+                ) as response:
+                    body = await response.json()
+                    if response.status != 202 or body.get("queued") != messages:
+                        raise RuntimeError(f"POST /api/notify answered {response.status}: {str(body)[:300]}")
+                post_s = time.monotonic() - started_at
+            while time.monotonic() - started_at < timeout:
+                if (await get_json(session, double_url + "_bench/delivery"))["reached"] >= messages:
+                    break
+                await asyncio.sleep(POLL_S)
+            bot_cpu, double_cpu = cpu_seconds(bot_process) - bot_cpu, cpu_seconds(double_process) - double_cpu
+            side = await observe(session, double_url, messages, started_at)
+            health = await get_json(session, bot_url + "healthz")
+        side.bot_cpu_s, side.double_cpu_s, side.post_s = bot_cpu, double_cpu, post_s
+        side.sender_429s = int(health["delivery"]["throttled"])
+        return side
+    finally:
+        for process in reversed(processes):
+            stop(process)
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def report(args: argparse.Namespace, sample: Side, ours: Side, ceiling: Side, worker: Side) -> Json:
+    """Print the table; return the JSON figures."""
+    n, rps = args.conversations, args.tenant_rps
+    bound_s = 1.05 * n / rps
+    cpu_per_1000 = ceiling.bot_cpu_s / ceiling.messages * 1000 if ceiling.bot_cpu_s is not None else None
+    print(f"(a) one message to each of {n} conversations in one tenant; the double enforces Teams' windows "
+          f"and {rps} requests/s per tenant")
+    print(f"{'approach':<38}{'seconds':>9}{'429s':>7}{'lost':>7}{'dup convs':>11}{'bot CPU s':>11}")
+    for label, side in (("samples: continue_conversation loop", sample), ("ours: outbox + DeliveryWorker", ours)):
+        print(f"{label:<38}{fmt(side.seconds, '.1f'):>9}{side.throttled:>7}{side.lost:>7}{side.duplicated:>11}"
+              f"{fmt(side.bot_cpu_s, '.1f'):>11}")
+    print(f"{'target for ours: 1.05 x N / ' + str(rps):<38}{bound_s:>9.1f}{0:>7}{0:>7}")
+    print(f"  the samples' loop caught {sample.sender_429s} exceptions; our bot retried {ours.sender_429s} 429s; "
+          f"our POST /api/notify answered in {fmt(ours.post_s, '.1f')} s")
+    print(f"(b) ceiling: {args.tenants} tenants x {args.per_tenant} conversations, non-throttling double, "
+          f"TEAMS_TENANT_RPS={args.ceiling_rps:g}")
+    print(f"{'measured from':<38}{'seconds':>9}{'sends/s':>9}{'lost':>6}{'bot CPU s':>11}{'CPU s/1000':>12}"
+          f"{'double CPU s':>14}")
+    for label, side in (("POST /api/notify (the target)", ceiling), ("rows due (worker only)", worker)):
+        per_1000 = side.bot_cpu_s / side.messages * 1000 if side.bot_cpu_s is not None else None
+        print(f"{label:<38}{fmt(side.seconds, '.2f'):>9}{fmt(side.rate, '.0f'):>9}{side.lost:>6}"
+              f"{fmt(side.bot_cpu_s, '.2f'):>11}{fmt(per_1000, '.3f'):>12}{fmt(side.double_cpu_s, '.2f'):>14}")
+    print(f"  target: >= 1000 sends/s in one process; POST /api/notify answered in {fmt(ceiling.post_s, '.1f')} s")
+
+    def rounded(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(value, digits)
+
+    return {
+        "ours_s": rounded(ours.seconds, 2),
+        "bound_s": round(bound_s, 2),
+        "ours_429": ours.throttled,
+        "ours_lost": ours.lost,
+        "sample_s": rounded(sample.seconds, 2),
+        "sample_429": sample.throttled,
+        "sample_lost": sample.lost,
+        "ceiling_sends_s": rounded(ceiling.rate, 1),
+        "cpu_s_per_1000": rounded(cpu_per_1000, 3),
+    }
+
+
+async def run(args: argparse.Namespace) -> Json:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    n, rps = args.conversations, args.tenant_rps
+    sample = await samples_side(workdir, n, rps, timeout=args.sample_timeout)
+    ours = await ours_side(workdir, "ours", 1, n, bot_rps=rps, double_rps=rps, timeout=2.1 * n / rps + 10)
+    ceiling = await ours_side(workdir, "ceiling", args.tenants, args.per_tenant, bot_rps=args.ceiling_rps,
+                              double_rps=None, timeout=CEILING_TIMEOUT_S)
+    worker = await ours_side(workdir, "worker", args.tenants, args.per_tenant, bot_rps=args.ceiling_rps,
+                             double_rps=None, timeout=CEILING_TIMEOUT_S, preload=True)
+    figures = report(args, sample, ours, ceiling, worker)
+    print(f"  processes' logs: {workdir}")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--conversations", type=int, default=2000, help="(a): conversations in the one tenant")
+    parser.add_argument("--tenant-rps", type=int, default=50, help="(a): per-tenant budget, double and bot")
+    parser.add_argument("--tenants", type=int, default=20, help="(b): tenants")
+    parser.add_argument("--per-tenant", type=int, default=500, help="(b): conversations per tenant")
+    parser.add_argument("--ceiling-rps", type=float, default=100_000, help="(b): TEAMS_TENANT_RPS")
+    parser.add_argument("--sample-timeout", type=float, default=120, help="(a): give up on the samples' loop")
+    parser.add_argument("--role", choices=("bench", "double", "sample"), default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--throttle", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--service-url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "double":
+        serve_double(args)
+    elif args.role == "sample":
+        run_sample(args)
+    else:
+        print(json.dumps(asyncio.run(run(args))))
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    main()

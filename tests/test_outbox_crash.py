@@ -1,0 +1,221 @@
+"""kill -9 in the middle of a fan-out, then restart on the same database: nothing queued is lost.
+
+The bot runs as `python main.py` (its own process) against the in-process connector double; the test
+SIGKILLs it as soon as the double has accepted KILL_AFTER messages, restarts it, and checks what the double
+received and what the outbox says.
+
+Duplicate bound: outcomes are written in batches, so after the kill a message is sent again only if it was
+in flight or sent with its outcome not yet committed. docs/architecture.md ("Crash bound") puts that at
+`max_in_flight` (64) + `flush_every` (256) = 320, which is what this test asserts. (Strictly, a batch being
+written can hold up to 256 + 63 rows while 64 more are in flight: 383. At this test's pace, two tenants at
+50 sends/s, a batch holds a few rows, so the duplicates seen are a handful.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+
+from tests.connector_double import ConnectorDouble, RecordedRequest
+from tests.outbox_seed import conversation_ids, seed_references
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONVERSATIONS = conversation_ids(tenants=2, per_tenant=200)
+KILL_AFTER = 120  # mid-way through the second one-second window of the two tenants' 50/s budgets
+DUPLICATE_BOUND = 64 + 256  # max_in_flight + flush_every of DeliveryWorker
+TOKEN = "outbox-crash-test"
+START_TIMEOUT = 30.0
+DELIVERY_TIMEOUT = 30.0
+
+
+@dataclass
+class Bot:
+    """A `main.py` process and where it listens."""
+
+    process: asyncio.subprocess.Process
+    url: str
+    log: Path
+
+    async def kill(self) -> None:
+        """SIGKILL (no shutdown, no flush) and reap it."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop(self) -> int:
+        """SIGTERM and wait for a clean exit (its outcomes flushed); SIGKILL after 15 s."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 15)
+            except TimeoutError:
+                await self.kill()
+        assert self.process.returncode is not None
+        return self.process.returncode
+
+    def tail(self, limit: int = 4000) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- {self.log.name}\n{text[-limit:]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _open_log(path: Path) -> IO[bytes]:
+    return path.open("wb")
+
+
+async def start_bot(tmp_path: Path, database: Path, name: str) -> Bot:
+    """`python main.py` on a free port with `database`; returns once GET /healthz answers 200."""
+    for attempt in range(1, 4):  # a free port can be taken before the bot binds it: try another
+        port = _free_port()
+        env = {
+            **os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_URL": f"sqlite:///{database}",
+            "NOTIFY_TOKEN": TOKEN, "TEAMS_TENANT_RPS": "50", "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+            "MicrosoftAppId": "", "MicrosoftAppPassword": "", "MicrosoftAppTenantId": "",
+        }
+        log = tmp_path / f"bot-{name}-{attempt}.log"
+        with _open_log(log) as out:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "main.py", cwd=REPO_ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=out, stderr=asyncio.subprocess.STDOUT,
+            )
+        bot = Bot(process, f"http://127.0.0.1:{port}", log)
+        if await _healthy(bot):
+            return bot
+        await bot.kill()
+        if "cannot start" not in bot.tail():
+            break
+    raise AssertionError(f"the bot did not answer GET /healthz within {START_TIMEOUT} s\n{bot.tail()}")
+
+
+async def _healthy(bot: Bot) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT
+    delay = 0.05
+    async with aiohttp.ClientSession() as http:
+        while bot.process.returncode is None and time.monotonic() < deadline:
+            try:
+                async with http.get(f"{bot.url}/healthz") as response:
+                    if response.status == 200:
+                        return True
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(delay)  # bounded readiness polling, as tests/e2e/conftest.py does
+            delay = min(delay * 2, 0.5)
+    return False
+
+
+def outbox_rows(database: Path) -> dict[int, tuple[str, str]]:
+    """Every outbox row as {id: (status, conversation id)}, read straight from the file."""
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute("SELECT id, status, conversation_id FROM outbox").fetchall()
+    connection.close()
+    return {int(row_id): (str(status), str(conversation)) for row_id, status, conversation in rows}
+
+
+def accepted(request: RecordedRequest) -> bool:
+    return request.op == "send" and request.status is not None and request.status < 300
+
+
+def conversations_reached(reached: set[str], count: int) -> Callable[[RecordedRequest], bool]:
+    """A `wait_for` predicate: true once `count` distinct conversations have an accepted message."""
+
+    def predicate(request: RecordedRequest) -> bool:
+        if accepted(request):
+            reached.add(request.conversation_id or "")
+        return len(reached) >= count
+
+    return predicate
+
+
+def sends_accepted(count: int) -> Callable[[RecordedRequest], bool]:
+    """A `wait_for` predicate: true on the `count`-th accepted send it sees."""
+    seen: set[int] = set()
+
+    def predicate(request: RecordedRequest) -> bool:
+        if accepted(request):
+            seen.add(request.seq)
+        return len(seen) >= count
+
+    return predicate
+
+
+async def test_sigkill_mid_fanout_loses_nothing_and_duplicates_stay_bounded(tmp_path: Path) -> None:
+    database = tmp_path / "bot.sqlite3"
+    total = len(CONVERSATIONS)
+    bots: list[Bot] = []
+    async with ConnectorDouble(latency=0.01) as double, aiohttp.ClientSession() as http:
+        await seed_references(str(database), double.url, CONVERSATIONS)
+        try:
+            first = await start_bot(tmp_path, database, "first")
+            bots.append(first)
+            async with http.post(
+                f"{first.url}/api/notify", json={"to": {"all": True}, "text": "Maintenance tonight at 22:00"},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as response:
+                body = await response.json()
+            assert response.status == 202 and body["queued"] == total, body
+            queued_ids = set(body["ids"])
+
+            await double.wait_for(conversations_reached(set(), KILL_AFTER), timeout=DELIVERY_TIMEOUT)
+            await first.kill()  # the signal goes out before the double handles anything else
+            recorded = outbox_rows(database)
+            sent_before = {conversation for status, conversation in recorded.values() if status == "sent"}
+            pending = sum(1 for status, _ in recorded.values() if status == "pending")
+            assert set(recorded) == queued_ids, "the outbox lost or gained rows at the kill"
+            assert len(sent_before) + pending == total, Counter(status for status, _ in recorded.values())
+            assert pending > 0, "the fan-out had finished before the kill: nothing was tested"
+            assert sent_before, "no outcome was flushed in the second before the kill (flush interval: 50 ms)"
+
+            restart_seq = double.last_seq  # everything the first bot sent arrived before this
+            second = await start_bot(tmp_path, database, "second")
+            bots.append(second)
+            try:
+                await double.wait_for(sends_accepted(pending), timeout=DELIVERY_TIMEOUT, since=restart_seq)
+            except TimeoutError:
+                resent = sum(1 for r in double.find(op="send") if accepted(r) and r.seq > restart_seq)
+                raise AssertionError(
+                    f"{pending} rows were pending at the kill; after the restart only {resent} were sent "
+                    f"within {DELIVERY_TIMEOUT} s"
+                ) from None
+            assert await second.stop() == 0, "the restarted bot did not stop cleanly"
+        except BaseException:
+            for bot in bots:
+                print(bot.tail())
+            raise
+        finally:
+            for bot in bots:
+                await bot.kill()
+
+    sends = [r for r in double.find(op="send") if accepted(r)]
+    per_conversation = Counter(r.conversation_id for r in sends)
+    first_bot = {r.conversation_id for r in sends if r.seq <= restart_seq}
+    resent = sum(1 for r in sends if r.seq > restart_seq)
+    lost = [c for c, _ in CONVERSATIONS if per_conversation[c] == 0]
+    duplicated = {c for c, n in per_conversation.items() if n > 1}
+    print(f"killed after {len(first_bot)} accepted ({len(sent_before)} recorded as sent, {pending} pending); "
+          f"the restarted bot sent {resent}; duplicates: {len(duplicated)} (bound {DUPLICATE_BOUND})")
+
+    assert not lost, f"{len(lost)} conversation(s) never got the message, e.g. {lost[:5]}"
+    assert resent == pending, f"the restarted bot sent {resent} messages for {pending} pending rows"
+    assert max(per_conversation.values()) <= 2
+    assert duplicated == first_bot - sent_before, "a message recorded as sent was sent again"
+    assert len(duplicated) <= DUPLICATE_BOUND
+    final = outbox_rows(database)
+    assert set(final) == queued_ids
+    assert Counter(status for status, _ in final.values()) == {"sent": total}
