@@ -74,7 +74,7 @@ class BotApplication:
         self.preferences = Preferences(self.db, self.clock)
         self.proactive = ProactiveMessages(
             self.outbox, self.worker, self.references, self.engagement, self.preferences, self.scheduler,
-            hold_max_seconds=config.hold_max_seconds,
+            self.clock, hold_max_seconds=config.hold_max_seconds,
         )
         self.price_source = build_price_source(
             config.price_source, clock=self.clock, url_template=config.price_url_template,

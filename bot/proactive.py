@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from scheduler.clock import Clock
 from scheduler.scheduler import Scheduler
 from state.engagement import Decision, Engagement, decide
 from state.outbox import OutboxItem, OutboxStore
@@ -48,6 +49,7 @@ class ProactiveMessages:
         engagement: Engagement,
         preferences: Preferences,
         scheduler: Scheduler,
+        clock: Clock,
         *,
         hold_max_seconds: float = 600.0,
     ) -> None:
@@ -57,47 +59,64 @@ class ProactiveMessages:
         self._engagement = engagement
         self._preferences = preferences
         self._scheduler = scheduler
+        self._clock = clock
         self._hold_max = hold_max_seconds
         self.counts: Counter[str] = Counter()
         engagement.on_topic_ended(self.release)
         scheduler.register(RELEASE_OVERDUE, self._release_overdue)
 
-    async def _decision(self, item: OutboxItem) -> tuple[Decision, str | None]:
-        """The policy's answer for an item, and the conversation it concerns (if known)."""
-        conversation_id = item.conversation_id
-        subjects = []
-        if conversation_id:
-            record = await self._references.get(conversation_id)
-            subjects.append(conversation_subject(conversation_id))
-            if record is not None and record.conversation_type == "personal" and record.user_id:
-                subjects.append(user_subject(record.user_id))
-        if item.target_user_id:
-            user_id = await self._references.teams_user_id(item.target_user_id) or item.target_user_id
-            subjects.append(user_subject(user_id))
-            personal = [r for r in await self._references.for_user(user_id) if r.conversation_type == "personal"]
-            conversation_id = conversation_id or (personal[0].conversation_id if personal else None)
-        state = await self._engagement.state(conversation_id) if conversation_id else "idle"
-        muted = item.category == "notification" and await self._preferences.is_muted(*subjects)
-        return decide(state, category=item.category, urgent=item.priority > 0, muted=muted), conversation_id
+    async def _decisions(self, items: Sequence[OutboxItem]) -> list[tuple[Decision, str | None]]:
+        """The policy's answer for each item, and the conversation it concerns (if known); lookups batched."""
+        records = await self._references.get_many(i.conversation_id for i in items if i.conversation_id)
+        targets: list[tuple[str | None, list[str]]] = []
+        for item in items:
+            conversation_id, subjects = item.conversation_id, []
+            if conversation_id:
+                subjects.append(conversation_subject(conversation_id))
+                record = records.get(conversation_id)
+                if record is not None and record.conversation_type == "personal" and record.user_id:
+                    subjects.append(user_subject(record.user_id))
+            if item.target_user_id:  # rare: a user without a known 1:1 chat
+                user_id = await self._references.teams_user_id(item.target_user_id) or item.target_user_id
+                subjects.append(user_subject(user_id))
+                personal = [r for r in await self._references.for_user(user_id) if r.conversation_type == "personal"]
+                conversation_id = conversation_id or (personal[0].conversation_id if personal else None)
+            targets.append((conversation_id, subjects))
+        states = await self._engagement.states(c for c, _ in targets if c)
+        notifications = [subjects for (_, subjects), item in zip(targets, items, strict=True)
+                         if item.category == "notification"]
+        muted = await self._preferences.muted(s for subjects in notifications for s in subjects)
+        return [
+            (decide(states.get(conversation_id, "idle") if conversation_id else "idle", category=item.category,
+                    urgent=item.priority > 0,
+                    muted=item.category == "notification" and any(s in muted for s in subjects)),
+             conversation_id)
+            for (conversation_id, subjects), item in zip(targets, items, strict=True)
+        ]
 
     async def enqueue(self, items: Sequence[OutboxItem]) -> list[Admission]:
-        """Apply the policy, commit the rows, then wake the worker for those that may go now."""
-        admissions: list[Admission] = []
-        for item in items:
-            decision, conversation_id = await self._decision(item)
-            [result] = await self._store.enqueue([replace(item, status=_STATUS[decision.action])],
-                                                 reason=decision.reason)
+        """Apply the policy, commit the rows in one transaction, then wake the worker for those that may go now."""
+        if not items:
+            return []
+        decisions = await self._decisions(items)
+        decided = [replace(item, status=_STATUS[d.action], note=d.reason if d.action == "drop" else item.note)
+                   for item, (d, _) in zip(items, decisions, strict=True)]
+        results = await self._store.enqueue(decided)
+        now = self._clock.now().timestamp()
+        admissions, deliver = [], []
+        for item, (decision, conversation_id), result in zip(decided, decisions, results, strict=True):
             admissions.append(Admission(result.id, result.created, decision))
             if not result.created:
                 continue
             self.counts[{"deliver": "admitted", "hold": "held", "drop": "dropped"}[decision.action]] += 1
             if decision.action == "deliver":
-                self._worker.submit(await self._store.get_many([result.id]))
+                deliver.append(item.as_row(result.id, now))
             elif decision.action == "hold" and conversation_id:
                 await self._hold(result.id, conversation_id, item)
             else:
                 log.info("dropped a %s for %s: %s", item.category, conversation_id or item.target_user_id,
                          decision.reason)
+        self._worker.submit(deliver)
         return admissions
 
     async def _hold(self, row_id: int, conversation_id: str, item: OutboxItem) -> None:

@@ -11,7 +11,7 @@ ends") are injected, so this module stays free of the SDK.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -103,6 +103,23 @@ class Engagement:
             self._states.clear()
         self._states[conversation_id] = state
         return state
+
+    async def states(self, conversation_ids: Iterable[str]) -> dict[str, str]:
+        """`state()` for many conversations, reading the uncached ones in one query each 500."""
+        wanted = list(dict.fromkeys(conversation_ids))
+        missing = [c for c in wanted if c not in self._states]
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            rows = await self._db.fetchall(
+                f"SELECT conversation_id, state FROM engagement WHERE conversation_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found = {r["conversation_id"]: str(r["state"]) for r in rows}
+            if len(self._states) > 100_000:
+                self._states.clear()
+            for conversation_id in chunk:
+                self._states[conversation_id] = found.get(conversation_id, "idle")
+        return {c: self._states.get(c, "idle") for c in wanted}
 
     async def pending_prompt(self, conversation_id: str) -> str | None:
         row = await self._db.fetchone(

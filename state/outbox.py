@@ -39,6 +39,17 @@ class OutboxItem:
     kind: Literal["send", "update"] = "send"
     update_of: int | None = None
     status: Literal["pending", "held", "dropped"] = "pending"
+    note: str | None = None  # kept as the row's last_error, e.g. why it was dropped
+
+    def as_row(self, row_id: int, now: float) -> OutboxRow:
+        """The row this item became (saves reading it back)."""
+        return OutboxRow(
+            id=row_id, conversation_id=self.conversation_id, target_user_id=self.target_user_id,
+            tenant_id=self.tenant_id, kind=self.kind, update_of=self.update_of, payload=self.payload,
+            category=self.category, subject=self.subject, priority=self.priority, status=self.status,
+            not_before=self.not_before if self.not_before is not None else now, expires_at=self.expires_at,
+            attempts=0, last_error=self.note, activity_id=None, dedup_key=self.dedup_key, created_at=now,
+        )
 
 
 @dataclass
@@ -170,7 +181,7 @@ class OutboxStore:
                         item.expires_at,
                         now,
                         now,
-                        reason if item.status == "dropped" else None,
+                        item.note or (reason if item.status == "dropped" else None),
                     ),
                 )
                 assert row is not None

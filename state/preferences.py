@@ -6,6 +6,7 @@ A subject is a user (`user:<teams id>`) — what `mute` in a 1:1 chat sets — o
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from scheduler.clock import Clock
@@ -54,6 +55,21 @@ class Preferences:
             return datetime.max.replace(tzinfo=UTC)
         until = datetime.fromtimestamp(row["muted_until"], tz=UTC)
         return until if until > self._clock.now() else None
+
+    async def muted(self, subjects: Iterable[str]) -> set[str]:
+        """Which of `subjects` are muted now (one query)."""
+        wanted = list(dict.fromkeys(subjects))
+        now = self._clock.now().timestamp()
+        out: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = await self._db.fetchall(
+                f"SELECT subject FROM preferences WHERE muted = 1 AND (muted_until IS NULL OR muted_until > ?) "
+                f"AND subject IN ({','.join('?' * len(chunk))})",
+                [now, *chunk],
+            )
+            out.update(r["subject"] for r in rows)
+        return out
 
     async def is_muted(self, *subjects: str) -> bool:
         for subject in subjects:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,7 @@ class ConversationReferences:
         self._db = db
         self._clock = clock
         self._fresh: dict[str, tuple[tuple[Any, ...], float]] = {}  # conversation → (what was written, when)
+        self._records: dict[str, tuple[ConversationRecord | None, float]] = {}
 
     async def upsert(self, record: ConversationRecord, *, reactivate: bool) -> None:
         """Insert or refresh a conversation (service URL, reference, last speaker).
@@ -81,6 +83,7 @@ class ConversationReferences:
         if seen is not None and seen[0] == fingerprint and mono - seen[1] < self.REFRESH_SECONDS:
             return
         now = self._clock.now().isoformat()
+        self._records.pop(record.conversation_id, None)
         async with self._db.transaction() as tx:
             await tx.execute(
                 """
@@ -139,10 +142,43 @@ class ConversationReferences:
         self._fresh[record.conversation_id] = (fingerprint, mono)
 
     async def get(self, conversation_id: str) -> ConversationRecord | None:
+        cached = self._records.get(conversation_id)
+        if cached is not None and self._clock.monotonic() - cached[1] < self.REFRESH_SECONDS:
+            return cached[0]
         row = await self._db.fetchone(
             "SELECT * FROM conversation_refs WHERE conversation_id = ?", (conversation_id,)
         )
-        return ConversationRecord.from_row(row) if row else None
+        record = ConversationRecord.from_row(row) if row else None
+        self._remember(conversation_id, record)
+        return record
+
+    async def get_many(self, conversation_ids: Iterable[str]) -> dict[str, ConversationRecord]:
+        """Records by conversation id (unknown ids are left out)."""
+        found: dict[str, ConversationRecord] = {}
+        missing = []
+        now = self._clock.monotonic()
+        for conversation_id in dict.fromkeys(conversation_ids):
+            cached = self._records.get(conversation_id)
+            if cached is not None and now - cached[1] < self.REFRESH_SECONDS:
+                if cached[0] is not None:
+                    found[conversation_id] = cached[0]
+            else:
+                missing.append(conversation_id)
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._db.fetchall(f"SELECT * FROM conversation_refs WHERE conversation_id IN ({marks})", chunk)
+            for row in rows:
+                record = ConversationRecord.from_row(row)
+                found[record.conversation_id] = record
+                self._remember(record.conversation_id, record)
+        return found
+
+    def _remember(self, conversation_id: str, record: ConversationRecord | None) -> None:
+        """A read cache (this process is the only writer; every write below invalidates it)."""
+        if len(self._records) > 100_000:
+            self._records.clear()
+        self._records[conversation_id] = (record, self._clock.monotonic())
 
     async def for_user(self, user_id: str, *, active_only: bool = True) -> list[ConversationRecord]:
         """Conversations a user takes part in, by Teams user id or AAD object id; 1:1 chats first."""
@@ -180,6 +216,7 @@ class ConversationReferences:
     async def mark_inactive(self, conversation_id: str, reason: str) -> bool:
         """Stop treating a conversation as reachable (uninstalled, blocked, not found). True if it changed."""
         self._fresh.pop(conversation_id, None)
+        self._records.pop(conversation_id, None)
         changed = await self._db.execute(
             "UPDATE conversation_refs SET active = 0, inactive_reason = ? WHERE conversation_id = ? AND active = 1",
             (reason, conversation_id),

@@ -80,7 +80,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         rig = Rig(clock, db, double, references, store, None, None, [])  # type: ignore[arg-type]
         rig.worker = rig.new_worker()
         rig.proactive = ProactiveMessages(
-            store, rig.worker, references, Engagement(db, clock), Preferences(db, clock), Scheduler(db, clock)
+            store, rig.worker, references, Engagement(db, clock), Preferences(db, clock), Scheduler(db, clock), clock
         )
         yield rig
         await rig.worker.stop(timeout=1)
