@@ -110,9 +110,9 @@ class Engagement:
         missing = [c for c in wanted if c not in self._states]
         for start in range(0, len(missing), 500):
             chunk = missing[start : start + 500]
+            marks = ",".join("?" * len(chunk))
             rows = await self._db.fetchall(
-                f"SELECT conversation_id, state FROM engagement WHERE conversation_id IN ({','.join('?' * len(chunk))})",
-                chunk,
+                f"SELECT conversation_id, state FROM engagement WHERE conversation_id IN ({marks})", chunk
             )
             found = {r["conversation_id"]: str(r["state"]) for r in rows}
             if len(self._states) > 100_000:
