@@ -117,15 +117,27 @@ class BotApplication:
         self.web_app.router.add_post("/api/prices", prices_api.post)
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
+        self._last_counts: dict[str, int] = {}
         self.port: int | None = None
+
+    def delivery_counts(self) -> dict[str, int]:
+        counts = {k: self.worker.counts.get(k, 0)
+                  for k in ("queued", "sent", "retried", "throttled", "failed", "cancelled", "expired")}
+        counts["dropped"] = self.proactive.counts.get("dropped", 0)  # muted / unreachable, by the policy
+        counts["held"] = self.proactive.counts.get("held", 0)
+        return counts
+
+    async def _log_counts(self, job: object) -> None:
+        """Every minute, when something moved: the delivery counters in one log line."""
+        counts = self.delivery_counts()
+        if counts != self._last_counts:
+            log.info("delivery: %s", " ".join(f"{k}={v}" for k, v in counts.items()))
+            self._last_counts = counts
 
     async def health(self) -> dict[str, Any]:
         ok = await self.db.ping()
         report: dict[str, Any] = {"ok": ok, "database": "ok" if ok else "unavailable"}
-        report["delivery"] = {
-            k: self.worker.counts.get(k, 0)
-            for k in ("queued", "sent", "retried", "throttled", "failed", "cancelled", "expired", "dropped")
-        }
+        report["delivery"] = self.delivery_counts()
         if ok:
             report["outbox"] = await self.outbox.counts()
         return report
@@ -149,7 +161,9 @@ class BotApplication:
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         await self.db.open()
         await self.worker.start()
+        self.scheduler.register("stats.log", self._log_counts)
         await self.scheduler.start()
+        await self.scheduler.schedule_every(60, "stats.log", key="stats.log", misfire="skip")
         await self.watcher.start()
         self._runner = web.AppRunner(self.web_app, shutdown_timeout=self._shutdown_timeout, access_log=None)
         await self._runner.setup()

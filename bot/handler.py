@@ -156,9 +156,15 @@ class ProactiveBot(TeamsActivityHandler):
         if self._welcome_team_members and where.scope == "team":
             await self._scheduler.schedule_in(
                 0, WELCOME_TEAM_MEMBERS,
-                {"conversation_id": conversation_id, "team": where.team, "installer": where.installer},
+                {"conversation_id": conversation_id, "team": where.team, "installer": where.installer,
+                 "team_id": team_id_of(activity.channel_data)},
                 key=f"welcome-members:{conversation_id}",
             )
+
+
+def team_id_of(channel_data: Any) -> str | None:
+    team = channel_data.get("team") if isinstance(channel_data, dict) else None
+    return str(team["id"]) if isinstance(team, dict) and team.get("id") else None
 
 
 def install_context(channel_data: Any, conversation_type: str | None, installer: str | None) -> InstallContext:

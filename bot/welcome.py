@@ -36,25 +36,28 @@ class TeamMemberWelcome:
         if record is None or not record.active:
             log.info("not welcoming team members of %s: the bot is no longer there", conversation_id)
             return
-        members: list[tuple[str, str | None]] = []
+        members: list[tuple[str, str | None, str | None, str | None]] = []
+
+        team_id = str(job.payload.get("team_id") or conversation_id)
 
         async def collect(turn_context: TurnContext) -> None:
             token = None
             while True:
-                page = await TeamsInfo.get_paged_members(turn_context, token, 100)
-                members.extend((m.id, getattr(m, "tenant_id", None)) for m in page.members or [])
+                page = await TeamsInfo.get_paged_team_members(turn_context, team_id, token, 100)
+                members.extend((m.id, getattr(m, "aad_object_id", None), m.name, getattr(m, "tenant_id", None))
+                               for m in page.members or [] if m.id and m.id != record.bot_id)
                 token = page.continuation_token
                 if not token:
                     break
 
         await self._adapter.continue_conversation(reference_from_record(record), collect, self._app_id)
+        await self._references.add_members(conversation_id, [(m, aad, name) for m, aad, name, _ in members])
         where = InstallContext("member", job.payload.get("installer"), job.payload.get("team"))
         items = [
             OutboxItem(payload=welcome_payload(self._bot_name, where), target_user_id=member_id,
                        tenant_id=tenant or record.tenant_id, category="welcome",
                        dedup_key=f"welcome-member:{conversation_id}:{member_id}")
-            for member_id, tenant in members
-            if member_id and member_id != record.bot_id
+            for member_id, _, _, tenant in members
         ]
         await self._proactive.enqueue(items)
         log.info("queued %d team member welcome(s) for %s", len(items), conversation_id)

@@ -141,6 +141,21 @@ class ConversationReferences:
             self._fresh.clear()
         self._fresh[record.conversation_id] = (fingerprint, mono)
 
+    async def add_members(self, conversation_id: str, members: Iterable[tuple[str, str | None, str | None]]) -> None:
+        """Record members of a conversation seen in its roster: (Teams user id, AAD object id, name)."""
+        now = self._clock.now().isoformat()
+        async with self._db.transaction() as tx:
+            await tx.executemany(
+                """
+                INSERT INTO conversation_members (conversation_id, user_id, user_aad_id, user_name, last_seen)
+                VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (conversation_id, user_id) DO UPDATE SET
+                    user_aad_id = COALESCE(excluded.user_aad_id, conversation_members.user_aad_id),
+                    user_name = COALESCE(excluded.user_name, conversation_members.user_name)
+                """,
+                [(conversation_id, user_id, aad, name, now) for user_id, aad, name in members],
+            )
+
     async def get(self, conversation_id: str) -> ConversationRecord | None:
         cached = self._records.get(conversation_id)
         if cached is not None and self._clock.monotonic() - cached[1] < self.REFRESH_SECONDS:

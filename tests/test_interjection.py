@@ -176,3 +176,32 @@ async def test_uninstall_cancels_held_and_pending_items(chat: Chat) -> None:
     assert row is not None and row.status == "cancelled"
     [later] = await chat.app.proactive.enqueue([note("Also never")])
     assert later.decision.action == "drop"
+
+
+async def test_welcome_team_members_pages_the_roster_and_greets_each_once(
+    start_bot: StartBot, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock
+) -> None:
+    app = await start_bot(welcome_team_members=True)
+    team_id = "19:general@thread.tacv2"
+    double.add_conversation(team_id, tenant_id="t1")
+    for i in range(150):  # two pages of 100
+        double.add_member(team_id, {"id": f"29:member-{i}", "name": f"Member {i}", "tenantId": "t1"})
+    double.add_member(team_id, {"id": "28:bot", "name": "Price Watch"})
+    team = Chat(http, app, double, conversation_id=team_id, kind="channel",
+                channel_data={"tenant": {"id": "t1"}, "team": {"id": team_id, "name": "Pricing"}})
+    await team.post(team.activity("conversationUpdate", membersAdded=[{"id": "28:bot"}]))
+    await app.scheduler.run_due()
+    for _ in range(10):  # 150 sends at the tenant's 50 per second
+        await team.settle()
+        fake_clock.advance(1.1)
+    creates = double.find(op="create")
+    assert len(creates) == 150, "one 1:1 chat per member, none for the bot itself"
+    assert {c.body["members"][0]["id"] for c in creates} == {f"29:member-{i}" for i in range(150)}
+    assert len(double.find(op="get_paged_members")) == 2
+    welcomes = [r for r in double.find(op="send") if r.conversation_id != team_id]
+    assert len(welcomes) == 150 and "added Price Watch to the **Pricing** team" in str(welcomes[0].body)
+    # the same install event again greets nobody twice
+    await team.post(team.activity("conversationUpdate", membersAdded=[{"id": "28:bot"}]))
+    await app.scheduler.run_due()
+    await team.settle()
+    assert len(double.find(op="create")) == 150
