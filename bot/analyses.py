@@ -176,8 +176,7 @@ class AnalysisService:
         if not history and self._source is not None:
             quote = await self._source.fetch(row["product"])
             if quote is not None:
-                history = [Observation(quote.product, quote.price, quote.currency, quote.source, quote.url,
-                                       quote.observed_at)]
+                history = [quote]
         await self._proactive.enqueue([OutboxItem(
             payload=result_payload(summarize(row["product"], history)), conversation_id=row["conversation_id"],
             tenant_id=row["tenant_id"], category="result", dedup_key=f"analysis-result:{row['id']}",

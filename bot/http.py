@@ -25,6 +25,28 @@ def error(status: int, code: str, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
+class JsonBody:
+    """The parsed JSON body of a request, or the 4xx answer to give instead."""
+
+    def __init__(self, value: Any = None, refusal: web.Response | None = None) -> None:
+        self.value = value
+        self.refusal = refusal
+
+    @classmethod
+    async def read(cls, request: web.Request) -> JsonBody:
+        if request.content_type != "application/json":
+            return cls(refusal=error(415, "UnsupportedMediaType", "Content-Type must be application/json"))
+        try:
+            return cls(json.loads(await request.read()))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return cls(refusal=error(400, "BadJson", f"body is not valid JSON: {exc}"))
+
+
+def field_error(field: str, message: str) -> web.Response:
+    """400 naming the field of the request body that is wrong."""
+    return web.json_response({"error": {"code": "BadRequest", "field": field, "message": message}}, status=400)
+
+
 class MessagesEndpoint:
     """POST /api/messages: Teams (or the Playground) delivers activities here."""
 

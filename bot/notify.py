@@ -17,7 +17,7 @@ from aiohttp import web
 from state.outbox import PRIORITIES, OutboxItem, OutboxStore
 from state.references import ConversationReferences
 
-from .http import error
+from .http import JsonBody, error, field_error
 
 MAX_TARGETS = 10_000
 MAX_MESSAGE_BYTES = 28_000  # Teams caps a message at about 28 KB
@@ -179,17 +179,13 @@ class NotifyEndpoints:
         refused = self.refuse(request)
         if refused is not None:
             return refused
-        if request.content_type != "application/json":
-            return error(415, "UnsupportedMediaType", "Content-Type must be application/json")
+        body = await JsonBody.read(request)
+        if body.refusal is not None:
+            return body.refusal
         try:
-            body = json.loads(await request.read())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return error(400, "BadJson", f"body is not valid JSON: {exc}")
-        try:
-            note = parse_notification(body, self._now())
+            note = parse_notification(body.value, self._now())
         except BadRequest as exc:
-            return web.json_response({"error": {"code": "BadRequest", "field": exc.field, "message": str(exc)}},
-                                     status=400)
+            return field_error(exc.field, str(exc))
         resolved = await resolve_targets(note, self._references)
         results = await self._enqueue(resolved.items)
         return web.json_response(

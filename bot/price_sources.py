@@ -10,8 +10,6 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -19,6 +17,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from scheduler.clock import Clock
+from state.prices import Observation
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +25,7 @@ MAX_PRICE, MAX_BODY_BYTES = Decimal("1e9"), 1_000_000
 DEMO_EPOCH = 1_000  # demo walks restart from base every this many steps, so catching up after idle time is cheap
 
 
-@dataclass(frozen=True)
-class PriceQuote:
-    """One observed price of one product."""
-
-    product: str
-    price: Decimal
-    currency: str | None
-    source: str
-    url: str | None
-    observed_at: datetime
+PriceQuote = Observation  # one observed price of one product, as the rest of the bot stores it
 
 
 class PriceSource(Protocol):

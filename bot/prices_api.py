@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -10,7 +9,7 @@ from aiohttp import web
 from scheduler.clock import Clock
 from state.prices import Observation
 
-from .http import error
+from .http import JsonBody, field_error
 from .price_sources import PriceBodyError, parse_price_push
 
 
@@ -25,18 +24,13 @@ class PricesEndpoint:
         refused = self._authorize(request)
         if refused is not None:
             return refused
-        if request.content_type != "application/json":
-            return error(415, "UnsupportedMediaType", "Content-Type must be application/json")
+        body = await JsonBody.read(request)
+        if body.refusal is not None:
+            return body.refusal
         try:
-            body = json.loads(await request.read())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return error(400, "BadJson", f"body is not valid JSON: {exc}")
-        try:
-            quote = parse_price_push(body, self._clock)
+            quote = parse_price_push(body.value, self._clock)
         except PriceBodyError as exc:
-            return web.json_response({"error": {"code": "BadRequest", "field": exc.field, "message": str(exc)}},
-                                     status=400)
-        await self._observe(Observation(quote.product, quote.price, quote.currency, quote.source, quote.url,
-                                        quote.observed_at))
+            return field_error(exc.field, str(exc))
+        await self._observe(quote)
         return web.json_response({"accepted": True, "product": quote.product, "price": str(quote.price)},
                                  status=202)

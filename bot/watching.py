@@ -98,8 +98,7 @@ class PriceWatcher:
             return
         quote = await self._source.fetch(product)
         if quote is not None:
-            await self.observe(Observation(quote.product, quote.price, quote.currency, quote.source, quote.url,
-                                           quote.observed_at))
+            await self.observe(quote)
 
     # -- quotes and alerts -------------------------------------------------------------------------
 
