@@ -5,10 +5,10 @@ SIGKILLs it as soon as the double has accepted KILL_AFTER messages, restarts it,
 received and what the outbox says.
 
 Duplicate bound: outcomes are written in batches, so after the kill a message is sent again only if it was
-in flight or sent with its outcome not yet committed. docs/architecture.md ("Crash bound") puts that at
-`max_in_flight` (64) + `flush_every` (256) = 320, which is what this test asserts. (Strictly, a batch being
-written can hold up to 256 + 63 rows while 64 more are in flight: 383. At this test's pace, two tenants at
-50 sends/s, a batch holds a few rows, so the duplicates seen are a handful.)
+in flight or sent with its outcome not yet committed. A batch being written holds at most
+`flush_every` + `max_in_flight` - 1 = 319 outcomes while at most 64 more sends are in flight or just
+answered: 383 (docs/architecture.md, "Crash bound"). At this test's pace, two tenants at 50 sends/s, a
+batch holds a few rows, so the duplicates seen are a handful.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tests.outbox_seed import conversation_ids, seed_references
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONVERSATIONS = conversation_ids(tenants=2, per_tenant=200)
 KILL_AFTER = 120  # mid-way through the second one-second window of the two tenants' 50/s budgets
-DUPLICATE_BOUND = 64 + 256  # max_in_flight + flush_every of DeliveryWorker
+DUPLICATE_BOUND = 256 + 64 - 1 + 64  # flush_every + max_in_flight - 1 being written, + max_in_flight
 TOKEN = "outbox-crash-test"
 START_TIMEOUT = 30.0
 DELIVERY_TIMEOUT = 30.0
