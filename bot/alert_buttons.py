@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from botbuilder.core import MessageFactory, TurnContext
-from botbuilder.schema import Activity
+from botbuilder.schema import Activity, AdaptiveCardInvokeResponse
 
 from dialogs.alert_card import acknowledged_payload
 from state.preferences import Preferences, user_subject
@@ -24,7 +24,8 @@ class AlertButtons:
         self._preferences = preferences
 
     async def __call__(self, turn_context: TurnContext, value: dict[str, Any]) -> None:
-        outcome = await self._outcome(turn_context, value)
+        """Action.Submit: act, then replace the card the button was on (or say the outcome)."""
+        outcome = await self.outcome(turn_context.activity.from_property.id, value)
         product = str(value.get("product") or "")
         reply_to = turn_context.activity.reply_to_id
         if reply_to:
@@ -37,7 +38,14 @@ class AlertButtons:
                 log.warning("could not update alert card %s in place", reply_to, exc_info=True)
         await turn_context.send_activity(MessageFactory.text(outcome))
 
-    async def _outcome(self, turn_context: TurnContext, value: dict[str, Any]) -> str:
+    async def execute(self, turn_context: TurnContext, data: dict[str, Any]) -> AdaptiveCardInvokeResponse:
+        """Action.Execute (Universal Actions): act, and answer with the card that replaces the alert."""
+        outcome = await self.outcome(turn_context.activity.from_property.id, data)
+        card = acknowledged_payload(f"Price alert for {data.get('product') or ''}", outcome)["attachments"][0]
+        return AdaptiveCardInvokeResponse(status_code=200, type=card["contentType"], value=card["content"])
+
+    async def outcome(self, user_id: str, value: dict[str, Any]) -> str:
+        """Do what the button says; the text to show the user."""
         action = value.get("action")
         try:
             watch_id = int(value.get("watchId", ""))
@@ -48,7 +56,6 @@ class AlertButtons:
         if action == "stop":
             return await self._watcher.stop(watch_id)
         if action == "mute":
-            user = turn_context.activity.from_property
-            await self._preferences.mute(user_subject(user.id), None)
+            await self._preferences.mute(user_subject(user_id), None)
             return "Notifications muted. Type `unmute` to turn them back on."
         return "I don't know that button; type `help`."

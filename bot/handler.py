@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from weakref import WeakValueDictionary
@@ -16,7 +16,12 @@ from weakref import WeakValueDictionary
 from botbuilder.core import BotState, ConversationState, TurnContext, UserState
 from botbuilder.core.teams import TeamsActivityHandler
 from botbuilder.dialogs import Dialog
-from botbuilder.schema import ActivityTypes, ChannelAccount
+from botbuilder.schema import (
+    ActivityTypes,
+    AdaptiveCardInvokeResponse,
+    AdaptiveCardInvokeValue,
+    ChannelAccount,
+)
 from botbuilder.schema.teams import TeamInfo
 
 from dialogs.runner import DIALOG_STATE_PROPERTY, pending_prompt, run_main_dialog
@@ -27,6 +32,7 @@ from state.engagement import Engagement
 from state.outbox import OutboxItem
 from state.references import ConversationReferences
 
+from .alert_buttons import AlertButtons
 from .proactive import ProactiveMessages
 from .references import record_from_activity, tenant_of
 
@@ -53,7 +59,7 @@ class ProactiveBot(TeamsActivityHandler):
         proactive: ProactiveMessages,
         scheduler: Scheduler,
         welcome_team_members: bool = False,
-        alert_buttons: Callable[[TurnContext, dict[str, Any]], Awaitable[None]] | None = None,
+        alert_buttons: AlertButtons | None = None,
     ) -> None:
         self._bot_name = bot_name
         self._references = references
@@ -113,6 +119,18 @@ class ProactiveBot(TeamsActivityHandler):
         for state in self._states:
             await state.save_changes(turn_context)
         await self._engagement.after_turn(turn_context.activity.conversation.id, mid_topic=mid_topic, prompt=prompt)
+
+    async def on_adaptive_card_invoke(
+        self, turn_context: TurnContext, invoke_value: AdaptiveCardInvokeValue
+    ) -> AdaptiveCardInvokeResponse:
+        """Action.Execute from a card: alert buttons answer with the card that replaces the alert."""
+        data = (invoke_value.action or {}).get("data") or {}
+        if isinstance(data, dict) and data.get("command") == "alert" and self._alert_buttons is not None:
+            return await self._alert_buttons.execute(turn_context, data)
+        return AdaptiveCardInvokeResponse(
+            status_code=200, type="application/vnd.microsoft.activity.message",
+            value="Type `help` to see what I can do.",
+        )
 
     # -- installation and welcome --------------------------------------------------------------------
 

@@ -88,7 +88,10 @@ class MessagesEndpoint:
 
         invoke_response = await self._adapter.process_activity(auth, activity, self._bot.on_turn)
         if invoke_response:
-            return web.json_response(serializer_helper(invoke_response.body), status=invoke_response.status)
+            body = invoke_response.body
+            if not isinstance(body, dict | list | str | int | float | type(None)):
+                body = serializer_helper(body)  # handlers usually hand over already-serialised bodies
+            return web.json_response(body, status=invoke_response.status)
         return web.Response(status=200)
 
 

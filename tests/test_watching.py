@@ -168,3 +168,21 @@ async def test_analysis_resumes_after_restart(start_bot: StartBot, http: aiohttp
     await again.scheduler.run_due()
     await chat.settle()
     assert sum("Analysis of **gadget** finished" in t for t in chat.texts()) == 1
+
+
+async def test_action_execute_on_an_alert_answers_with_the_replacement_card(chat: Chat, fake_clock: FakeClock) -> None:
+    await chat.say("watch gadget below 10")
+    await push(chat, 9)
+    await tick(chat, fake_clock, 3)
+    [card] = alert_cards(chat)
+    stop = next(a for a in card["actions"] if a["title"] == "Stop watching")
+    invoke = chat.activity("invoke", name="adaptiveCard/action",
+                           value={"action": {"type": "Action.Execute", "verb": "alert", "data": stop["data"]},
+                                  "trigger": "manual"})
+    url = f"http://127.0.0.1:{chat.app.port}/api/messages"
+    async with chat.http.post(url, json=invoke) as response:
+        assert response.status == 200
+        body = await response.json()
+    assert body["statusCode"] == 200 and body["type"] == "application/vnd.microsoft.card.adaptive"
+    assert "Stopped watching gadget" in str(body["value"])
+    assert await chat.app.watcher.list("29:ada") == []
