@@ -7,6 +7,10 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.app import BotApplication
 
 
 def main() -> int:
@@ -20,29 +24,32 @@ def main() -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    from bot.app import BotApplication
+
+    try:
+        app = BotApplication(config)
+    except ValueError as exc:  # a setting the components refuse (e.g. a price source field path)
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     if not config.auth_enabled:
         logging.getLogger("main").warning(
             "MicrosoftAppId is not set: accepting unauthenticated requests (fine for the Agents Playground, "
             "not for Teams)"
         )
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(app))
     except OSError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(config: object) -> None:
-    from bot.app import BotApplication
-    from bot.config import Config
-
-    assert isinstance(config, Config)
+async def _serve(app: BotApplication) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await BotApplication(config).run_until(stop)
+    await app.run_until(stop)
 
 
 if __name__ == "__main__":

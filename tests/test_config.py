@@ -61,3 +61,14 @@ def test_main_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["configuration error: PORT must be a number between 1 and 65535, "
                                                   "got 'not-a-port'"]
+
+
+def test_a_setting_refused_by_a_component_is_also_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("Microsoft")}
+    env.update(PRICE_SOURCE="http", PRICE_URL_TEMPLATE="https://prices.example/{product}", PRICE_FIELD="a..b")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("configuration error: PRICE_FIELD")
