@@ -81,30 +81,29 @@ def _port(value: str) -> int:
     return port
 
 
-def _positive(name: str, value: str) -> float:
+def _number(name: str, value: str, *, zero_ok: bool = False) -> float:
+    wanted = "zero or a positive number" if zero_ok else "a positive number"
     try:
         number = float(value)
     except ValueError:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}") from None
-    if not number > 0:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        raise ConfigError(f"{name} must be {wanted}, got {value!r}") from None
+    if not (number >= 0 if zero_ok else number > 0) or number == float("inf"):
+        raise ConfigError(f"{name} must be {wanted}, got {value!r}")
     return number
+
+
+def _positive(name: str, value: str) -> float:
+    return _number(name, value)
+
+
+def _non_negative(name: str, value: str) -> float:
+    return _number(name, value, zero_ok=True)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     return value
-
-
-def _non_negative(name: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if not number >= 0:
-        raise ConfigError(f"{name} must be zero or more, got {value!r}")
-    return number
 
 
 def _delays(value: str) -> tuple[float, ...]:
