@@ -110,6 +110,7 @@ def assert_no_failed_turns(pg: Playground) -> None:
 async def test_price_alert_fires_once_below_threshold_and_stop_watching_updates_it(
     playground: Playground, bot_process: Any
 ) -> None:
+    """`watch gadget below 10`; 12 alerts nobody, 9.5 sends one card (12 → 9.5); Stop watching updates it."""
     source = f"E2E feed {uuid.uuid4().hex[:8]}"
     await say(playground, "watch gadget below 10", "Done:", "gadget", "drops below 10.00")
 
@@ -150,6 +151,8 @@ async def test_price_alert_fires_once_below_threshold_and_stop_watching_updates_
 async def test_analyze_answers_at_once_updates_progress_in_place_and_delivers_the_result(
     playground: Playground, bot_process: Any
 ) -> None:
+    """`analyze gadget`: answered at once, one progress message updated in place, `help` answered meanwhile,
+    then the result card over the pushed prices and the progress message updated to Done."""
     for price in ("12", "9.5", "11"):  # recorded before the 202; no watch, so no alerts
         await push_price(bot_process, price, "E2E feed")
 
