@@ -49,12 +49,12 @@ class AlertButtons:
         action = value.get("action")
         try:
             watch_id = int(value.get("watchId", ""))
-        except ValueError:
+        except (TypeError, ValueError):
             return "That button is out of date; type `list` to see your watches."
         if action == "snooze" and value.get("args") in SNOOZE_HOURS:
-            return await self._watcher.snooze(watch_id, SNOOZE_HOURS[str(value["args"])])
+            return await self._watcher.snooze(watch_id, user_id, SNOOZE_HOURS[str(value["args"])])
         if action == "stop":
-            return await self._watcher.stop(watch_id)
+            return await self._watcher.stop(watch_id, user_id)
         if action == "mute":
             await self._preferences.mute(user_subject(user_id), None)
             return "Notifications muted. Type `unmute` to turn them back on."

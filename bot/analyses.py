@@ -45,7 +45,7 @@ def summarize(product: str, history: Sequence[Observation]) -> dict[str, Any]:
     trend = "rising" if change > 1 else "falling" if change < -1 else "flat"
     return {
         "product": product, "count": len(prices), "min": min(prices), "max": max(prices),
-        "mean": Decimal(str(round(statistics.fmean(float(p) for p in prices), 4))), "latest": last,
+        "mean": Decimal(str(round(statistics.fmean(float(p) for p in prices), 2))), "latest": last,
         "change_pct": change, "trend": trend, "currency": history[-1].currency,
         "since": history[0].observed_at, "source": history[-1].source,
     }

@@ -135,15 +135,22 @@ class PriceWatcher:
             await self._proactive.enqueue(items)
             log.info("price of %s is %s: %d alert(s)", product, latest.price, len(items))
 
-    async def snooze(self, watch_id: int, hours: float) -> str:
+    async def snooze(self, watch_id: int, user_id: str, hours: float) -> str:
+        """Snooze the presser's own watch."""
+        watch = await self._prices.watch(watch_id)
+        if watch is not None and watch.user_id != user_id:
+            return "This alert belongs to someone else's watch; only they can snooze it."
         until = self._clock.now() + timedelta(hours=hours)
-        if not await self._prices.snooze(watch_id, until):
+        if watch is None or not await self._prices.snooze(watch_id, user_id, until):
             return "That watch no longer exists."
         return f"Snoozed until {until.strftime('%Y-%m-%d %H:%M UTC')}."
 
-    async def stop(self, watch_id: int) -> str:
+    async def stop(self, watch_id: int, user_id: str) -> str:
+        """Remove the presser's own watch."""
         watch = await self._prices.watch(watch_id)
-        if watch is None or not await self._prices.remove_watch(watch_id):
+        if watch is not None and watch.user_id != user_id:
+            return "This alert belongs to someone else's watch; only they can stop it."
+        if watch is None or not await self._prices.remove_watch(watch_id, user_id):
             return "You're no longer watching this product."
         await self._stop_polling_if_unwatched(watch.product)
         return f"Stopped watching {watch.product}."

@@ -99,15 +99,17 @@ class PriceLog:
             (str(price), alerted, str(price), self._clock.now().timestamp(), watch_id),
         )
 
-    async def snooze(self, watch_id: int, until: datetime) -> bool:
+    async def snooze(self, watch_id: int, user_id: str, until: datetime) -> bool:
+        """Snooze a watch of `user_id` (someone else's watch is left alone: False)."""
         changed = await self._db.execute(
-            "UPDATE watches SET snoozed_until = ?, updated_at = ? WHERE id = ?",
-            (until.timestamp(), self._clock.now().timestamp(), watch_id),
+            "UPDATE watches SET snoozed_until = ?, updated_at = ? WHERE id = ? AND user_id = ?",
+            (until.timestamp(), self._clock.now().timestamp(), watch_id, user_id),
         )
         return changed > 0
 
-    async def remove_watch(self, watch_id: int) -> bool:
-        return await self._db.execute("DELETE FROM watches WHERE id = ?", (watch_id,)) > 0
+    async def remove_watch(self, watch_id: int, user_id: str) -> bool:
+        """Delete a watch of `user_id` (someone else's watch is left alone: False)."""
+        return await self._db.execute("DELETE FROM watches WHERE id = ? AND user_id = ?", (watch_id, user_id)) > 0
 
 
 def triggers(condition: Condition, *, last_seen: Decimal | None, last_alert: Decimal | None, new: Decimal) -> bool:

@@ -186,3 +186,21 @@ async def test_action_execute_on_an_alert_answers_with_the_replacement_card(chat
     assert body["statusCode"] == 200 and body["type"] == "application/vnd.microsoft.card.adaptive"
     assert "Stopped watching gadget" in str(body["value"])
     assert await chat.app.watcher.list("29:ada") == []
+
+
+async def test_only_the_owner_can_stop_or_snooze_a_watch(chat: Chat, fake_clock: FakeClock) -> None:
+    await chat.say("watch gadget below 10")
+    await push(chat, 9)
+    await tick(chat, fake_clock, 3)
+    [card] = alert_cards(chat)
+    stop = next(a for a in card["actions"] if a["title"] == "Stop watching")
+    snooze = next(a for a in card["actions"] if a["title"] == "Snooze 1 day")
+    mallory = Chat(chat.http, chat.app, chat.double, conversation_id=chat.conversation_id, user_id="29:mallory")
+    await mallory.press(stop["data"])
+    await mallory.press(snooze["data"])
+    assert "someone else's watch" in chat.texts()[-1]
+    assert [w.product for w in await chat.app.watcher.list("29:ada")] == ["gadget"]
+    watch = (await chat.app.prices.watches_on("gadget"))[0]
+    assert watch.snoozed_until is None
+    await mallory.press({**stop["data"], "watchId": None})  # a forged button: an answer, not a failed turn
+    assert "out of date" in chat.texts()[-1]
