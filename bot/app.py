@@ -128,7 +128,8 @@ class BotApplication:
         return counts
 
     async def _log_counts(self, job: object) -> None:
-        """Every minute, when something moved: the delivery counters in one log line."""
+        """Every minute: trim the rate limiter's idle keys, and log the delivery counters if they moved."""
+        self.limiter.forget_idle()
         counts = self.delivery_counts()
         if counts != self._last_counts:
             log.info("delivery: %s", " ".join(f"{k}={v}" for k, v in counts.items()))

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # Activities that prove the bot can talk in the conversation again (after a removal or a block).
 _REACTIVATING = {ActivityTypes.message, ActivityTypes.invoke, ActivityTypes.message_reaction}
 WELCOME_TEAM_MEMBERS = "welcome.team_members"
+_TOPIC = "engagement.topic"  # turn_state key: (mid_topic, pending prompt) of a message turn
 
 
 class ProactiveBot(TeamsActivityHandler):
@@ -92,6 +93,9 @@ class ProactiveBot(TeamsActivityHandler):
             await super().on_turn(turn_context)
             for state in self._states:
                 await state.save_changes(turn_context)
+            topic = turn_context.turn_state.get(_TOPIC)
+            if topic is not None:  # after saving, so a crash in between cannot replay the turn's answers
+                await self._engagement.after_turn(conversation_id, mid_topic=topic[0], prompt=topic[1])
 
     async def _remember(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
@@ -115,10 +119,7 @@ class ProactiveBot(TeamsActivityHandler):
         else:
             mid_topic = await run_main_dialog(self._dialog, turn_context, self._dialog_accessor)
         prompt = pending_prompt(await self._dialog_accessor.get(turn_context)) if mid_topic else None
-        # save before releasing held items, so a crash in between cannot replay the turn's answers
-        for state in self._states:
-            await state.save_changes(turn_context)
-        await self._engagement.after_turn(turn_context.activity.conversation.id, mid_topic=mid_topic, prompt=prompt)
+        turn_context.turn_state[_TOPIC] = (mid_topic, prompt)  # on_turn tells the engagement machine
 
     async def on_adaptive_card_invoke(
         self, turn_context: TurnContext, invoke_value: AdaptiveCardInvokeValue

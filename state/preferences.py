@@ -70,9 +70,3 @@ class Preferences:
             )
             out.update(r["subject"] for r in rows)
         return out
-
-    async def is_muted(self, *subjects: str) -> bool:
-        for subject in subjects:
-            if await self.muted_until(subject) is not None:
-                return True
-        return False
