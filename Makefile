@@ -23,7 +23,7 @@ test: lint
 	$(PY) -m pytest
 
 package: $(STAMP)
-	$(PY) -m bot.manifest --out appPackage.zip
+	$(PY) -m bot.packaging.manifest --out appPackage.zip
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -11,13 +11,13 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from botbuilder.core import ConversationState, MessageFactory, PrivateConversationState, TurnContext, UserState
 
 from dialogs.main_dialog import MainDialog
 from scheduler.clock import Clock, SystemClock
 from scheduler.ratelimit import TeamsRateLimiter
 from scheduler.scheduler import Scheduler
 from scheduler.sendqueue import SendQueue
+from state.analyses import AnalysisStore
 from state.db import Database
 from state.engagement import Engagement
 from state.outbox import OutboxStore
@@ -27,20 +27,19 @@ from state.references import ConversationReferences
 from state.storage import SqliteStorage
 from state.watches import SqliteWatchBook
 
-from .adapter import build_adapter, build_authentication
-from .alert_buttons import AlertButtons
-from .analyses import AnalysisService
+from .analyses.service import AnalysisService
+from .api.messages import MessagesEndpoint
+from .api.notify import NotifyEndpoints
+from .api.prices import PricesEndpoint
+from .api.routes import build_web_app
 from .config import Config
-from .delivery import DeliveryWorker
-from .handler import WELCOME_TEAM_MEMBERS, ProactiveBot
-from .http import MessagesEndpoint, build_web_app
-from .notify import NotifyEndpoints
-from .price_sources import build_price_source
-from .prices_api import PricesEndpoint
-from .proactive import ProactiveMessages
-from .sender import TeamsSender
-from .watching import PriceWatcher
-from .welcome import TeamMemberWelcome
+from .delivery.proactive import ProactiveMessages
+from .delivery.worker import DeliveryWorker
+from .onboarding.team_members import WELCOME_TEAM_MEMBERS, TeamMemberWelcome
+from .prices.alert_actions import AlertActions
+from .prices.sources import build_price_source
+from .prices.watching import PriceWatcher
+from .teams.edge import TeamsConnection
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +52,14 @@ class BotApplication:
         self.clock = clock or SystemClock()
         self.db = Database(config.database_path)
         self.storage = SqliteStorage(self.db, self.clock)
-        self.conversation_state = ConversationState(self.storage)
-        self.user_state = UserState(self.storage)
         self.references = ConversationReferences(self.db, self.clock)
-        self.authentication = build_authentication(config)
-        self.adapter = build_adapter(self.authentication)
-        self.adapter.on_turn_error = self._on_turn_error
+        self.teams = TeamsConnection(config)
         self.outbox = OutboxStore(self.db, self.clock)
         self.limiter = TeamsRateLimiter(self.clock, tenant_rps=config.tenant_rps)
         self.worker = DeliveryWorker(
             self.outbox,
             self.references,
-            TeamsSender(self.authentication, config.app_id),
+            self.teams.sender,
             SendQueue(self.clock, self.limiter),
             self.clock,
             limiter=self.limiter,
@@ -87,34 +82,30 @@ class BotApplication:
             self.clock, self.price_source, coalesce_seconds=config.alert_coalesce_seconds,
         )
         self.analyses = AnalysisService(
-            self.db, self.prices, self.proactive, self.scheduler, self.references, self.clock,
-            source=self.price_source, analyze_seconds=config.analyze_seconds, progress_delays=config.progress_delays,
+            AnalysisStore(self.db, self.clock), self.prices, self.proactive, self.scheduler, self.references,
+            self.clock, source=self.price_source, analyze_seconds=config.analyze_seconds,
+            progress_delays=config.progress_delays,
         )
-        self.bot = ProactiveBot(
+        turns = self.teams.turns(
+            self.storage,
             bot_name=config.bot_name,
             references=self.references,
-            conversation_state=self.conversation_state,
-            user_state=self.user_state,
-            dialog_state=PrivateConversationState(self.storage),
             dialog=MainDialog(watches=self.watcher, analyses=self.analyses, preferences=self.preferences,
                               clock=self.clock, bot_name=config.bot_name),
             engagement=self.engagement,
             proactive=self.proactive,
             scheduler=self.scheduler,
             welcome_team_members=config.welcome_team_members,
-            alert_buttons=AlertButtons(self.watcher, self.preferences),
+            alert_actions=AlertActions(self.watcher, self.preferences),
         )
         self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
-            self.adapter, self.references, self.proactive, config.app_id, config.bot_name))
+            self.teams.roster, self.references, self.proactive, config.bot_name))
         notify = NotifyEndpoints(
             config.notify_token, self.references, self.outbox, self.proactive.enqueue,
             lambda: self.clock.now().timestamp(),
         )
-        self.web_app = build_web_app(MessagesEndpoint(self.adapter, self.authentication, self.bot), self.health)
-        self.web_app.router.add_post("/api/notify", notify.post)
-        self.web_app.router.add_get("/api/notify/{id}", notify.get)
-        prices_api = PricesEndpoint(notify.refuse, self.watcher.observe, self.clock)
-        self.web_app.router.add_post("/api/prices", prices_api.post)
+        self.web_app = build_web_app(MessagesEndpoint(turns), self.health, notify,
+                                     PricesEndpoint(notify.refuse, self.watcher.observe, self.clock))
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self._last_counts: dict[str, int] = {}
@@ -143,22 +134,6 @@ class BotApplication:
             report["outbox"] = await self.outbox.counts()
         return report
 
-    async def _on_turn_error(self, turn_context: TurnContext, exc: Exception) -> None:
-        log.error(
-            "turn failed in conversation %s (%s): %s",
-            turn_context.activity.conversation.id if turn_context.activity.conversation else "?",
-            turn_context.activity.type,
-            exc,
-            exc_info=exc,
-        )
-        if turn_context.activity.type == "message":
-            try:
-                await turn_context.send_activity(
-                    MessageFactory.text("Sorry, something went wrong on my side. Please try again.")
-                )
-            except Exception:  # the channel may be what failed; the error is already logged
-                log.warning("could not tell the user about the failed turn", exc_info=True)
-
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         await self.db.open()
         await self.worker.start()
@@ -180,7 +155,7 @@ class BotApplication:
             await runner.cleanup()  # stops accepting, waits for in-flight requests up to shutdown_timeout
         await self.scheduler.stop()
         await self.worker.stop()
-        await self.authentication.session.close()
+        await self.teams.close()
         if self.price_source is not None:
             await self.price_source.close()
         await self.db.close()

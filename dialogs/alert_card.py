@@ -7,8 +7,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from state.model import Condition, format_price
+
 from .cards import SCHEMA
-from .conditions import Condition, format_price
 
 CARD = "application/vnd.microsoft.card.adaptive"
 

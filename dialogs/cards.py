@@ -8,7 +8,7 @@ from typing import Any
 from botbuilder.core import CardFactory
 from botbuilder.schema import Attachment
 
-from .ports import WatchView
+from state.model import WatchView
 
 SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 MAX_LISTED = 25  # keeps a list card far below Teams' ~28 KB message limit

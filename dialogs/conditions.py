@@ -1,17 +1,15 @@
 """What a watch waits for, parsed from what people type: `below 10`, `over $12.50`, `any change`, `5%`.
 
-Pure functions, no SDK: the dialogs, the one-shot `watch gadget below 10` form and the storage
-(via `to_json`/`from_json`) all share this one reading of a condition.
+Pure functions, no SDK: the dialogs and the one-shot `watch gadget below 10` form share this one
+reading of a condition; the `Condition` it produces lives in `state.model`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
 
-ConditionKind = Literal["below", "above", "any", "percent"]
+from state.model import Condition, ConditionKind
 
 HINT = "try 'below 20', 'above 20', 'any change' or '5%'"
 MAX_PRODUCT_CHARS = 100
@@ -50,70 +48,6 @@ class ConditionError(InputError):
     def __init__(self, message: str, product: str | None = None) -> None:
         super().__init__(message)
         self.product = product
-
-
-@dataclass(frozen=True)
-class Condition:
-    """When to alert: price below/above `value`, any change, or a move of at least `value` percent."""
-
-    kind: ConditionKind
-    value: Decimal | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind == "any":
-            if self.value is not None:
-                raise ValueError("an 'any' condition has no value")
-        elif self.kind in ("below", "above", "percent"):
-            if not isinstance(self.value, Decimal) or not self.value.is_finite() or self.value <= 0:
-                raise ValueError(f"a {self.kind!r} condition needs a positive Decimal value")
-        else:
-            raise ValueError(f"unknown condition kind {self.kind!r}")
-
-    def describe(self) -> str:
-        """Human wording that completes "tell you when it …": `drops below 10.00`."""
-        if self.kind == "below":
-            return f"drops below {format_price(self._value)}"
-        if self.kind == "above":
-            return f"rises above {format_price(self._value)}"
-        if self.kind == "percent":
-            return f"moves by {format_percent(self._value)} or more (up or down)"
-        return "changes"
-
-    @property
-    def _value(self) -> Decimal:
-        assert self.value is not None  # guaranteed by __post_init__ for every kind but "any"
-        return self.value
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-safe dict (the value as a string, so no precision is lost)."""
-        return {"kind": self.kind, "value": None if self.value is None else str(self.value)}
-
-    @classmethod
-    def from_json(cls, data: Any) -> Condition:
-        """The inverse of `to_json`; ValueError for anything it did not produce."""
-        if not isinstance(data, dict) or data.get("kind") not in ("below", "above", "any", "percent"):
-            raise ValueError(f"not a condition: {data!r}")
-        raw = data.get("value")
-        if raw is not None and not isinstance(raw, str):
-            raise ValueError(f"condition value must be a string, got {raw!r}")
-        try:
-            value = None if raw is None else Decimal(raw)
-        except ArithmeticError as exc:
-            raise ValueError(f"bad condition value {raw!r}") from exc
-        return cls(data["kind"], value)
-
-
-def format_price(value: Decimal) -> str:
-    """`10` → `10.00`, `1299.5` → `1,299.50`, `0.125` → `0.125` (never rounds a typed digit away)."""
-    exponent = value.as_tuple().exponent
-    places = max(2, -exponent) if isinstance(exponent, int) else 2
-    return f"{value:,.{places}f}"
-
-
-def format_percent(value: Decimal) -> str:
-    """`5` → `5%`, `2.50` → `2.5%`."""
-    text = f"{value.normalize():f}"
-    return f"{text}%"
 
 
 def parse_condition(text: str) -> Condition:

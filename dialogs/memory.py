@@ -6,9 +6,7 @@ import builtins
 from datetime import datetime
 
 from scheduler.clock import Clock
-
-from .conditions import Condition
-from .ports import UNTIL_UNMUTED, UserRef, WatchResult, WatchView
+from state.model import UNTIL_UNMUTED, Condition, UserRef, WatchResult, WatchView
 
 
 def _key(product: str) -> str:

@@ -8,43 +8,10 @@ tests live in `dialogs.memory`).
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Literal, Protocol
+from datetime import datetime
+from typing import Protocol
 
-from .conditions import Condition
-
-
-@dataclass(frozen=True)
-class UserRef:
-    """Who asked: the Teams user id (`29:…`, the key everywhere), plus AAD object id and display name."""
-
-    id: str
-    aad_object_id: str | None = None
-    name: str | None = None
-
-
-@dataclass(frozen=True)
-class WatchView:
-    """One watch as the user sees it."""
-
-    product: str
-    condition: Condition
-    last_price: Decimal | None = None
-
-
-@dataclass(frozen=True)
-class WatchResult:
-    """Outcome of `WatchBook.add`: a new watch, a changed condition, or a refusal with a reason to show."""
-
-    status: Literal["created", "updated", "rejected"]
-    watch: WatchView
-    reason: str | None = None
-
-
-UNTIL_UNMUTED = datetime.max.replace(tzinfo=UTC)
-"""What `Preferences.muted_until` returns for a mute without an end."""
+from state.model import Condition, UserRef, WatchResult, WatchView
 
 
 class WatchBook(Protocol):

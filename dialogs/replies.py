@@ -7,8 +7,9 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from state.model import WatchResult, WatchView
+
 from .commands import COMMAND_NAMES
-from .ports import WatchResult, WatchView
 
 _MARKDOWN = re.compile(r"([\\`*_~\[\]])")
 

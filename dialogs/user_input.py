@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from state.model import UserRef, conversation_subject, user_subject
+
 from .commands import parse_command
-from .ports import UserRef
 
 ALIASES = {"?": "help", "commands": "help", "stop": "cancel", "watches": "list", "analyse": "analyze"}
 
@@ -63,11 +64,8 @@ def conversation_id(activity: Any) -> str:
 
 
 def mute_subject(activity: Any) -> str:
-    """Who a `mute` applies to: the user in a 1:1 chat, the whole conversation in a group chat or channel.
-
-    Same format as `state.preferences.user_subject` / `conversation_subject`.
-    """
+    """Who a `mute` applies to: the user in a 1:1 chat, the whole conversation in a group chat or channel."""
     conversation = activity.conversation
     if getattr(conversation, "conversation_type", None) in ("groupChat", "channel"):
-        return f"conversation:{conversation.id}"
-    return f"user:{activity.from_property.id}"
+        return conversation_subject(str(conversation.id))
+    return user_subject(str(activity.from_property.id))

@@ -13,8 +13,10 @@ from botbuilder.core import MessageFactory
 from botbuilder.dialogs import WaterfallDialog, WaterfallStepContext
 from botbuilder.dialogs.prompts import PromptOptions, PromptValidatorContext, TextPrompt
 
+from state.model import Condition
+
 from . import replies
-from .conditions import Condition, InputError, parse_condition, validate_product
+from .conditions import InputError, parse_condition, validate_product
 from .interrupting import InterruptingDialog
 from .ports import WatchBook
 from .user_input import conversation_id, user_ref

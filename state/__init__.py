@@ -1,1 +1,7 @@
-"""Durable state: the SQLite database, botbuilder Storage, conversation references, and later the outbox."""
+"""Durable state and the domain's shared vocabulary.
+
+`model` (pure types and key formats), `db` (the database seam and migrations), and one store per table
+group: `storage` (the SDK's Storage — the one module here that imports botbuilder), `references`,
+`outbox`, `engagement` (the interjection state machine), `preferences`, `watches`, `prices`, `analyses`.
+All SQL lives here (and in `scheduler/store.py` for jobs). Never imports `bot/` or `dialogs/`.
+"""

@@ -14,14 +14,6 @@ from scheduler.clock import Clock
 from .db import Database
 
 
-def user_subject(user_id: str) -> str:
-    return f"user:{user_id}"
-
-
-def conversation_subject(conversation_id: str) -> str:
-    return f"conversation:{conversation_id}"
-
-
 class Preferences:
     """Mute state per subject. Muting without an end lasts until `unmute`."""
 

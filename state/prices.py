@@ -7,21 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from dialogs.conditions import Condition
 from scheduler.clock import Clock
 
 from .db import Database
-from .watches import product_key
-
-
-@dataclass(frozen=True)
-class Observation:
-    product: str
-    price: Decimal
-    currency: str | None
-    source: str
-    url: str | None
-    observed_at: datetime
+from .model import Condition, Observation, product_key
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from dialogs.conditions import Condition
-from dialogs.ports import UserRef, WatchResult, WatchView
 from scheduler.clock import Clock
 
 from .db import Database
+from .model import Condition, UserRef, WatchResult, WatchView, product_key
 
 MAX_WATCHES_PER_USER = 50
-
-
-def product_key(product: str) -> str:
-    """Products match case-insensitively and ignore surrounding/duplicate spaces."""
-    return " ".join(product.split()).casefold()
 
 
 class SqliteWatchBook:

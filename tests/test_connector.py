@@ -10,7 +10,7 @@ from botbuilder.schema import Activity
 from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import MicrosoftAppCredentials
 
-from bot.connector import SharedSession, pooled_client
+from bot.teams.connector import SharedSession, pooled_client
 from tests.connector_double import ConnectorDouble
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.adapter import build_authentication
 from bot.config import Config
-from bot.connector import SharedSession
-from bot.delivery import DeliveryWorker, RetryPolicy
-from bot.proactive import ProactiveMessages
-from bot.sender import TeamsSender
+from bot.delivery.proactive import ProactiveMessages
+from bot.delivery.worker import DeliveryWorker, RetryPolicy
+from bot.teams.adapter import build_authentication
+from bot.teams.connector import SharedSession
+from bot.teams.sender import TeamsSender
 from scheduler.clock import FakeClock
 from scheduler.ratelimit import TeamsRateLimiter
 from scheduler.scheduler import Scheduler

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bot.price_sources import (
+from bot.prices.sources import (
     DemoCatalog,
     HttpJsonSource,
     PriceBodyError,

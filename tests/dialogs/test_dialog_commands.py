@@ -9,9 +9,8 @@ from botbuilder.schema import Activity, ActivityTypes, ConversationAccount
 from dialog_chat import CONVERSATION, USER, Chat, card_of, submit_actions
 
 from dialogs.commands import COMMANDS, help_text
-from dialogs.conditions import Condition
-from dialogs.ports import UNTIL_UNMUTED, UserRef, WatchView
 from dialogs.user_input import mute_subject
+from state.model import UNTIL_UNMUTED, Condition, UserRef, WatchView
 
 
 @pytest.mark.parametrize("text", ["help", "HELP", "Help me", "?"])
@@ -166,7 +165,7 @@ async def test_mute_in_a_group_chat_or_channel_mutes_the_conversation(chat: Chat
 
 
 async def test_mute_subjects_match_the_preferences_store() -> None:
-    preferences = pytest.importorskip("state.preferences")
+    from state import model as preferences
     personal = Activity(from_property=USER, conversation=ConversationAccount(id="c", conversation_type="personal"))
     group = Activity(from_property=USER, conversation=ConversationAccount(id="c", conversation_type="groupChat"))
     assert mute_subject(personal) == preferences.user_subject(USER.id)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from dialogs.conditions import Condition
 from dialogs.memory import InMemoryAnalyses, InMemoryPreferences, InMemoryWatchBook
-from dialogs.ports import UNTIL_UNMUTED, Analyses, Preferences, UserRef, WatchBook, WatchView
+from dialogs.ports import Analyses, Preferences, WatchBook
 from scheduler.clock import FakeClock
 from state.db import Database
+from state.model import UNTIL_UNMUTED, Condition, UserRef, WatchView
 from state.preferences import Preferences as SqlitePreferences
 from state.watches import SqliteWatchBook
 

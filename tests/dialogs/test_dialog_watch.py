@@ -9,10 +9,9 @@ from botbuilder.core import PrivateConversationState
 from botbuilder.schema import ChannelAccount
 from dialog_chat import CONVERSATION, Chat, PickledMemoryStorage
 
-from dialogs.conditions import Condition
-from dialogs.ports import UserRef, WatchView
 from dialogs.watch_dialog import MAX_BAD_ANSWERS
 from scheduler.clock import FakeClock
+from state.model import Condition, UserRef, WatchView
 
 ASK_PRODUCT = "Which product should I watch? For example `gadget`."
 

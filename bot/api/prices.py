@@ -6,11 +6,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from bot.prices.sources import PriceBodyError, parse_price_push
 from scheduler.clock import Clock
-from state.prices import Observation
+from state.model import Observation
 
-from .http import JsonBody, field_error
-from .price_sources import PriceBodyError, parse_price_push
+from .errors import JsonBody, field_error
 
 
 class PricesEndpoint:

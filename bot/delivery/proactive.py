@@ -16,12 +16,13 @@ from typing import Literal
 from scheduler.clock import Clock
 from scheduler.scheduler import Scheduler
 from state.engagement import Decision, Engagement, decide
+from state.model import conversation_subject, hold_key, user_subject
 from state.outbox import OutboxItem, OutboxStore
-from state.preferences import Preferences, conversation_subject, user_subject
+from state.preferences import Preferences
 from state.references import ConversationReferences
 
-from .delivery import DeliveryWorker
 from .digest import digest_payload
+from .worker import DeliveryWorker
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +126,14 @@ class ProactiveMessages:
         if item.subject:
             superseded = await self._store.supersede(conversation_id, item.subject, keep=row_id)
             self.counts["superseded"] += superseded
-        if await self._scheduler.get(key=f"hold:{conversation_id}") is None:
+        if await self._scheduler.get(key=hold_key(conversation_id)) is None:
             await self._scheduler.schedule_in(
-                self._hold_max, RELEASE_OVERDUE, {"conversation_id": conversation_id}, key=f"hold:{conversation_id}"
+                self._hold_max, RELEASE_OVERDUE, {"conversation_id": conversation_id}, key=hold_key(conversation_id)
             )
 
     async def release(self, conversation_id: str, *, resume_prompt: str | None = None) -> int:
         """Send what was held for a conversation: one item as is, several as one digest. Returns rows released."""
-        await self._scheduler.cancel(key=f"hold:{conversation_id}")
+        await self._scheduler.cancel(key=hold_key(conversation_id))
         held = await self._store.held(conversation_id)
         if not held:
             return 0
@@ -166,6 +167,6 @@ class ProactiveMessages:
         """The bot was uninstalled: nothing more goes there until it is installed again."""
         await self._engagement.fire(conversation_id, "removed")
         await self._engagement.forget_welcome(conversation_id)
-        await self._scheduler.cancel(key=f"hold:{conversation_id}")
+        await self._scheduler.cancel(key=hold_key(conversation_id))
         cancelled = await self._store.cancel_conversation(conversation_id, "the bot was removed")
         self._worker.cancel(cancelled)

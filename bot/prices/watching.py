@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
 
+from bot.delivery.proactive import ProactiveMessages
 from dialogs.alert_card import Alert, alert_payload
-from dialogs.conditions import Condition
-from dialogs.ports import UserRef, WatchResult, WatchView
 from scheduler.clock import Clock
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
+from state.model import Condition, Observation, UserRef, WatchResult, WatchView, evaluate_key, poll_key, product_key
 from state.outbox import OutboxItem
-from state.prices import Observation, PriceLog, triggers
+from state.prices import PriceLog, triggers
 from state.references import ConversationReferences
-from state.watches import SqliteWatchBook, product_key
+from state.watches import SqliteWatchBook
 
-from .proactive import ProactiveMessages
+from .sources import PriceSource
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ class PriceWatcher:
     """Implements the dialogs' WatchBook port and reacts to price quotes."""
 
     def __init__(self, book: SqliteWatchBook, prices: PriceLog, proactive: ProactiveMessages, scheduler: Scheduler,
-                 references: ConversationReferences, clock: Clock, source: Any = None,
+                 references: ConversationReferences, clock: Clock, source: PriceSource | None = None,
                  coalesce_seconds: float = 3.0) -> None:
         self._book = book
         self._prices = prices
@@ -80,7 +79,7 @@ class PriceWatcher:
     async def _ensure_polling(self, product: str) -> None:
         if self._source is None:
             return
-        key = f"poll:{product_key(product)}"
+        key = poll_key(product)
         if await self._scheduler.get(key=key) is None:
             await self._scheduler.schedule_every(
                 self._source.poll_interval_s, POLL, {"product": product_key(product)}, key=key, first_in=0,
@@ -89,12 +88,12 @@ class PriceWatcher:
 
     async def _stop_polling_if_unwatched(self, product: str) -> None:
         if not await self._prices.watches_on(product):
-            await self._scheduler.cancel(key=f"poll:{product_key(product)}")
+            await self._scheduler.cancel(key=poll_key(product))
 
     async def _poll(self, job: Job) -> None:
         product = str(job.payload["product"])
         if self._source is None or not await self._prices.watches_on(product):
-            await self._scheduler.cancel(key=f"poll:{product}")
+            await self._scheduler.cancel(key=poll_key(product))
             return
         quote = await self._source.fetch(product)
         if quote is not None:
@@ -105,7 +104,7 @@ class PriceWatcher:
     async def observe(self, observation: Observation) -> None:
         """A new price (polled or pushed): record it; evaluate soon, once for a burst of moves."""
         await self._prices.record(observation)
-        key = f"evaluate:{product_key(observation.product)}"
+        key = evaluate_key(observation.product)
         if await self._scheduler.get(key=key) is None:
             await self._scheduler.schedule_in(self._coalesce, EVALUATE, {"product": product_key(observation.product)},
                                               key=key)

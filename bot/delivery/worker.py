@@ -21,12 +21,20 @@ from scheduler.sendqueue import SendQueue, Ticket
 from state.outbox import OutboxRow, OutboxStore, Outcome
 from state.references import ConversationRecord, ConversationReferences
 
-from .sender import SendFailure
+from .failures import SendFailure
 
 log = logging.getLogger(__name__)
 
 
+class Limiter(Protocol):
+    """What the worker tells the rate limiter beyond what the send queue asks (scheduler/ratelimit.py)."""
+
+    def penalize(self, conversation_id: str, tenant_id: str | None, retry_after: float) -> None: ...
+
+
 class Sender(Protocol):
+    """The outbound Bot Connector calls (bot/teams/sender.py); failures raise `SendFailure`."""
+
     async def send(self, service_url: str, conversation_id: str, payload: dict[str, Any]) -> str: ...
 
     async def update(self, service_url: str, conversation_id: str, activity_id: str,
@@ -62,7 +70,7 @@ class DeliveryWorker:
         queue: SendQueue,
         clock: Clock,
         *,
-        limiter: Any = None,
+        limiter: Limiter | None = None,
         retry: RetryPolicy | None = None,
         max_in_flight: int = 64,
         flush_every: int = 256,

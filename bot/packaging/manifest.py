@@ -1,10 +1,10 @@
 """The Teams app package: manifest.json plus two icons, zipped, built from the bot's config.
 
-    python -m bot.manifest --out appPackage.zip [--allow-placeholder-id] [--icons DIR]
+    python -m bot.packaging.manifest --out appPackage.zip [--allow-placeholder-id] [--icons DIR]
 
 Teams needs the bot's Microsoft App ID as the manifest's bot id to sideload the package, so building
-without MicrosoftAppId fails (exit 2) unless --allow-placeholder-id is given. Icons are drawn here with a
-tiny PNG encoder (no imaging dependency); --icons DIR uses DIR/color.png and DIR/outline.png instead.
+without MicrosoftAppId fails (exit 2) unless --allow-placeholder-id is given. The icons are the two PNG
+files in `icons/` (drawn once with Pillow); --icons DIR uses DIR/color.png and DIR/outline.png instead.
 """
 
 from __future__ import annotations
@@ -18,17 +18,15 @@ import struct
 import sys
 import uuid
 import zipfile
-import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
 
+from bot.config import Config, ConfigError, load_config
 from dialogs.commands import COMMANDS
-
-from .config import Config, ConfigError, load_config
 
 MANIFEST_VERSION = "1.22"
 SCHEMA_URL = (
@@ -38,6 +36,7 @@ ACCENT_COLOR = "#1E7F5C"
 SCOPES = ("personal", "team", "groupChat")
 MAX_COMMANDS = 10  # Teams shows at most 10 commands per command list
 COLOR_SIZE, OUTLINE_SIZE = 192, 32
+ICONS_DIR = Path(__file__).parent / "icons"
 PLACEHOLDER_NAMESPACE = uuid.UUID("5d0c3c5e-8f0b-4f5e-9a54-7e1f6c1b2a90")  # for uuid5(bot name)
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -182,27 +181,6 @@ def _check_length(setting: str, value: str, limit: int) -> None:
 # ---- icons -----------------------------------------------------------------------------------------------
 
 
-def encode_png(width: int, height: int, pixel: Callable[[int, int], tuple[int, ...]], channels: int) -> bytes:
-    """A PNG (8-bit RGB for 3 channels, RGBA for 4) whose pixel (x, y) is `pixel(x, y)`."""
-    color_type = {3: 2, 4: 6}[channels]
-    rows = bytearray()
-    for y in range(height):
-        rows.append(0)  # filter: none
-        for x in range(width):
-            rows.extend(pixel(x, y))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return (
-        _PNG_SIGNATURE
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(bytes(rows), 9))
-        + chunk(b"IEND", b"")
-    )
-
-
 def png_header(data: bytes) -> tuple[int, int, int]:
     """(width, height, colour type) from a PNG's IHDR; ManifestError if it is not a PNG."""
     if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
@@ -211,42 +189,13 @@ def png_header(data: bytes) -> tuple[int, int, int]:
     return width, height, color_type
 
 
-def _in_chart(u: float, v: float) -> bool:
-    """Three rising bars on a baseline, in unit coordinates (0..1, y down): the app's mark."""
-    if 0.18 <= u <= 0.82 and 0.76 <= v <= 0.82:
-        return True
-    bars = ((0.22, 0.36, 0.56), (0.43, 0.57, 0.40), (0.64, 0.78, 0.22))
-    return any(left <= u <= right and top <= v < 0.76 for left, right, top in bars)
-
-
-def color_icon() -> bytes:
-    """192x192 full-colour icon: white chart on the accent colour."""
-    accent = tuple(int(ACCENT_COLOR[i : i + 2], 16) for i in (1, 3, 5))
-    white = (255, 255, 255)
-    size = COLOR_SIZE
-    return encode_png(
-        size, size, lambda x, y: white if _in_chart((x + 0.5) / size, (y + 0.5) / size) else accent, 3
-    )
-
-
-def outline_icon() -> bytes:
-    """32x32 outline icon: white chart on transparent, as Teams requires."""
-    size = OUTLINE_SIZE
-    on, off = (255, 255, 255, 255), (255, 255, 255, 0)
-    return encode_png(
-        size, size, lambda x, y: on if _in_chart((x + 0.5) / size, (y + 0.5) / size) else off, 4
-    )
-
-
 def load_icons(directory: Path | None) -> dict[str, bytes]:
-    """The two icons, drawn here or read from `directory`; checked against Teams' sizes."""
-    if directory is None:
-        icons = {"color.png": color_icon(), "outline.png": outline_icon()}
-    else:
-        try:
-            icons = {name: (directory / name).read_bytes() for name in ("color.png", "outline.png")}
-        except OSError as exc:
-            raise ManifestError(f"cannot read icon: {exc}") from None
+    """The two icons, from `directory` or the checked-in `icons/`; checked against Teams' sizes."""
+    directory = directory or ICONS_DIR
+    try:
+        icons = {name: (directory / name).read_bytes() for name in ("color.png", "outline.png")}
+    except OSError as exc:
+        raise ManifestError(f"cannot read icon: {exc}") from None
     for name, size, rgba_only in (("color.png", COLOR_SIZE, False), ("outline.png", OUTLINE_SIZE, True)):
         try:
             width, height, color_type = png_header(icons[name])
@@ -297,7 +246,7 @@ def main(
 ) -> int:
     """Build the package; returns the exit status (2 with one line on stderr for bad configuration)."""
     parser = argparse.ArgumentParser(
-        prog="python -m bot.manifest", description="Build the Teams app package."
+        prog="python -m bot.packaging.manifest", description="Build the Teams app package."
     )
     parser.add_argument("--out", type=Path, default=Path("appPackage.zip"), help="zip to write")
     parser.add_argument(

@@ -25,7 +25,8 @@ from botframework.connector.auth import (
 )
 from botframework.connector.skills import BotFrameworkClient
 
-from .config import Config
+from bot.config import Config
+
 from .connector import SharedSession, pooled_client
 
 log = logging.getLogger(__name__)

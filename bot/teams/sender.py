@@ -1,14 +1,13 @@
 """Talks to the Bot Connector for the delivery worker: send, update, open a 1:1 chat.
 
-Uses the SDK's ConnectorClient (pooled, see connector.py) and turns every failure into a
-`SendFailure` that says what Teams' documentation says to do with it.
+Implements the worker's `Sender` protocol with the SDK's ConnectorClient (pooled, see connector.py) and
+turns every failure into a `SendFailure` that says what Teams' documentation says to do with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 from botbuilder.schema import Activity, ChannelAccount, ConversationParameters, ErrorResponseException
@@ -16,27 +15,13 @@ from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import AuthenticationConstants, ClaimsIdentity
 from msrest.exceptions import ClientRequestError
 
-from .adapter import ReusingAuthentication
+from bot.delivery.failures import SendFailure
 
-Action = Literal["retry", "gone", "drop"]
+from .adapter import ReusingAuthentication
 
 # Teams' error table (shared/teams-facts.md): what to do per status.
 _RETRY_STATUSES = {412, 429, 502, 503, 504}
 _GONE_CODES = {"ConversationBlockedByUser", "BotNotInConversationRoster", "BotDisabledByAdmin"}
-
-
-@dataclass
-class SendFailure(Exception):
-    """A send that did not succeed. `action`: retry later, the conversation is gone, or drop the message."""
-
-    action: Action
-    status: int | None
-    code: str
-    message: str
-    retry_after: float | None = None
-
-    def __str__(self) -> str:
-        return f"{self.status or '-'} {self.code}: {self.message}"
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
+from bot.delivery.proactive import Admission
 from state.outbox import PRIORITIES, OutboxItem, OutboxStore
 from state.references import ConversationReferences
 
-from .http import JsonBody, error, field_error
+from .errors import JsonBody, error, field_error
 
 MAX_TARGETS = 10_000
 MAX_MESSAGE_BYTES = 28_000  # Teams caps a message at about 28 KB
@@ -154,11 +156,15 @@ async def resolve_targets(note: Notification, references: ConversationReferences
     return out
 
 
+Enqueue = Callable[[Sequence[OutboxItem]], Awaitable[Sequence[Admission]]]
+"""`ProactiveMessages.enqueue`: the policy, then the outbox."""
+
+
 class NotifyEndpoints:
     """The HTTP side; `enqueue` is where every notification enters the outbox (policy included)."""
 
-    def __init__(self, token: str, references: ConversationReferences, store: OutboxStore, enqueue: Any,
-                 now: Any) -> None:
+    def __init__(self, token: str, references: ConversationReferences, store: OutboxStore, enqueue: Enqueue,
+                 now: Callable[[], float]) -> None:
         self._token = token.encode()
         self._references = references
         self._store = store

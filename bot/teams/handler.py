@@ -10,7 +10,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 from weakref import WeakValueDictionary
 
 from botbuilder.core import BotState, ConversationState, TurnContext, UserState
@@ -24,23 +23,23 @@ from botbuilder.schema import (
 )
 from botbuilder.schema.teams import TeamInfo
 
+from bot.delivery.proactive import ProactiveMessages
+from bot.onboarding.team_members import WELCOME_TEAM_MEMBERS
 from dialogs.runner import DIALOG_STATE_PROPERTY, pending_prompt, run_main_dialog
 from dialogs.runner import mid_topic as mid_topic_of
-from dialogs.welcome import InstallContext, welcome_payload
+from dialogs.welcome_card import welcome_payload
 from scheduler.scheduler import Scheduler
 from state.engagement import Engagement
 from state.outbox import OutboxItem
 from state.references import ConversationReferences
 
+from .activities import install_context, record_from_activity, team_id_of, tenant_of
 from .alert_buttons import AlertButtons
-from .proactive import ProactiveMessages
-from .references import record_from_activity, tenant_of
 
 log = logging.getLogger(__name__)
 
 # Activities that prove the bot can talk in the conversation again (after a removal or a block).
 _REACTIVATING = {ActivityTypes.message, ActivityTypes.invoke, ActivityTypes.message_reaction}
-WELCOME_TEAM_MEMBERS = "welcome.team_members"
 _TOPIC = "engagement.topic"  # turn_state key: (mid_topic, pending prompt) of a message turn
 
 
@@ -179,20 +178,3 @@ class ProactiveBot(TeamsActivityHandler):
                  "team_id": team_id_of(activity.channel_data)},
                 key=f"welcome-members:{conversation_id}",
             )
-
-
-def team_id_of(channel_data: Any) -> str | None:
-    team = channel_data.get("team") if isinstance(channel_data, dict) else None
-    return str(team["id"]) if isinstance(team, dict) and team.get("id") else None
-
-
-def install_context(channel_data: Any, conversation_type: str | None, installer: str | None) -> InstallContext:
-    """Where the bot was added, from the activity's channelData (team and channel names)."""
-    data = channel_data if isinstance(channel_data, dict) else {}
-    team = data.get("team") if isinstance(data.get("team"), dict) else None
-    channel = data.get("channel") if isinstance(data.get("channel"), dict) else None
-    if team is not None or conversation_type == "channel":
-        return InstallContext("team", installer, (team or {}).get("name"), (channel or {}).get("name"))
-    if conversation_type == "groupChat":
-        return InstallContext("groupChat", installer)
-    return InstallContext("personal", installer)

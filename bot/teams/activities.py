@@ -7,6 +7,7 @@ from typing import Any
 from botbuilder.core import TurnContext
 from botbuilder.schema import Activity, ConversationReference
 
+from dialogs.welcome_card import InstallContext
 from state.references import ConversationRecord
 
 
@@ -56,3 +57,20 @@ def reference_from_record(record: ConversationRecord) -> ConversationReference:
     if reference.conversation is not None and record.tenant_id:
         reference.conversation.tenant_id = record.tenant_id
     return reference
+
+
+def team_id_of(channel_data: Any) -> str | None:
+    team = channel_data.get("team") if isinstance(channel_data, dict) else None
+    return str(team["id"]) if isinstance(team, dict) and team.get("id") else None
+
+
+def install_context(channel_data: Any, conversation_type: str | None, installer: str | None) -> InstallContext:
+    """Where the bot was added, from the activity's channelData (team and channel names)."""
+    data = channel_data if isinstance(channel_data, dict) else {}
+    team = data.get("team") if isinstance(data.get("team"), dict) else None
+    channel = data.get("channel") if isinstance(data.get("channel"), dict) else None
+    if team is not None or conversation_type == "channel":
+        return InstallContext("team", installer, (team or {}).get("name"), (channel or {}).get("name"))
+    if conversation_type == "groupChat":
+        return InstallContext("groupChat", installer)
+    return InstallContext("personal", installer)

@@ -1,0 +1,130 @@
+"""Long-running analyses: acknowledged at once, progress updated in place, the result delivered later.
+
+An analysis is a row plus scheduler jobs (progress steps and the finish), so it survives restarts: after
+a crash the jobs run when the process is back, and the analysis resumes where its schedule says.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+
+from bot.delivery.proactive import ProactiveMessages
+from bot.prices.sources import PriceSource
+from scheduler.clock import Clock
+from scheduler.jobs import Job
+from scheduler.scheduler import Scheduler
+from state.analyses import AnalysisRow, AnalysisStore
+from state.model import UserRef
+from state.outbox import OutboxItem
+from state.prices import PriceLog
+from state.references import ConversationReferences
+
+from .report import result_payload, summarize
+
+log = logging.getLogger(__name__)
+
+PROGRESS = "analysis.progress"
+FINISH = "analysis.finish"
+_ANY = {"analysis", "analyses", "all", ""}
+
+
+class AnalysisService:
+    """Implements the dialogs' Analyses port."""
+
+    def __init__(self, store: AnalysisStore, prices: PriceLog, proactive: ProactiveMessages, scheduler: Scheduler,
+                 references: ConversationReferences, clock: Clock, *, source: PriceSource | None = None,
+                 analyze_seconds: float = 30.0, progress_delays: Sequence[float] = (5, 15, 30),
+                 repeat_every: float = 30.0) -> None:
+        self._store = store
+        self._prices = prices
+        self._proactive = proactive
+        self._scheduler = scheduler
+        self._references = references
+        self._clock = clock
+        self._source = source
+        self._duration = analyze_seconds
+        self._delays = sorted(progress_delays)
+        self._repeat = repeat_every
+        scheduler.register(PROGRESS, self._progress)
+        scheduler.register(FINISH, self._finish)
+
+    async def start(self, user: UserRef, conversation_id: str, product: str) -> str:
+        if await self._store.is_running(user.id, product):
+            return f"I'm already analysing **{product}**; I'll message you when it's done. `status` shows progress."
+        analysis_id = uuid.uuid4().hex[:12]
+        record = await self._references.get(conversation_id)
+        await self._store.insert(analysis_id, user.id, conversation_id, record.tenant_id if record else None,
+                                 product, self._clock.now().timestamp() + self._duration)
+        await self._scheduler.schedule_in(self._duration, FINISH, {"id": analysis_id}, key=f"analysis:{analysis_id}")
+        if self._delays and self._delays[0] < self._duration:
+            await self._scheduler.schedule_in(self._delays[0], PROGRESS, {"id": analysis_id, "step": 0},
+                                              key=f"analysis-progress:{analysis_id}")
+        return (f"Working on it — analysing **{product}** takes about {self._duration:g} s. Keep chatting; "
+                "I'll message you with the result (`status` shows what's running).")
+
+    async def running(self, user_id: str) -> list[str]:
+        now = self._clock.now().timestamp()
+        return [f"{r.product} ({max(0, round(r.due_at - now))} s left)" for r in await self._store.running(user_id)]
+
+    async def cancel(self, user_id: str, product: str | None = None) -> int:
+        if product is None or product.strip().lower() in _ANY:
+            rows = await self._store.running(user_id)
+            rows = rows[-1:] if product is not None and product.strip().lower() == "analysis" else rows
+        else:
+            rows = await self._store.running(user_id, product)
+        for row in rows:
+            await self._end(row.id, "cancelled", "Cancelled.")
+        return len(rows)
+
+    async def _progress(self, job: Job) -> None:
+        row = await self._store.get(str(job.payload["id"]))
+        if row is None or row.status != "running":
+            return
+        now = self._clock.now().timestamp()
+        elapsed, left = now - row.started_at, max(0.0, row.due_at - now)
+        text = f"⏳ Still working on **{row.product}** — {elapsed:.0f} s so far, about {left:.0f} s to go."
+        await self._say_progress(row, text)
+        step = int(job.payload.get("step", 0)) + 1
+        gap = self._delays[step] - self._delays[step - 1] if step < len(self._delays) else self._repeat
+        if elapsed + gap < row.due_at - row.started_at:
+            await self._scheduler.schedule_in(gap, PROGRESS, {"id": row.id, "step": step},
+                                              key=f"analysis-progress:{row.id}")
+
+    async def _say_progress(self, row: AnalysisRow, text: str) -> None:
+        """Post the progress message once, then update that same message in place."""
+        payload = {"type": "message", "text": text, "textFormat": "markdown"}
+        item = OutboxItem(payload=payload, conversation_id=row.conversation_id, tenant_id=row.tenant_id,
+                          category="progress")
+        if row.progress_row is None:
+            [admission] = await self._proactive.enqueue([item])
+            await self._store.set_progress_row(row.id, admission.id)
+        else:
+            item.kind, item.update_of = "update", row.progress_row
+            await self._proactive.enqueue([item])
+
+    async def _finish(self, job: Job) -> None:
+        row = await self._store.get(str(job.payload["id"]))
+        if row is None or row.status != "running":
+            return
+        history = await self._prices.history(row.product)
+        if not history and self._source is not None:
+            quote = await self._source.fetch(row.product)
+            if quote is not None:
+                history = [quote]
+        await self._proactive.enqueue([OutboxItem(
+            payload=result_payload(summarize(row.product, history)), conversation_id=row.conversation_id,
+            tenant_id=row.tenant_id, category="result", dedup_key=f"analysis-result:{row.id}",
+        )])
+        await self._end(row.id, "done", "✅ Done — the result is below.")
+        log.info("analysis %s of %s finished (%d observations)", row.id, row.product, len(history))
+
+    async def _end(self, analysis_id: str, status: str, progress_text: str) -> None:
+        await self._scheduler.cancel(key=f"analysis-progress:{analysis_id}")
+        if status != "done":
+            await self._scheduler.cancel(key=f"analysis:{analysis_id}")
+        await self._store.set_status(analysis_id, status)
+        row = await self._store.get(analysis_id)
+        if row is not None and row.progress_row is not None:
+            await self._say_progress(row, f"**{row.product}**: {progress_text}")

@@ -1,0 +1,23 @@
+"""The aiohttp application: every route of the bot's HTTP API in one table."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .errors import json_errors
+from .health import HealthReport, health_endpoint
+from .messages import MAX_BODY_BYTES, MessagesEndpoint
+from .notify import NotifyEndpoints
+from .prices import PricesEndpoint
+
+
+def build_web_app(
+    messages: MessagesEndpoint, health: HealthReport, notify: NotifyEndpoints, prices: PricesEndpoint
+) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    app.router.add_post("/api/messages", messages)
+    app.router.add_get("/healthz", health_endpoint(health))
+    app.router.add_post("/api/notify", notify.post)
+    app.router.add_get("/api/notify/{id}", notify.get)
+    app.router.add_post("/api/prices", prices.post)
+    return app

@@ -1,0 +1,26 @@
+"""What a failed send means for the message: retry later, the conversation is gone, or drop it.
+
+SDK-free, so the delivery worker can decide without knowing how the Bot Connector was called;
+`bot/teams/sender.py` turns every connector error into one of these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Action = Literal["retry", "gone", "drop"]
+
+
+@dataclass
+class SendFailure(Exception):
+    """A send that did not succeed. `action`: retry later, the conversation is gone, or drop the message."""
+
+    action: Action
+    status: int | None
+    code: str
+    message: str
+    retry_after: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.status or '-'} {self.code}: {self.message}"

@@ -1,0 +1,96 @@
+"""The SDK side of the application, built in two steps by `bot/app.py`.
+
+`TeamsConnection` (authentication, adapter, proactive sender, roster) comes first, because the delivery
+worker needs its sender; `turns()` then builds the bot states and the activity handler on top of the
+domain objects and returns what POST /api/messages runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from botbuilder.core import (
+    ConversationState,
+    MessageFactory,
+    PrivateConversationState,
+    Storage,
+    TurnContext,
+    UserState,
+)
+from botbuilder.dialogs import Dialog
+
+from bot.config import Config
+from bot.delivery.proactive import ProactiveMessages
+from bot.prices.alert_actions import AlertActions
+from scheduler.scheduler import Scheduler
+from state.engagement import Engagement
+from state.references import ConversationReferences
+
+from .adapter import build_adapter, build_authentication
+from .alert_buttons import AlertButtons
+from .handler import ProactiveBot
+from .roster import TeamsRoster
+from .sender import TeamsSender
+from .turns import SdkTurns
+
+log = logging.getLogger(__name__)
+
+
+class TeamsConnection:
+    """Authentication, the CloudAdapter, and the outbound calls the rest of the bot uses."""
+
+    def __init__(self, config: Config) -> None:
+        self.authentication = build_authentication(config)
+        self.adapter = build_adapter(self.authentication)
+        self.adapter.on_turn_error = _on_turn_error
+        self.sender = TeamsSender(self.authentication, config.app_id)
+        self.roster = TeamsRoster(self.adapter, config.app_id)
+
+    def turns(
+        self,
+        storage: Storage,
+        *,
+        bot_name: str,
+        references: ConversationReferences,
+        dialog: Dialog,
+        engagement: Engagement,
+        proactive: ProactiveMessages,
+        scheduler: Scheduler,
+        welcome_team_members: bool,
+        alert_actions: AlertActions,
+    ) -> SdkTurns:
+        """The activity handler over `storage`, wrapped as the /api/messages turn processor."""
+        bot = ProactiveBot(
+            bot_name=bot_name,
+            references=references,
+            conversation_state=ConversationState(storage),
+            user_state=UserState(storage),
+            dialog_state=PrivateConversationState(storage),
+            dialog=dialog,
+            engagement=engagement,
+            proactive=proactive,
+            scheduler=scheduler,
+            welcome_team_members=welcome_team_members,
+            alert_buttons=AlertButtons(alert_actions),
+        )
+        return SdkTurns(self.adapter, self.authentication, bot)
+
+    async def close(self) -> None:
+        await self.authentication.session.close()
+
+
+async def _on_turn_error(turn_context: TurnContext, exc: Exception) -> None:
+    log.error(
+        "turn failed in conversation %s (%s): %s",
+        turn_context.activity.conversation.id if turn_context.activity.conversation else "?",
+        turn_context.activity.type,
+        exc,
+        exc_info=exc,
+    )
+    if turn_context.activity.type == "message":
+        try:
+            await turn_context.send_activity(
+                MessageFactory.text("Sorry, something went wrong on my side. Please try again.")
+            )
+        except Exception:  # the channel may be what failed; the error is already logged
+            log.warning("could not tell the user about the failed turn", exc_info=True)

@@ -1,0 +1,36 @@
+"""Team rosters from Teams, paged (100 members per page), for `bot.onboarding`."""
+
+from __future__ import annotations
+
+from botbuilder.core import TurnContext
+from botbuilder.core.teams import TeamsInfo
+from botbuilder.integration.aiohttp import CloudAdapter
+
+from bot.onboarding.team_members import Member
+from state.references import ConversationRecord
+
+from .activities import reference_from_record
+
+
+class TeamsRoster:
+    """Implements `bot.onboarding.team_members.Roster` with the SDK's paged members call."""
+
+    def __init__(self, adapter: CloudAdapter, app_id: str) -> None:
+        self._adapter = adapter
+        self._app_id = app_id
+
+    async def team_members(self, record: ConversationRecord, team_id: str) -> list[Member]:
+        members: list[Member] = []
+
+        async def collect(turn_context: TurnContext) -> None:
+            token = None
+            while True:
+                page = await TeamsInfo.get_paged_team_members(turn_context, team_id, token, 100)
+                members.extend(Member(m.id, getattr(m, "aad_object_id", None), m.name, getattr(m, "tenant_id", None))
+                               for m in page.members or [] if m.id)
+                token = page.continuation_token
+                if not token:
+                    break
+
+        await self._adapter.continue_conversation(reference_from_record(record), collect, self._app_id)
+        return members

@@ -1,0 +1,46 @@
+"""The Bot Framework side of POST /api/messages: parse the activity, authenticate it, run the turn.
+
+Implements `bot.api.messages.TurnProcessor` with the SDK's CloudAdapter, so the HTTP route never
+touches botbuilder types.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from botbuilder.core import Bot, serializer_helper
+from botbuilder.integration.aiohttp import CloudAdapter
+from botbuilder.schema import Activity
+from botframework.connector.auth import BotFrameworkAuthentication
+
+from bot.api.messages import TurnAnswer, TurnRefused
+
+log = logging.getLogger(__name__)
+
+
+class SdkTurns:
+    """Deserialises with msrest, authenticates with the SDK, runs `bot.on_turn` through the adapter."""
+
+    def __init__(self, adapter: CloudAdapter, authentication: BotFrameworkAuthentication, bot: Bot) -> None:
+        self._adapter = adapter
+        self._authentication = authentication
+        self._bot = bot
+
+    async def process(self, body: dict[str, Any], auth_header: str) -> TurnAnswer:
+        try:
+            activity = Activity().deserialize(body)
+        except Exception as exc:  # msrest raises several types for shape errors
+            raise TurnRefused(400, "BadActivity", f"activity does not match the Bot Framework schema: {exc}") from None
+        try:
+            auth = await self._authentication.authenticate_request(activity, auth_header)
+        except Exception as exc:  # the SDK raises PermissionError, jwt errors, KeyError... all mean "not authorised"
+            log.info("refused unauthenticated activity: %s", exc)
+            raise TurnRefused(401, "Unauthorized", "missing or invalid Authorization header") from None
+        invoke_response = await self._adapter.process_activity(auth, activity, self._bot.on_turn)
+        if not invoke_response:
+            return TurnAnswer()
+        answer = invoke_response.body
+        if not isinstance(answer, dict | list | str | int | float | type(None)):
+            answer = serializer_helper(answer)  # handlers usually hand over already-serialised bodies
+        return TurnAnswer(invoke_response.status, answer, has_body=True)

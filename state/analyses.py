@@ -1,0 +1,76 @@
+"""Analyses, persisted: who asked to analyse what, where to answer, and how far it got."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from scheduler.clock import Clock
+
+from .db import Database
+from .model import product_key
+
+
+@dataclass(frozen=True)
+class AnalysisRow:
+    id: str
+    user_id: str
+    conversation_id: str
+    tenant_id: str | None
+    product: str
+    status: str
+    started_at: float
+    due_at: float
+    progress_row: int | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> AnalysisRow:
+        return cls(row["id"], row["user_id"], row["conversation_id"], row["tenant_id"], row["product"],
+                   row["status"], row["started_at"], row["due_at"], row["progress_row"])
+
+
+class AnalysisStore:
+    """Rows of the `analyses` table."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def is_running(self, user_id: str, product: str) -> bool:
+        row = await self._db.fetchone(
+            "SELECT id FROM analyses WHERE user_id = ? AND product_key = ? AND status = 'running'",
+            (user_id, product_key(product)),
+        )
+        return row is not None
+
+    async def insert(self, analysis_id: str, user_id: str, conversation_id: str, tenant_id: str | None,
+                     product: str, due_at: float) -> None:
+        now = self._clock.now().timestamp()
+        await self._db.execute(
+            "INSERT INTO analyses (id, user_id, conversation_id, tenant_id, product, product_key, status, started_at, "
+            "due_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+            (analysis_id, user_id, conversation_id, tenant_id, product.strip(), product_key(product), now, due_at,
+             now),
+        )
+
+    async def running(self, user_id: str, product: str | None = None) -> list[AnalysisRow]:
+        """The user's running analyses (of `product` only, when given), oldest first."""
+        if product is None:
+            rows = await self._db.fetchall(
+                "SELECT * FROM analyses WHERE user_id = ? AND status = 'running' ORDER BY started_at, id", (user_id,))
+        else:
+            rows = await self._db.fetchall(
+                "SELECT * FROM analyses WHERE user_id = ? AND product_key = ? AND status = 'running' "
+                "ORDER BY started_at, id", (user_id, product_key(product)))
+        return [AnalysisRow.from_row(r) for r in rows]
+
+    async def get(self, analysis_id: str) -> AnalysisRow | None:
+        row = await self._db.fetchone("SELECT * FROM analyses WHERE id = ?", (analysis_id,))
+        return AnalysisRow.from_row(row) if row else None
+
+    async def set_progress_row(self, analysis_id: str, outbox_id: int) -> None:
+        await self._db.execute("UPDATE analyses SET progress_row = ? WHERE id = ?", (outbox_id, analysis_id))
+
+    async def set_status(self, analysis_id: str, status: str) -> None:
+        await self._db.execute("UPDATE analyses SET status = ?, updated_at = ? WHERE id = ?",
+                               (status, self._clock.now().timestamp(), analysis_id))
