@@ -21,6 +21,7 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest
+	BOT_TEST_DATABASE=postgresql $(PY) -m pytest -m bot -q
 
 package: $(STAMP)
 	$(PY) -m bot.packaging.manifest --out appPackage.zip

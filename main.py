@@ -36,8 +36,13 @@ def main() -> int:
             "MicrosoftAppId is not set: accepting unauthenticated requests (fine for the Agents Playground, "
             "not for Teams)"
         )
+    from state.db import DatabaseUnavailable
+
     try:
         asyncio.run(_serve(app))
+    except DatabaseUnavailable as exc:
+        print(f"database unavailable: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1

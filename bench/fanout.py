@@ -43,8 +43,8 @@ from _harness import ROOT, free_port, spawn, stop, wait_http
 
 sys.path.insert(0, str(ROOT))
 from scheduler.clock import SystemClock
-from state.db import Database
 from state.outbox import OutboxItem, OutboxStore
+from state.sqlite import SqliteDatabase
 from tests.connector_double import ConnectorDouble, RecordedRequest, serve
 from tests.outbox_seed import BOT_ID, Conversation, conversation_ids, seed_references
 
@@ -243,7 +243,7 @@ async def samples_side(workdir: Path, conversations: int, tenant_rps: int, timeo
 
 async def queue_rows(database: Path, conversations: Sequence[Conversation], not_before: float) -> None:
     """Put one pending outbox row per conversation straight into the database, due at `not_before`."""
-    db = Database(str(database))
+    db = SqliteDatabase(str(database))
     await db.open()
     try:
         await OutboxStore(db, SystemClock()).enqueue([

@@ -40,7 +40,7 @@ import psutil  # noqa: E402
 
 from bench._harness import percentile  # noqa: E402
 from scheduler import Job, JobSpec, Scheduler, SystemClock  # noqa: E402
-from state.db import Database  # noqa: E402
+from state.sqlite import SqliteDatabase  # noqa: E402
 
 if TYPE_CHECKING:  # imported lazily, so the reload child for ours carries none of APScheduler/SQLAlchemy
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -87,7 +87,7 @@ async def stop_aps(aps: AsyncIOScheduler) -> None:
 
 
 async def ours_schedule(path: Path, n: int, *, batch: bool) -> float:
-    db = Database(str(path))
+    db = SqliteDatabase(str(path))
     await db.open()
     scheduler = Scheduler(db, SystemClock())
     scheduler.register("noop", noop)
@@ -127,7 +127,7 @@ async def aps_schedule(path: Path, n: int) -> tuple[float, float]:
 async def child_reload_ours(path: str) -> dict[str, float]:
     baseline = rss_mb()
     started = time.perf_counter()
-    db = Database(path)
+    db = SqliteDatabase(path)
     await db.open()
     scheduler = Scheduler(db, SystemClock())
     scheduler.register("noop", noop)
@@ -189,7 +189,7 @@ async def child_late_aps(path: str, n: int, add_rate: float) -> dict[str, float]
 
 
 async def ours_lateness(path: Path, n: int) -> list[float]:
-    db = Database(str(path))
+    db = SqliteDatabase(str(path))
     await db.open()
     clock = SystemClock()
     lateness: list[float] = []

@@ -18,14 +18,14 @@ from scheduler.ratelimit import TeamsRateLimiter
 from scheduler.scheduler import Scheduler
 from scheduler.sendqueue import SendQueue
 from state.analyses import AnalysisStore
-from state.db import Database
+from state.db import connect
 from state.engagement import Engagement
 from state.outbox import OutboxStore
 from state.preferences import Preferences
 from state.prices import PriceLog
 from state.references import ConversationReferences
-from state.storage import SqliteStorage
-from state.watches import SqliteWatchBook
+from state.storage import DatabaseStorage
+from state.watches import WatchStore
 
 from .analyses.service import AnalysisService
 from .api.messages import MessagesEndpoint
@@ -50,8 +50,9 @@ class BotApplication:
     def __init__(self, config: Config, clock: Clock | None = None, *, shutdown_timeout: float = 15.0) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.db = Database(config.database_path)
-        self.storage = SqliteStorage(self.db, self.clock)
+        self.db = connect(config.database_url, startup_timeout_s=config.database_startup_timeout,
+                          pool_size=config.database_pool_size)
+        self.storage = DatabaseStorage(self.db, self.clock)
         self.references = ConversationReferences(self.db, self.clock)
         self.teams = TeamsConnection(config)
         self.outbox = OutboxStore(self.db, self.clock)
@@ -78,7 +79,7 @@ class BotApplication:
         )
         self.prices = PriceLog(self.db, self.clock)
         self.watcher = PriceWatcher(
-            SqliteWatchBook(self.db, self.clock), self.prices, self.proactive, self.scheduler, self.references,
+            WatchStore(self.db, self.clock), self.prices, self.proactive, self.scheduler, self.references,
             self.clock, self.price_source, coalesce_seconds=config.alert_coalesce_seconds,
         )
         self.analyses = AnalysisService(

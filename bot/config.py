@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from state.db import DatabaseUrlError, sqlite_path_from_url
+from state.db import DatabaseUrl, DatabaseUrlError, parse_database_url
 
 APP_TYPES = ("MultiTenant", "SingleTenant", "UserAssignedMSI")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -23,7 +23,9 @@ class ConfigError(ValueError):
 class Config:
     host: str = "127.0.0.1"
     port: int = 3978
-    database_url: str = "sqlite:///data/bot.sqlite3"
+    database_url: str = field(default="sqlite:///data/bot.sqlite3", repr=False)  # may hold a password
+    database_startup_timeout: float = 30.0
+    database_pool_size: int = 10
     app_id: str = ""
     app_password: str = field(default="", repr=False)
     app_type: str = "MultiTenant"
@@ -45,8 +47,9 @@ class Config:
     alert_coalesce_seconds: float = 3.0
 
     @property
-    def database_path(self) -> str:
-        return sqlite_path_from_url(self.database_url)
+    def database(self) -> DatabaseUrl:
+        """DATABASE_URL, checked: which engine, and where."""
+        return parse_database_url(self.database_url)
 
     @property
     def auth_enabled(self) -> bool:
@@ -89,6 +92,16 @@ def _number(name: str, value: str, *, zero_ok: bool = False) -> float:
         raise ConfigError(f"{name} must be {wanted}, got {value!r}") from None
     if not (number >= 0 if zero_ok else number > 0) or number == float("inf"):
         raise ConfigError(f"{name} must be {wanted}, got {value!r}")
+    return number
+
+
+def _count(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}") from None
+    if number < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
     return number
 
 
@@ -150,6 +163,9 @@ def load_config(
         host=get("HOST", defaults.host) or defaults.host,
         port=_port(get("PORT", str(defaults.port))),
         database_url=get("DATABASE_URL", defaults.database_url) or defaults.database_url,
+        database_startup_timeout=_positive(
+            "DATABASE_STARTUP_TIMEOUT", get("DATABASE_STARTUP_TIMEOUT", str(defaults.database_startup_timeout))),
+        database_pool_size=_count("DATABASE_POOL_SIZE", get("DATABASE_POOL_SIZE", str(defaults.database_pool_size))),
         app_id=get("MicrosoftAppId", ""),
         app_password=get("MicrosoftAppPassword", ""),
         app_type=app_type,
@@ -173,7 +189,7 @@ def load_config(
             "ALERT_COALESCE_SECONDS", get("ALERT_COALESCE_SECONDS", str(defaults.alert_coalesce_seconds))),
     )
     try:
-        config.database_path  # noqa: B018 - validates the URL
+        config.database  # noqa: B018 - validates the URL
     except DatabaseUrlError as exc:
         raise ConfigError(str(exc)) from None
     if config.price_source == "http":

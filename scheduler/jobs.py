@@ -86,15 +86,6 @@ def to_utc(when: datetime, name: str = "when") -> datetime:
     return when.astimezone(UTC)
 
 
-def iso(when: datetime) -> str:
-    """Fixed-width UTC text, so text order is time order in SQL."""
-    return when.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
 def check_seconds(value: float, name: str, *, positive: bool = False) -> float:
     value = float(value)
     if not math.isfinite(value) or value < 0 or (positive and value == 0):

@@ -24,7 +24,6 @@ from .jobs import (
     UnknownHandlerError,
     check_seconds,
     new_job_id,
-    parse_iso,
     to_utc,
     with_jitter,
 )
@@ -243,7 +242,7 @@ class Scheduler:
                     continue
                 # A run still leased (another process, or a crash moments ago) is claimable at expiry.
                 when = row["lease_until"] if row["state"] == "running" else row["due_at"]
-                entries.append((parse_iso(when).timestamp(), row["id"]))
+                entries.append((float(when), row["id"]))
         for name, count in sorted(unknown.items()):
             log.warning(
                 "scheduler: %d job(s) name handler %r, which this version does not register;"

@@ -3,25 +3,38 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .jobs import Job, JobState, Misfire, iso, parse_iso
+from .jobs import Job, JobState, Misfire
 
 if TYPE_CHECKING:
-    from state.db import Database
+    from state.db import Database, Row
 
-# SQLite's historic limit on bound parameters is 999; stay well under it.
-_CHUNK = 500
+from state.db import chunks, marks
 
 InsertRow = tuple[Any, ...]
 
+# A job holding the same key is replaced in place: same row, new id and schedule, fresh state.
 _INSERT = (
-    "INSERT OR REPLACE INTO scheduled_jobs (id, key, handler, payload, due_at, slot_at, interval_s, jitter_s,"
+    "INSERT INTO scheduled_jobs (id, key, handler, payload, due_at, slot_at, interval_s, jitter_s,"
     " misfire, grace_s, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (key) WHERE key IS NOT NULL DO UPDATE SET id = excluded.id, handler = excluded.handler,"
+    " payload = excluded.payload, due_at = excluded.due_at, slot_at = excluded.slot_at,"
+    " interval_s = excluded.interval_s, jitter_s = excluded.jitter_s, misfire = excluded.misfire,"
+    " grace_s = excluded.grace_s, created_at = excluded.created_at, state = 'pending', attempts = 0,"
+    " lease_until = NULL, last_error = NULL"
 )
+
+
+def ts(when: datetime) -> float:
+    """A time as stored: epoch seconds."""
+    return when.timestamp()
+
+
+def from_ts(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
 
 
 def insert_row(job: Job) -> InsertRow:
@@ -31,43 +44,34 @@ def insert_row(job: Job) -> InsertRow:
         job.key,
         job.handler,
         json.dumps(job.payload, separators=(",", ":")),
-        iso(job.due_at),
-        iso(job.slot_at) if job.slot_at is not None else None,
+        ts(job.due_at),
+        ts(job.slot_at) if job.slot_at is not None else None,
         job.interval_s,
         job.jitter_s,
         job.misfire.value,
         job.grace_s,
-        iso(job.created_at or job.due_at),
+        ts(job.created_at or job.due_at),
     )
 
 
-def job_from_row(row: sqlite3.Row) -> Job:
+def job_from_row(row: Row) -> Job:
     return Job(
         id=row["id"],
         handler=row["handler"],
         payload=json.loads(row["payload"]),
-        due_at=parse_iso(row["due_at"]),
+        due_at=from_ts(row["due_at"]),
         key=row["key"],
         interval_s=row["interval_s"],
         jitter_s=row["jitter_s"],
-        slot_at=parse_iso(row["slot_at"]) if row["slot_at"] else None,
+        slot_at=from_ts(row["slot_at"]) if row["slot_at"] is not None else None,
         misfire=Misfire(row["misfire"]),
         grace_s=row["grace_s"],
         state=JobState(row["state"]),
         attempts=row["attempts"],
-        lease_until=parse_iso(row["lease_until"]) if row["lease_until"] else None,
+        lease_until=from_ts(row["lease_until"]) if row["lease_until"] is not None else None,
         last_error=row["last_error"],
-        created_at=parse_iso(row["created_at"]),
+        created_at=from_ts(row["created_at"]),
     )
-
-
-def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(ids), _CHUNK):
-        yield ids[start : start + _CHUNK]
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
 
 
 class JobStore:
@@ -81,7 +85,7 @@ class JobStore:
         self._db = db
 
     async def insert(self, job: Job) -> None:
-        """Insert, or atomically replace the job holding the same key (one `INSERT OR REPLACE`)."""
+        """Insert, or atomically replace the job holding the same key (one upsert)."""
         await self._db.execute(_INSERT, insert_row(job))
 
     async def insert_many(self, rows: Sequence[InsertRow]) -> None:
@@ -93,10 +97,10 @@ class JobStore:
         return await self._db.execute(
             "UPDATE scheduled_jobs SET state = 'pending', lease_until = NULL"
             " WHERE state = 'running' AND lease_until <= ?",
-            (iso(now),),
+            (ts(now),),
         )
 
-    async def runnable(self, page: int = 10_000) -> AsyncIterator[list[sqlite3.Row]]:
+    async def runnable(self, page: int = 10_000) -> AsyncIterator[list[Row]]:
         """Every job that may run again, as pages of (id, handler, due_at, state, lease_until) rows.
 
         Paging by id keeps the peak memory of a restart with many pending jobs small."""
@@ -115,14 +119,14 @@ class JobStore:
     async def claim(self, ids: Sequence[str], now: datetime, lease_until: datetime) -> list[Job]:
         """Mark the given jobs running with a lease, if they are still due; returns those claimed."""
         claimed: list[Job] = []
-        now_text = iso(now)
-        for chunk in _chunks(ids):
+        now_ts = ts(now)
+        for chunk in chunks(ids):
             rows = await self._db.fetchall(
                 "UPDATE scheduled_jobs SET state = 'running', lease_until = ?, attempts = attempts + 1"
-                f" WHERE id IN ({_marks(len(chunk))})"
+                f" WHERE id IN ({marks(len(chunk))})"
                 " AND ((state = 'pending' AND due_at <= ?) OR (state = 'running' AND lease_until <= ?))"
                 " RETURNING *",
-                (iso(lease_until), *chunk, now_text, now_text),
+                (ts(lease_until), *chunk, now_ts, now_ts),
             )
             claimed.extend(job_from_row(row) for row in rows)
         return claimed
@@ -144,7 +148,7 @@ class JobStore:
         changed = await self._db.execute(
             "UPDATE scheduled_jobs SET state = 'pending', lease_until = NULL, due_at = ?, slot_at = ?,"
             " attempts = ?, last_error = ? WHERE id = ? AND state = 'running'",
-            (iso(due_at), iso(slot_at) if slot_at is not None else None, attempts, last_error, job_id),
+            (ts(due_at), ts(slot_at) if slot_at is not None else None, attempts, last_error, job_id),
         )
         return changed > 0
 
@@ -160,11 +164,11 @@ class JobStore:
     async def release(self, ids: Sequence[str]) -> None:
         """Runs interrupted by a graceful stop: runnable again at once, and the attempt does not count."""
         async with self._db.transaction() as tx:
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 await tx.execute(
                     "UPDATE scheduled_jobs SET state = 'pending', lease_until = NULL,"
-                    " attempts = MAX(attempts - 1, 0)"
-                    f" WHERE id IN ({_marks(len(chunk))}) AND state = 'running'",
+                    " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
+                    f" WHERE id IN ({marks(len(chunk))}) AND state = 'running'",
                     tuple(chunk),
                 )
 
@@ -184,10 +188,10 @@ class JobStore:
         if prefix is None:
             rows = await self._db.fetchall("SELECT * FROM scheduled_jobs ORDER BY due_at, id")
         else:
-            # A range on the unique key index: keys starting with `prefix` sort below prefix + U+10FFFF.
+            # substr, not LIKE (SQLite's LIKE ignores case) nor a range (PostgreSQL collations do not sort bytewise)
             rows = await self._db.fetchall(
-                "SELECT * FROM scheduled_jobs WHERE key >= ? AND key < ? ORDER BY due_at, id",
-                (prefix, prefix + "\U0010ffff"),
+                "SELECT * FROM scheduled_jobs WHERE substr(key, 1, ?) = ? ORDER BY due_at, id",
+                (len(prefix), prefix),
             )
         return [job_from_row(row) for row in rows]
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from scheduler.clock import Clock
 
-from .db import Database
+from .db import Database, Row
 from .model import product_key
 
 
@@ -24,7 +23,7 @@ class AnalysisRow:
     progress_row: int | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> AnalysisRow:
+    def from_row(cls, row: Row) -> AnalysisRow:
         return cls(row["id"], row["user_id"], row["conversation_id"], row["tenant_id"], row["product"],
                    row["status"], row["started_at"], row["due_at"], row["progress_row"])
 

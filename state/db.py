@@ -1,178 +1,166 @@
-"""The embedded SQLite database: one aiosqlite connection, serialised transactions, versioned migrations."""
+"""The database seam: every store talks to a `Database`, one implementation per engine.
+
+Stores write one SQL dialect, the common ground of SQLite ≥ 3.35 and PostgreSQL ≥ 13 (see
+docs/architecture.md, "One SQL for two engines"): `?` placeholders (the PostgreSQL implementation
+rewrites them to `$n`), `INSERT … ON CONFLICT … DO UPDATE/NOTHING` upserts, `RETURNING`, expanded
+`IN (?, ?, …)` lists in chunks of at most `MAX_PARAMS`, 0/1 integers for booleans, epoch seconds
+(`REAL` / `DOUBLE PRECISION`) for every time, JSON as text. Correctness never depends on one engine's
+locking: concurrent writers are settled by conditional `UPDATE … WHERE`, unique keys and upserts, so
+the same statement is safe under SQLite's single writer and PostgreSQL's row locks alike. The little
+that must differ (row locks for claims, `LISTEN/NOTIFY`) is a property of the implementation.
+
+    db = connect("sqlite:///data/bot.sqlite3")        # or "postgresql://user:pass@host/db"
+    await db.open()                                  # connects and applies migrations
+    async with db.transaction() as tx:               # commits on success, rolls back on error
+        await tx.execute("UPDATE outbox SET status = ? WHERE id = ?", ("sent", 1))
+    rows = await db.fetchall("SELECT * FROM outbox WHERE status = ?", ("pending",))
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qsl, urlparse
 
-import aiosqlite
+Params = Sequence[Any]
+Engine = Literal["sqlite", "postgresql"]
 
-from .migrations import MIGRATIONS, Migration
+MAX_PARAMS = 500
+"""Longest `IN (…)` list a store binds in one statement (well under both engines' limits)."""
 
-log = logging.getLogger(__name__)
-
-Params = Sequence[Any] | dict[str, Any]
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 class DatabaseUrlError(ValueError):
-    """DATABASE_URL names something this build cannot open."""
+    """DATABASE_URL names something this build cannot open; the message says what to write instead."""
 
 
-def sqlite_path_from_url(url: str) -> str:
-    """`sqlite:///data/bot.sqlite3` → `data/bot.sqlite3`; `sqlite:////abs.db` → `/abs.db`; `:memory:` kept."""
-    parsed = urlparse(url)
-    if parsed.scheme != "sqlite":
-        raise DatabaseUrlError(
-            f"DATABASE_URL scheme {parsed.scheme or '(none)'!r} is not supported; use sqlite:///path/to/file.sqlite3"
-        )
-    if parsed.netloc:
-        raise DatabaseUrlError("DATABASE_URL for sqlite takes no host: write sqlite:///relative/path or sqlite:////abs")
-    path = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
-    if not path:
-        raise DatabaseUrlError("DATABASE_URL has no file path, e.g. sqlite:///data/bot.sqlite3")
-    return path
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached (or refused us) at start-up, after retrying."""
 
 
-class Database:
-    """Owns the connection. Every statement runs under one asyncio lock so that transactions of
-    concurrent coroutines never interleave on the shared connection; `BEGIN IMMEDIATE` plus a busy
-    timeout keeps other processes on the same file safe too."""
+class Row(Protocol):
+    """A result row: columns by name (sqlite3.Row and asyncpg.Record both qualify)."""
 
-    def __init__(self, path: str, migrations: Iterable[Migration] = MIGRATIONS) -> None:
-        self.path = path
-        self._migrations = tuple(sorted(migrations, key=lambda m: m.version))
-        self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+    def __getitem__(self, key: str, /) -> Any: ...
 
-    @classmethod
-    def from_url(cls, url: str) -> Database:
-        return cls(sqlite_path_from_url(url))
+    def keys(self) -> Any: ...
 
-    @property
-    def conn(self) -> aiosqlite.Connection:
-        if self._conn is None:
-            raise RuntimeError("database is not open")
-        return self._conn
 
-    async def open(self) -> None:
-        """Connect, set pragmas and bring the schema to the latest version."""
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        try:
-            for pragma in (
-                "PRAGMA journal_mode=WAL",
-                "PRAGMA synchronous=NORMAL",
-                "PRAGMA busy_timeout=5000",
-                "PRAGMA foreign_keys=ON",
-            ):
-                await self._conn.execute(pragma)
-            await self._migrate()
-        except BaseException:
-            await self.close()  # a failed open must not leave the connection's thread running
-            raise
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            async with self._lock:
-                await conn.close()
-
-    async def schema_version(self) -> int:
-        row = await self.fetchone("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
-        return int(row["v"]) if row else 0
-
-    async def _migrate(self) -> None:
-        await self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version ("
-            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-        )
-        current = await self.schema_version()
-        newest = self._migrations[-1].version if self._migrations else 0
-        if current > newest:
-            raise RuntimeError(
-                f"database {self.path} has schema version {current}, newer than this build knows ({newest})"
-            )
-        for migration in self._migrations:
-            if migration.version <= current:
-                continue
-            async with self.transaction() as conn:
-                await conn.executescript_in_tx(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, datetime('now'))",
-                    (migration.version, migration.name),
-                )
-            log.info("database migrated to version %d (%s)", migration.version, migration.name)
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        """A write transaction; commits on success, rolls back on any exception."""
-        async with self._lock:
-            conn = self.conn
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield Transaction(conn)
-            except BaseException:
-                await conn.rollback()
-                raise
-            else:
-                await conn.commit()
+class Connection(Protocol):
+    """Statements, inside or outside a transaction."""
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        """Run one statement in its own transaction; returns the number of rows changed."""
-        async with self._lock:
-            cursor = await self.conn.execute(sql, params)
-            return cursor.rowcount
+        """Run one statement; returns the number of rows it changed."""
+        ...
 
-    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        async with self._lock, self.conn.execute(sql, params) as cursor:
-            row: sqlite3.Row | None = await cursor.fetchone()
-            return row
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None: ...
 
-    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        async with self._lock, self.conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+
+class Database(Connection, Protocol):
+    """A connection (SQLite) or pool (PostgreSQL) with versioned migrations applied at `open()`."""
+
+    engine: Engine
+    row_lock: str
+    """Appended to a `SELECT` that claims rows: `FOR UPDATE SKIP LOCKED` on PostgreSQL, empty on SQLite
+    (whose single writer already serialises claims)."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """A write transaction: commits on success, rolls back on any exception."""
+        ...
 
     async def ping(self) -> bool:
-        """True when the database answers a query (used by /healthz)."""
+        """True when the database answers a query within a short timeout (for /healthz)."""
+        ...
+
+    async def schema_version(self) -> int: ...
+
+
+def marks(count: int) -> str:
+    """`?, ?, ?` for an `IN (…)` list of `count` values."""
+    return ", ".join("?" * count)
+
+
+def chunks(values: Sequence[Any], size: int = MAX_PARAMS) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    """A checked DATABASE_URL: the engine and what its driver needs."""
+
+    engine: Engine
+    target: str  # SQLite: the file path; PostgreSQL: the DSN as given
+    display: str  # for logs: no password
+
+    @property
+    def sqlite_path(self) -> str:
+        if self.engine != "sqlite":
+            raise DatabaseUrlError("not a SQLite URL")
+        return self.target
+
+
+def parse_database_url(url: str) -> DatabaseUrl:
+    """`sqlite:///relative.db`, `sqlite:////abs.db`, `postgresql://user:pass@host:5432/db?sslmode=require`
+    (also `postgres://`); DatabaseUrlError naming the problem otherwise."""
+    parsed = urlparse(url.strip())
+    scheme = parsed.scheme.lower()
+    if scheme == "sqlite":
+        if parsed.netloc:
+            raise DatabaseUrlError(
+                "DATABASE_URL for sqlite takes no host: write sqlite:///relative/path or sqlite:////abs")
+        path = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
+        if not path:
+            raise DatabaseUrlError("DATABASE_URL has no file path, e.g. sqlite:///data/bot.sqlite3")
+        return DatabaseUrl("sqlite", path, f"sqlite:///{path}")
+    if scheme in ("postgresql", "postgres"):
         try:
-            return await asyncio.wait_for(self.fetchone("SELECT 1"), timeout=2.0) is not None
-        except Exception:  # any failure means "not healthy"; the caller reports it
-            log.warning("database ping failed", exc_info=True)
-            return False
+            port = parsed.port
+        except ValueError:
+            raise DatabaseUrlError("DATABASE_URL has a port that is not a number between 1 and 65535") from None
+        if not parsed.hostname:
+            raise DatabaseUrlError("DATABASE_URL for PostgreSQL needs a host: postgresql://user:pass@host:5432/db")
+        if not parsed.path.strip("/"):
+            raise DatabaseUrlError("DATABASE_URL for PostgreSQL needs a database name: postgresql://user@host/db")
+        query = dict(parse_qsl(parsed.query, keep_blank_values=True))
+        unknown = sorted(set(query) - {"sslmode", "application_name", "connect_timeout"})
+        if unknown:
+            raise DatabaseUrlError(
+                f"DATABASE_URL option {unknown[0]!r} is not supported; use sslmode, application_name or "
+                "connect_timeout")
+        if "sslmode" in query and query["sslmode"] not in SSL_MODES:
+            raise DatabaseUrlError(
+                f"DATABASE_URL sslmode must be one of {', '.join(SSL_MODES)}, got {query['sslmode']!r}")
+        user = f"{parsed.username}@" if parsed.username else ""
+        where = f"{parsed.hostname}:{port or 5432}"
+        return DatabaseUrl("postgresql", url.strip(), f"postgresql://{user}{where}{parsed.path}")
+    raise DatabaseUrlError(
+        f"DATABASE_URL scheme {parsed.scheme or '(none)'!r} is not supported; use sqlite:///path/to/file.sqlite3 "
+        "or postgresql://user:password@host:5432/database")
 
 
-class Transaction:
-    """The statements available inside `Database.transaction()`."""
+def connect(url: str, *, startup_timeout_s: float = 30.0, pool_size: int = 10) -> Database:
+    """The `Database` for DATABASE_URL (not opened yet: call `open()`).
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    PostgreSQL only: `startup_timeout_s` is how long `open()` keeps retrying an unreachable server,
+    `pool_size` the most connections this process opens."""
+    parsed = parse_database_url(url)
+    if parsed.engine == "sqlite":
+        from .sqlite import SqliteDatabase
 
-    async def execute(self, sql: str, params: Params = ()) -> int:
-        cursor = await self._conn.execute(sql, params)
-        return cursor.rowcount
+        return SqliteDatabase(parsed.target)
+    from .postgres import PostgresDatabase
 
-    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        await self._conn.executemany(sql, rows)
-
-    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        async with self._conn.execute(sql, params) as cursor:
-            row: sqlite3.Row | None = await cursor.fetchone()
-            return row
-
-    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        async with self._conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
-
-    async def executescript_in_tx(self, script: str) -> None:
-        """Run `;`-separated DDL statements inside the current transaction (executescript would commit)."""
-        for statement in (s.strip() for s in script.split(";")):
-            if statement:
-                await self._conn.execute(statement)
+    return PostgresDatabase(parsed.target, display=parsed.display, startup_timeout_s=startup_timeout_s,
+                            max_size=pool_size)

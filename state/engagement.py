@@ -19,7 +19,7 @@ from transitions.extensions.asyncio import AsyncMachine
 
 from scheduler.clock import Clock
 
-from .db import Database
+from .db import Database, chunks, marks
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +108,9 @@ class Engagement:
         """`state()` for many conversations, reading the uncached ones in one query each 500."""
         wanted = list(dict.fromkeys(conversation_ids))
         missing = [c for c in wanted if c not in self._states]
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk in chunks(missing):
             rows = await self._db.fetchall(
-                f"SELECT conversation_id, state FROM engagement WHERE conversation_id IN ({marks})", chunk
+                f"SELECT conversation_id, state FROM engagement WHERE conversation_id IN ({marks(len(chunk))})", chunk
             )
             found = {r["conversation_id"]: str(r["state"]) for r in rows}
             if len(self._states) > 100_000:

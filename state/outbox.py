@@ -8,14 +8,13 @@ in flight or whose outcome was not yet flushed; see docs/architecture.md for the
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from scheduler.clock import Clock
 
-from .db import Database
+from .db import Database, Row, chunks, marks
 
 Status = Literal["pending", "held", "sent", "failed", "dropped", "expired", "cancelled", "superseded", "merged"]
 PRIORITIES = {"normal": 0, "urgent": 1}
@@ -75,7 +74,7 @@ class OutboxRow:
     sent_at: float | None = None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> OutboxRow:
+    def from_row(cls, row: Row) -> OutboxRow:
         return cls(
             id=row["id"],
             conversation_id=row["conversation_id"],
@@ -153,17 +152,13 @@ class OutboxStore:
         results: list[Enqueued] = []
         async with self._db.transaction() as tx:
             for item in items:
-                if item.dedup_key is not None:
-                    existing = await tx.fetchone("SELECT id FROM outbox WHERE dedup_key = ?", (item.dedup_key,))
-                    if existing is not None:
-                        results.append(Enqueued(int(existing["id"]), created=False))
-                        continue
                 row = await tx.fetchone(
                     """
                     INSERT INTO outbox (dedup_key, conversation_id, target_user_id, tenant_id, kind, update_of,
                         payload, category, subject, priority, status, not_before, expires_at, created_at, updated_at,
                         last_error)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (dedup_key) DO NOTHING RETURNING id
                     """,
                     (
                         item.dedup_key,
@@ -184,8 +179,13 @@ class OutboxStore:
                         item.note or (reason if item.status == "dropped" else None),
                     ),
                 )
-                assert row is not None
-                results.append(Enqueued(int(row["id"]), created=True))
+                if row is not None:
+                    results.append(Enqueued(int(row["id"]), created=True))
+                    continue
+                # the dedup key is taken (by a writer that committed first, on any process): report that row
+                existing = await tx.fetchone("SELECT id FROM outbox WHERE dedup_key = ?", (item.dedup_key,))
+                assert existing is not None
+                results.append(Enqueued(int(existing["id"]), created=False))
         return results
 
     async def get(self, row_id: int) -> OutboxRow | None:
@@ -193,12 +193,10 @@ class OutboxStore:
         return OutboxRow.from_row(row) if row else None
 
     async def get_many(self, ids: Iterable[int]) -> list[OutboxRow]:
-        wanted = list(ids)
         rows: list[OutboxRow] = []
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows += [OutboxRow.from_row(r) for r in await self._db.fetchall(f"{_SELECT} WHERE id IN ({marks})", chunk)]
+        for chunk in chunks(list(ids)):
+            found = await self._db.fetchall(f"{_SELECT} WHERE id IN ({marks(len(chunk))})", chunk)
+            rows += [OutboxRow.from_row(r) for r in found]
         return rows
 
     async def pending(self) -> list[OutboxRow]:
@@ -249,14 +247,12 @@ class OutboxStore:
             return 0
         now = self._clock.now().timestamp()
         changed = 0
+        guard = f" AND status IN ({marks(len(only_from))})" if only_from else ""
         async with self._db.transaction() as tx:
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start : start + 500])
-                marks = ",".join("?" * len(chunk))
-                guard = f" AND status IN ({','.join('?' * len(only_from))})" if only_from else ""
+            for chunk in chunks(list(ids)):
                 changed += await tx.execute(
                     f"UPDATE outbox SET status = ?, updated_at = ?, last_error = COALESCE(?, last_error) "
-                    f"WHERE id IN ({marks}){guard}",
+                    f"WHERE id IN ({marks(len(chunk))}){guard}",
                     [status, now, note, *chunk, *only_from],
                 )
         return changed

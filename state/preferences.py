@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from scheduler.clock import Clock
 
-from .db import Database
+from .db import Database, chunks, marks
 
 
 class Preferences:
@@ -53,11 +53,10 @@ class Preferences:
         wanted = list(dict.fromkeys(subjects))
         now = self._clock.now().timestamp()
         out: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
+        for chunk in chunks(wanted):
             rows = await self._db.fetchall(
                 f"SELECT subject FROM preferences WHERE muted = 1 AND (muted_until IS NULL OR muted_until > ?) "
-                f"AND subject IN ({','.join('?' * len(chunk))})",
+                f"AND subject IN ({marks(len(chunk))})",
                 [now, *chunk],
             )
             out.update(r["subject"] for r in rows)

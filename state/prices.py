@@ -48,7 +48,7 @@ class PriceLog:
         """Newest last."""
         rows = await self._db.fetchall(
             "SELECT * FROM (SELECT * FROM price_observations WHERE product_key = ? ORDER BY observed_at DESC, id DESC "
-            "LIMIT ?) ORDER BY observed_at, id",
+            "LIMIT ?) AS recent ORDER BY observed_at, id",
             (product_key(product), limit),
         )
         return [
@@ -83,9 +83,9 @@ class PriceLog:
 
     async def saw(self, watch_id: int, price: Decimal, *, alerted: bool) -> None:
         await self._db.execute(
-            "UPDATE watches SET last_price = ?, last_alert_price = CASE WHEN ? THEN ? ELSE last_alert_price END, "
+            "UPDATE watches SET last_price = ?, last_alert_price = CASE WHEN ? = 1 THEN ? ELSE last_alert_price END, "
             "updated_at = ? WHERE id = ?",
-            (str(price), alerted, str(price), self._clock.now().timestamp(), watch_id),
+            (str(price), int(alerted), str(price), self._clock.now().timestamp(), watch_id),
         )
 
     async def snooze(self, watch_id: int, user_id: str, until: datetime) -> bool:

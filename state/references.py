@@ -7,14 +7,13 @@ ConversationReference is kept as a JSON dict) and back.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from scheduler.clock import Clock
 
-from .db import Database
+from .db import Database, Row, chunks, marks
 
 
 @dataclass
@@ -34,11 +33,11 @@ class ConversationRecord:
     bot_name: str | None = None
     active: bool = True
     inactive_reason: str | None = None
-    first_seen: str = ""
-    last_seen: str = ""
+    first_seen: float = 0.0
+    last_seen: float = 0.0
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> ConversationRecord:
+    def from_row(cls, row: Row) -> ConversationRecord:
         return cls(
             conversation_id=row["conversation_id"],
             channel_id=row["channel_id"],
@@ -82,7 +81,7 @@ class ConversationReferences:
         mono = self._clock.monotonic()
         if seen is not None and seen[0] == fingerprint and mono - seen[1] < self.REFRESH_SECONDS:
             return
-        now = self._clock.now().isoformat()
+        now = self._clock.now().timestamp()
         self._records.pop(record.conversation_id, None)
         async with self._db.transaction() as tx:
             await tx.execute(
@@ -103,8 +102,8 @@ class ConversationReferences:
                     bot_id = COALESCE(excluded.bot_id, conversation_refs.bot_id),
                     bot_name = COALESCE(excluded.bot_name, conversation_refs.bot_name),
                     reference = excluded.reference,
-                    active = CASE WHEN ? THEN 1 ELSE conversation_refs.active END,
-                    inactive_reason = CASE WHEN ? THEN NULL ELSE conversation_refs.inactive_reason END,
+                    active = CASE WHEN ? = 1 THEN 1 ELSE conversation_refs.active END,
+                    inactive_reason = CASE WHEN ? = 1 THEN NULL ELSE conversation_refs.inactive_reason END,
                     last_seen = excluded.last_seen
                 """,
                 (
@@ -121,8 +120,8 @@ class ConversationReferences:
                     json.dumps(record.reference, separators=(",", ":")),
                     now,
                     now,
-                    reactivate,
-                    reactivate,
+                    int(reactivate),
+                    int(reactivate),
                 ),
             )
             if record.user_id:
@@ -143,7 +142,7 @@ class ConversationReferences:
 
     async def add_members(self, conversation_id: str, members: Iterable[tuple[str, str | None, str | None]]) -> None:
         """Record members of a conversation seen in its roster: (Teams user id, AAD object id, name)."""
-        now = self._clock.now().isoformat()
+        now = self._clock.now().timestamp()
         async with self._db.transaction() as tx:
             await tx.executemany(
                 """
@@ -179,10 +178,9 @@ class ConversationReferences:
                     found[conversation_id] = cached[0]
             else:
                 missing.append(conversation_id)
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = await self._db.fetchall(f"SELECT * FROM conversation_refs WHERE conversation_id IN ({marks})", chunk)
+        for chunk in chunks(missing):
+            rows = await self._db.fetchall(
+                f"SELECT * FROM conversation_refs WHERE conversation_id IN ({marks(len(chunk))})", chunk)
             for row in rows:
                 record = ConversationRecord.from_row(row)
                 found[record.conversation_id] = record

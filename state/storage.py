@@ -1,8 +1,9 @@
-"""botbuilder `Storage` on SQLite: the one class in state/ that knows the SDK.
+"""botbuilder `Storage` on the bot's database: the one class in state/ that knows the SDK.
 
 Items are serialised with jsonpickle (what the SDK's own Cosmos/Blob storages use, so dialog state
-objects round-trip). eTags are integer versions; a write compares them and bumps them inside one
-`BEGIN IMMEDIATE` transaction, so a stale writer fails instead of silently overwriting.
+objects round-trip). eTags are integer versions. A write with an eTag is a conditional
+`UPDATE … WHERE etag = ?` (or an insert that must not collide), so of two writers racing with the same
+eTag exactly one wins and the other gets ETagConflictError -- on either engine, whichever process.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from jsonpickle.unpickler import Unpickler
 
 from scheduler.clock import Clock, SystemClock
 
-from .db import Database
-
-_MAX_PARAMS = 500
+from .db import Database, chunks, marks
 
 
 class ETagConflictError(Exception):
@@ -50,7 +49,7 @@ def _decode(text: str) -> Any:
     return Unpickler(keys=True).restore(json.loads(text))
 
 
-class SqliteStorage(Storage):
+class DatabaseStorage(Storage):
     """Durable Storage for ConversationState/UserState (and anything else keyed by string)."""
 
     def __init__(self, db: Database, clock: Clock | None = None) -> None:
@@ -61,13 +60,10 @@ class SqliteStorage(Storage):
     async def read(self, keys: Iterable[str]) -> dict[str, Any]:
         if keys is None:
             raise Exception("Keys are required when reading")
-        wanted = list(dict.fromkeys(keys))
         result: dict[str, Any] = {}
-        for start in range(0, len(wanted), _MAX_PARAMS):
-            chunk = wanted[start : start + _MAX_PARAMS]
-            marks = ",".join("?" * len(chunk))
+        for chunk in chunks(list(dict.fromkeys(keys))):
             rows = await self._db.fetchall(
-                f"SELECT key, etag, data FROM bot_state WHERE key IN ({marks})", chunk
+                f"SELECT key, etag, data FROM bot_state WHERE key IN ({marks(len(chunk))})", chunk
             )
             for row in rows:
                 result[row["key"]] = _with_etag(_decode(row["data"]), str(row["etag"]))
@@ -78,7 +74,7 @@ class SqliteStorage(Storage):
             raise Exception("Changes are required when writing")
         if not changes:
             return
-        now = self._clock.now().isoformat()
+        now = self._clock.now().timestamp()
         encoded = {}
         for key, item in changes.items():
             etag = _etag_of(item)
@@ -88,25 +84,30 @@ class SqliteStorage(Storage):
         new_etags: dict[str, int] = {}
         async with self._db.transaction() as tx:
             for key, (etag, data) in encoded.items():
-                row = await tx.fetchone("SELECT etag FROM bot_state WHERE key = ?", (key,))
-                if row is None:
-                    await tx.execute(
-                        "INSERT INTO bot_state (key, etag, data, updated_at) VALUES (?, 1, ?, ?)",
+                if etag is None or etag == "*":  # last writer wins
+                    row = await tx.fetchone(
+                        "INSERT INTO bot_state (key, etag, data, updated_at) VALUES (?, 1, ?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET etag = bot_state.etag + 1, data = excluded.data, "
+                        "updated_at = excluded.updated_at RETURNING etag",
                         (key, data, now),
                     )
-                    new_etag = 1
                 else:
-                    stored = int(row["etag"])
-                    if etag not in (None, "*") and etag != str(stored):
-                        raise ETagConflictError(
-                            f"storage write of {key!r}: eTag {etag} is stale (stored {stored})"
-                        )
-                    new_etag = stored + 1
-                    await tx.execute(
-                        "UPDATE bot_state SET etag = ?, data = ?, updated_at = ? WHERE key = ?",
-                        (new_etag, data, now, key),
+                    row = await tx.fetchone(
+                        "UPDATE bot_state SET etag = etag + 1, data = ?, updated_at = ? WHERE key = ? AND etag = ? "
+                        "RETURNING etag",
+                        (data, now, key, _int_etag(etag)),
                     )
-                new_etags[key] = new_etag
+                    if row is None:  # stale eTag, or an item that is not stored (yet)
+                        row = await tx.fetchone(
+                            "INSERT INTO bot_state (key, etag, data, updated_at) VALUES (?, 1, ?, ?) "
+                            "ON CONFLICT (key) DO NOTHING RETURNING etag",
+                            (key, data, now),
+                        )
+                    if row is None:
+                        raise ETagConflictError(f"storage write of {key!r}: eTag {etag} is stale")
+                if row is None:
+                    raise RuntimeError(f"storage write of {key!r} returned no eTag")
+                new_etags[key] = int(row["etag"])
         for key, new_etag in new_etags.items():
             _with_etag(changes[key], str(new_etag))
 
@@ -115,7 +116,13 @@ class SqliteStorage(Storage):
         if not wanted:
             return
         async with self._db.transaction() as tx:
-            for start in range(0, len(wanted), _MAX_PARAMS):
-                chunk = wanted[start : start + _MAX_PARAMS]
-                marks = ",".join("?" * len(chunk))
-                await tx.execute(f"DELETE FROM bot_state WHERE key IN ({marks})", chunk)
+            for chunk in chunks(wanted):
+                await tx.execute(f"DELETE FROM bot_state WHERE key IN ({marks(len(chunk))})", chunk)
+
+
+def _int_etag(etag: str) -> int:
+    """Stored eTags are integers; anything else can never match (-1 is never stored)."""
+    try:
+        return int(etag)
+    except ValueError:
+        return -1

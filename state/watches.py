@@ -13,8 +13,8 @@ from .model import Condition, UserRef, WatchResult, WatchView, product_key
 MAX_WATCHES_PER_USER = 50
 
 
-class SqliteWatchBook:
-    """The `WatchBook` port of the dialogs, on SQLite."""
+class WatchStore:
+    """The `WatchBook` port of the dialogs: each user's watches."""
 
     def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
@@ -32,13 +32,19 @@ class SqliteWatchBook:
                 if count is not None and count["n"] >= MAX_WATCHES_PER_USER:
                     return WatchResult("rejected", WatchView(product, condition),
                                        f"you already watch {MAX_WATCHES_PER_USER} products; `unwatch` one first")
-                await tx.execute(
+                inserted = await tx.fetchone(
                     "INSERT INTO watches (user_id, user_aad_id, user_name, conversation_id, product, product_key, "
-                    "condition, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "condition, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (user_id, product_key) DO NOTHING RETURNING id",
                     (user.id, user.aad_object_id, user.name, conversation_id, product.strip(), key,
                      json.dumps(condition.to_json()), now, now),
                 )
-                return WatchResult("created", WatchView(product.strip(), condition))
+                if inserted is not None:
+                    return WatchResult("created", WatchView(product.strip(), condition))
+                existing = await tx.fetchone(  # another turn of this user created it a moment ago
+                    "SELECT id, last_price FROM watches WHERE user_id = ? AND product_key = ?", (user.id, key)
+                )
+                assert existing is not None
             await tx.execute(
                 "UPDATE watches SET condition = ?, conversation_id = ?, updated_at = ? WHERE id = ?",
                 (json.dumps(condition.to_json()), conversation_id, now, existing["id"]),

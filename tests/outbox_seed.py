@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from scheduler.clock import SystemClock
-from state.db import Database
 from state.references import ConversationRecord, ConversationReferences
+from state.sqlite import SqliteDatabase
 
 Conversation = tuple[str, str]  # (conversation id, tenant id)
 BOT_ID = "28:fanout-bot"
@@ -42,7 +42,7 @@ def record(conversation_id: str, tenant_id: str, service_url: str) -> Conversati
 
 async def seed_references(database_path: str, service_url: str, conversations: Sequence[Conversation]) -> None:
     """Create (and migrate) the database at `database_path` and store one reference per conversation."""
-    db = Database(database_path)
+    db = SqliteDatabase(database_path)
     await db.open()
     try:
         references = ConversationReferences(db, SystemClock())

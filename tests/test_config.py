@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_defaults() -> None:
     config = load_config({}, env_file=None)
-    assert (config.host, config.port, config.database_path) == ("127.0.0.1", 3978, "data/bot.sqlite3")
+    assert (config.host, config.port, config.database.sqlite_path) == ("127.0.0.1", 3978, "data/bot.sqlite3")
     assert not config.auth_enabled
 
 
@@ -37,7 +38,14 @@ def test_secrets_are_not_in_repr() -> None:
     [
         ({"PORT": "abc"}, "PORT"),
         ({"PORT": "70000"}, "PORT"),
-        ({"DATABASE_URL": "postgres://db/bot"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "mysql://db/bot"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgres:///bot"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://db:99999/bot"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://db/"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://db/bot?sslmode=sometimes"}, "sslmode"),
+        ({"DATABASE_URL": "postgresql://db/bot?pool=3"}, "DATABASE_URL option 'pool'"),
+        ({"DATABASE_POOL_SIZE": "0"}, "DATABASE_POOL_SIZE"),
+        ({"DATABASE_STARTUP_TIMEOUT": "-5"}, "DATABASE_STARTUP_TIMEOUT"),
         ({"DATABASE_URL": "sqlite://host/x"}, "DATABASE_URL"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"TEAMS_TENANT_RPS": "0"}, "TEAMS_TENANT_RPS"),
@@ -82,3 +90,24 @@ def test_a_setting_refused_by_a_component_is_also_one_line_and_exit_2(tmp_path: 
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("configuration error: PRICE_FIELD")
+
+
+def test_database_password_is_not_in_repr() -> None:
+    config = load_config({"DATABASE_URL": "postgresql://bot:s3cret@db.internal:5432/bot"}, env_file=None)
+    assert "s3cret" not in repr(config) and config.database.display == "postgresql://bot@db.internal:5432/bot"
+
+
+def test_unreachable_postgresql_is_retried_then_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("Microsoft")}
+    env.update(DATABASE_URL=f"postgresql://bot:pw@127.0.0.1:{port}/bot", DATABASE_STARTUP_TIMEOUT="2")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "waiting for PostgreSQL at postgresql://bot@127.0.0.1:" in result.stderr, "the retry is logged"
+    assert "Traceback" not in result.stderr and "pw@" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"database unavailable: cannot connect to postgresql://bot@127.0.0.1:{port}/bot after")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -70,10 +69,8 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(db: Database) -> AsyncIterator[Rig]:
     clock = FakeClock()
-    db = Database(str(tmp_path / "d.sqlite3"))
-    await db.open()
     async with ConnectorDouble(clock=clock.monotonic) as double:
         references = ConversationReferences(db, clock)
         store = OutboxStore(db, clock)
@@ -86,7 +83,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await rig.worker.stop(timeout=1)
         for session in rig.sessions:
             await session.close()
-    await db.close()
 
 
 def text(message: str) -> dict[str, str]:

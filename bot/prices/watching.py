@@ -19,7 +19,7 @@ from state.model import Condition, Observation, UserRef, WatchResult, WatchView,
 from state.outbox import OutboxItem
 from state.prices import PriceLog, triggers
 from state.references import ConversationReferences
-from state.watches import SqliteWatchBook
+from state.watches import WatchStore
 
 from .sources import PriceSource
 
@@ -32,7 +32,7 @@ EVALUATE = "prices.evaluate"
 class PriceWatcher:
     """Implements the dialogs' WatchBook port and reacts to price quotes."""
 
-    def __init__(self, book: SqliteWatchBook, prices: PriceLog, proactive: ProactiveMessages, scheduler: Scheduler,
+    def __init__(self, book: WatchStore, prices: PriceLog, proactive: ProactiveMessages, scheduler: Scheduler,
                  references: ConversationReferences, clock: Clock, source: PriceSource | None = None,
                  coalesce_seconds: float = 3.0) -> None:
         self._book = book

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from dialogs.memory import InMemoryAnalyses, InMemoryPreferences, InMemoryWatchBook
 from dialogs.ports import Analyses, Preferences, WatchBook
 from scheduler.clock import FakeClock
-from state.db import Database
 from state.model import UNTIL_UNMUTED, Condition, UserRef, WatchView
-from state.preferences import Preferences as SqlitePreferences
-from state.watches import SqliteWatchBook
+from state.preferences import Preferences as DatabasePreferences
+from state.watches import WatchStore
+from tests.conftest import DatabaseOn
 
 ADA = UserRef("29:ada", "aad-ada", "Ada")
 BOB = UserRef("29:bob", None, None)
@@ -25,17 +24,11 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ANALYSES: list[Callable[[], Analyses]] = [InMemoryAnalyses]
 
 
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database(str(tmp_path / "ports.sqlite3"))
-    await db.open()
-    yield db
-    await db.close()
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def book(request: pytest.FixtureRequest, database: Database, clock: FakeClock) -> WatchBook:
-    return InMemoryWatchBook() if request.param == "memory" else SqliteWatchBook(database, clock)
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def book(request: pytest.FixtureRequest, database_on: DatabaseOn, clock: FakeClock) -> WatchBook:
+    if request.param == "memory":
+        return InMemoryWatchBook()
+    return WatchStore(await database_on(request.param), clock)
 
 
 @pytest.fixture(params=ANALYSES)
@@ -48,9 +41,11 @@ def clock() -> FakeClock:
     return FakeClock(T0)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def preferences(request: pytest.FixtureRequest, clock: FakeClock, database: Database) -> Preferences:
-    return InMemoryPreferences(clock) if request.param == "memory" else SqlitePreferences(database, clock)
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def preferences(request: pytest.FixtureRequest, clock: FakeClock, database_on: DatabaseOn) -> Preferences:
+    if request.param == "memory":
+        return InMemoryPreferences(clock)
+    return DatabasePreferences(await database_on(request.param), clock)
 
 
 async def test_watch_book_adds_updates_lists_and_removes_per_user(book: WatchBook) -> None:

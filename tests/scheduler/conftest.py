@@ -1,9 +1,9 @@
-"""Fixtures for scheduler tests: a database on a temp file, a fake clock, schedulers that stop at teardown."""
+"""Fixtures for scheduler tests: a fake clock and schedulers that stop at teardown (on the `db` fixture of
+tests/conftest.py, so every scheduler test runs on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,14 +16,6 @@ from state.db import Database
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(str(tmp_path / "jobs.sqlite3"))
-    await database.open()
-    yield database
-    await database.close()
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import asyncio
 import sys
 
 from scheduler import Job, Scheduler, SystemClock
-from state.db import Database
+from state.sqlite import SqliteDatabase
 
 
 async def main(path: str, phase: str) -> None:
-    db = Database(path)
+    db = SqliteDatabase(path)
     await db.open()
     finished = asyncio.Event()
 

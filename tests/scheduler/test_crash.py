@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from state.db import Database
+from state.sqlite import SqliteDatabase
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "crash_worker.py"
@@ -54,7 +54,7 @@ async def test_a_job_killed_mid_run_runs_again_after_restart(tmp_path: Path) -> 
             second.kill()
             await second.communicate()
 
-    db = Database(str(db_path))
+    db = SqliteDatabase(str(db_path))
     await db.open()
     try:
         assert await db.fetchall("SELECT * FROM scheduled_jobs") == [], "completed, so gone"

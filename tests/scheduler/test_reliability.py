@@ -12,19 +12,18 @@ from sched_support import MakeScheduler, Recorder
 from scheduler import FakeClock, Job, JobState, Misfire, Scheduler
 from scheduler.store import JobStore
 from state.db import Database
+from tests.conftest import OpenDatabase
 
 
 async def test_pending_jobs_survive_a_restart(
-    db: Database, make_scheduler: MakeScheduler, clock: FakeClock, recorder: Recorder
+    db: Database, open_database: OpenDatabase, make_scheduler: MakeScheduler, clock: FakeClock, recorder: Recorder
 ) -> None:
     first = await make_scheduler()
     await first.schedule_in(10, "record", {"n": 1})
     await first.schedule_every(30, "record", {"n": "every"}, key="poll")
     await first.stop()
-    path = db.path
     await db.close()
-    reopened = Database(path)
-    await reopened.open()
+    reopened = await open_database()
     try:
         second = Scheduler(reopened, clock)
         second.register("record", recorder)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from scheduler.clock import FakeClock
 from state.db import Database
 from state.engagement import Engagement, decide
+from tests.conftest import OpenDatabase
 
 # state × category × urgent × muted → action
 TABLE = [
@@ -36,22 +35,19 @@ def test_interjection_rules(state: str, category: str, urgent: bool, muted: bool
     assert decide(state, category=category, urgent=urgent, muted=muted).action == action
 
 
-async def test_topic_end_releases_once_and_state_persists(tmp_path: Path) -> None:
+async def test_topic_end_releases_once_and_state_persists(open_database: OpenDatabase) -> None:
     released: list[str] = []
 
     async def release(conversation_id: str) -> None:
         released.append(conversation_id)
 
-    path = str(tmp_path / "e.sqlite3")
-    db = Database(path)
-    await db.open()
+    db = await open_database()
     engagement = Engagement(db, FakeClock())
     engagement.on_topic_ended(release)
     assert await engagement.after_turn("c", mid_topic=True, prompt="Which product?") == "in_topic"
     await db.close()
 
-    db = Database(path)  # a restart in the middle of the topic
-    await db.open()
+    db = await open_database()  # a restart in the middle of the topic
     engagement = Engagement(db, FakeClock())
     engagement.on_topic_ended(release)
     assert await engagement.state("c") == "in_topic"
@@ -63,9 +59,7 @@ async def test_topic_end_releases_once_and_state_persists(tmp_path: Path) -> Non
     await db.close()
 
 
-async def test_removed_then_message_or_install_reactivates(tmp_path: Path) -> None:
-    db = Database(str(tmp_path / "e.sqlite3"))
-    await db.open()
+async def test_removed_then_message_or_install_reactivates(db: Database) -> None:
     engagement = Engagement(db, FakeClock())
     await engagement.fire("c", "removed")
     assert await engagement.fire("c", "topic_started") == "inactive", "no topic in a conversation the bot left"
@@ -76,4 +70,3 @@ async def test_removed_then_message_or_install_reactivates(tmp_path: Path) -> No
     assert await engagement.mark_welcomed("c") is False
     await engagement.forget_welcome("c")
     assert await engagement.mark_welcomed("c") is True
-    await db.close()

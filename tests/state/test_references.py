@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from scheduler.clock import FakeClock
 from state.db import Database
 from state.references import ConversationRecord, ConversationReferences
+from tests.conftest import OpenDatabase
 
 
 @pytest.fixture
-async def refs(tmp_path: Path) -> AsyncIterator[ConversationReferences]:
-    db = Database(str(tmp_path / "r.sqlite3"))
-    await db.open()
-    yield ConversationReferences(db, FakeClock())
-    await db.close()
+def refs(db: Database) -> ConversationReferences:
+    return ConversationReferences(db, FakeClock())
 
 
 def record(conversation_id: str = "c1", **kw: object) -> ConversationRecord:
@@ -76,30 +71,24 @@ async def test_all_filters_by_tenant(refs: ConversationReferences) -> None:
     assert [r.conversation_id for r in await refs.all(tenant_id="t2")] == ["b"]
 
 
-async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
-    path = str(tmp_path / "m.sqlite3")
+async def test_migrations_are_versioned_and_idempotent(open_database: OpenDatabase) -> None:
     for _ in range(2):
-        db = Database(path)
-        await db.open()
+        db = await open_database()
         rows = await db.fetchall("SELECT version FROM schema_version ORDER BY version")
         await db.close()
     versions = [r["version"] for r in rows]
     assert versions == sorted(set(versions)) and versions[0] == 1
 
 
-async def test_newer_schema_than_the_build_is_refused(tmp_path: Path) -> None:
-    path = str(tmp_path / "n.sqlite3")
-    db = Database(path)
-    await db.open()
-    await db.execute("INSERT INTO schema_version VALUES (999, 'future', 'now')")
+async def test_newer_schema_than_the_build_is_refused(open_database: OpenDatabase) -> None:
+    db = await open_database()
+    await db.execute("INSERT INTO schema_version VALUES (999, 'future', 0)")
     await db.close()
     with pytest.raises(RuntimeError, match="newer than this build"):
-        await Database(path).open()
+        await open_database()
 
 
-async def test_identical_refresh_within_a_minute_is_not_written_again(tmp_path: Path) -> None:
-    db = Database(str(tmp_path / "w.sqlite3"))
-    await db.open()
+async def test_identical_refresh_within_a_minute_is_not_written_again(db: Database) -> None:
     clock = FakeClock()
     refs = ConversationReferences(db, clock)
     await refs.upsert(record(), reactivate=True)
@@ -115,4 +104,3 @@ async def test_identical_refresh_within_a_minute_is_not_written_again(tmp_path: 
     clock.advance(61)
     await refs.upsert(record(service_url="https://smba.example/emea/"), reactivate=True)
     assert (await refs.get("c1")).last_seen != first  # type: ignore[union-attr]
-    await db.close()

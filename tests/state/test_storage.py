@@ -1,10 +1,8 @@
-"""SqliteStorage against the SDK's own Storage contract suite, plus eTag compare-and-swap."""
+"""DatabaseStorage against the SDK's own Storage contract suite, plus eTag compare-and-swap."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,15 +11,13 @@ from botbuilder.core.adapters import TestAdapter
 from botbuilder.testing import StorageBaseTests
 
 from state.db import Database
-from state.storage import ETagConflictError, SqliteStorage
+from state.storage import DatabaseStorage, ETagConflictError
+from tests.conftest import OpenDatabase
 
 
 @pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SqliteStorage]:
-    db = Database(str(tmp_path / "state.sqlite3"))
-    await db.open()
-    yield SqliteStorage(db)
-    await db.close()
+def storage(db: Database) -> DatabaseStorage:
+    return DatabaseStorage(db)
 
 
 CONTRACT = [
@@ -40,11 +36,11 @@ CONTRACT = [
 
 
 @pytest.mark.parametrize("case", CONTRACT)
-async def test_sdk_storage_contract(storage: SqliteStorage, case: str) -> None:
+async def test_sdk_storage_contract(storage: DatabaseStorage, case: str) -> None:
     assert await getattr(StorageBaseTests, case)(storage) is True
 
 
-async def test_stale_etag_is_refused_and_nothing_is_written(storage: SqliteStorage) -> None:
+async def test_stale_etag_is_refused_and_nothing_is_written(storage: DatabaseStorage) -> None:
     await storage.write({"a": {"n": 1, "e_tag": "*"}, "b": {"n": 1}})
     first = await storage.read(["a", "b"])
     second = await storage.read(["a"])
@@ -59,7 +55,7 @@ async def test_stale_etag_is_refused_and_nothing_is_written(storage: SqliteStora
     assert (after["a"]["n"], after["b"]["n"]) == (2, 2), "a failed batch must leave every item unchanged"
 
 
-async def test_concurrent_writers_with_the_same_etag_one_wins(storage: SqliteStorage) -> None:
+async def test_concurrent_writers_with_the_same_etag_one_wins(storage: DatabaseStorage) -> None:
     await storage.write({"k": {"n": 0, "e_tag": "*"}})
     copies = [await storage.read(["k"]) for _ in range(10)]
     for i, copy in enumerate(copies):
@@ -70,7 +66,7 @@ async def test_concurrent_writers_with_the_same_etag_one_wins(storage: SqliteSto
     assert all(isinstance(r, ETagConflictError) for r in results if r is not None)
 
 
-async def test_write_refreshes_the_callers_etag(storage: SqliteStorage) -> None:
+async def test_write_refreshes_the_callers_etag(storage: DatabaseStorage) -> None:
     item = {"n": 1, "e_tag": "*"}
     await storage.write({"x": item})
     item["n"] = 2
@@ -78,12 +74,10 @@ async def test_write_refreshes_the_callers_etag(storage: SqliteStorage) -> None:
     assert (await storage.read(["x"]))["x"]["n"] == 2
 
 
-async def test_conversation_state_survives_reopening(tmp_path: Path) -> None:
-    path = str(tmp_path / "s.sqlite3")
+async def test_conversation_state_survives_reopening(open_database: OpenDatabase) -> None:
     for expected in (1, 2):
-        db = Database(path)
-        await db.open()
-        state = ConversationState(SqliteStorage(db))
+        db = await open_database()
+        state = ConversationState(DatabaseStorage(db))
         counter = state.create_property("counter")
         seen: list[int] = []
 
@@ -97,3 +91,17 @@ async def test_conversation_state_survives_reopening(tmp_path: Path) -> None:
         await TestAdapter().process_activity(MessageFactory.text("hi"), turn)
         await db.close()
         assert seen == [expected]
+
+
+async def test_writers_in_two_processes_racing_one_etag_one_wins(open_database: OpenDatabase) -> None:
+    """Two connections (pools, on PostgreSQL) stand for two replicas; each round exactly one write wins."""
+    first, second = DatabaseStorage(await open_database()), DatabaseStorage(await open_database())
+    await first.write({"k": {"n": 0, "e_tag": "*"}})
+    for round_ in range(25):
+        a, b = await first.read(["k"]), await second.read(["k"])
+        assert a["k"]["e_tag"] == b["k"]["e_tag"]
+        a["k"]["n"], b["k"]["n"] = f"a{round_}", f"b{round_}"
+        results = await asyncio.gather(first.write(a), second.write(b), return_exceptions=True)
+        assert sorted(type(r).__name__ for r in results) == ["ETagConflictError", "NoneType"], results
+        winner = a if results[0] is None else b
+        assert (await first.read(["k"]))["k"]["n"] == winner["k"]["n"]

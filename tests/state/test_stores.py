@@ -1,0 +1,187 @@
+"""Contract tests of the outbox, price log, analyses and job stores, on SQLite and PostgreSQL alike.
+
+Races are real: two `Database`s opened on the same database (two pools on PostgreSQL, as two replicas
+would have) run the contested statement at the same time, round after round; exactly one wins each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from decimal import Decimal
+
+from scheduler.clock import FakeClock
+from scheduler.jobs import Job
+from scheduler.store import JobStore, insert_row
+from state.analyses import AnalysisStore
+from state.db import Database
+from state.model import Condition, Observation, UserRef
+from state.outbox import OutboxItem, OutboxStore, Outcome
+from state.prices import PriceLog
+from state.watches import WatchStore
+from tests.conftest import OpenDatabase
+
+
+def note(text: str, conversation_id: str = "c1", **fields: object) -> OutboxItem:
+    return OutboxItem(payload={"type": "message", "text": text}, conversation_id=conversation_id,
+                      tenant_id="t1", **fields)  # type: ignore[arg-type]
+
+
+# ---- outbox -------------------------------------------------------------------------------------------------
+
+
+async def test_outbox_rows_keep_their_fields_and_move_through_statuses(db: Database) -> None:
+    clock = FakeClock()
+    store = OutboxStore(db, clock)
+    results = await store.enqueue([note("a", priority=1, subject="price:x"), note("b", status="held"),
+                                   note("c", conversation_id="c2")])
+    assert [r.created for r in results] == [True, True, True]
+    a, b, c = (r.id for r in results)
+    assert a < b < c, "ids grow in enqueue order"
+    row = await store.get(a)
+    assert row is not None and (row.payload, row.priority, row.subject, row.status, row.tenant_id) == (
+        {"type": "message", "text": "a"}, 1, "price:x", "pending", "t1")
+    assert row.not_before == clock.now().timestamp() and row.created_at == clock.now().timestamp()
+    assert [r.id for r in await store.pending()] == [a, c]
+    assert [r.id for r in await store.held("c1")] == [b]
+    assert await store.get(10_000) is None and [r.id for r in await store.get_many([c, a, 10_000])] in ([a, c], [c, a])
+
+    clock.advance(5)
+    await store.apply([Outcome(a, "sent", attempts=1, activity_id="act-1", sent_at=clock.now().timestamp()),
+                       Outcome(c, "pending", attempts=1, last_error="503", not_before=clock.now().timestamp() + 9)])
+    sent, retried = await store.get(a), await store.get(c)
+    assert sent is not None and (sent.status, sent.activity_id, sent.attempts) == ("sent", "act-1", 1)
+    assert retried is not None and (retried.status, retried.last_error, retried.not_before) == (
+        "pending", "503", clock.now().timestamp() + 9)
+    assert await store.set_status([b], "pending", only_from=["sent"]) == 0, "the guard holds"
+    assert await store.set_status([b], "pending", only_from=["held"]) == 1
+    assert await store.counts() == {"sent": 1, "pending": 2}
+
+
+async def test_outbox_supersede_and_cancel_touch_only_their_conversation(db: Database) -> None:
+    store = OutboxStore(db, FakeClock())
+    ids = [r.id for r in await store.enqueue([
+        note("old", status="held", subject="price:x"), note("other", status="held", subject="price:y"),
+        note("new", status="held", subject="price:x"), note("elsewhere", conversation_id="c2", status="held",
+                                                           subject="price:x")])]
+    assert await store.supersede("c1", "price:x", keep=ids[2]) == 1
+    assert [r.id for r in await store.held("c1")] == [ids[1], ids[2]]
+    cancelled = await store.cancel_conversation("c1", "removed")
+    assert sorted(cancelled) == [ids[1], ids[2]]
+    assert [r.id for r in await store.held()] == [ids[3]]
+
+
+async def test_one_dedup_key_in_one_batch_is_one_row(db: Database) -> None:
+    store = OutboxStore(db, FakeClock())
+    first, again = await store.enqueue([note("x", dedup_key="k"), note("x", dedup_key="k")])
+    assert (first.created, again.created, again.id) == (True, False, first.id)
+
+
+async def test_two_processes_enqueueing_one_dedup_key_make_one_row(open_database: OpenDatabase) -> None:
+    one, two = OutboxStore(await open_database(), FakeClock()), OutboxStore(await open_database(), FakeClock())
+    for round_ in range(25):
+        key = f"broadcast-{round_}"
+        [a], [b] = await asyncio.gather(one.enqueue([note("hi", dedup_key=key)]),
+                                        two.enqueue([note("hi", dedup_key=key)]))
+        assert sorted([a.created, b.created]) == [False, True] and a.id == b.id
+    assert (await one.counts()) == {"pending": 25}
+
+
+# ---- jobs ---------------------------------------------------------------------------------------------------
+
+
+async def test_two_processes_claiming_one_job_exactly_one_wins(open_database: OpenDatabase) -> None:
+    clock = FakeClock()
+    one, two = JobStore(await open_database()), JobStore(await open_database())
+    now = clock.now()
+    for round_ in range(25):
+        job = Job(id=f"job-{round_:03d}", handler="h", payload={}, due_at=now, created_at=now)
+        await one.insert(job)
+        claims = await asyncio.gather(one.claim([job.id], now, now + timedelta(seconds=30)),
+                                      two.claim([job.id], now, now + timedelta(seconds=30)))
+        assert sorted(len(c) for c in claims) == [0, 1], f"round {round_}: {claims}"
+        [claimed] = claims[0] or claims[1]
+        assert claimed.attempts == 1 and claimed.lease_until == now + timedelta(seconds=30)
+
+
+async def test_scheduling_a_key_again_replaces_the_job_in_place(db: Database) -> None:
+    clock = FakeClock()
+    store = JobStore(db)
+    now = clock.now()
+    first = Job(id="a", handler="h", payload={"n": 1}, due_at=now, key="poll:x", created_at=now)
+    await store.insert(first)
+    assert [j.id for j in await store.claim(["a"], now, now + timedelta(seconds=5))] == ["a"]
+    second = Job(id="b", handler="h", payload={"n": 2}, due_at=now + timedelta(seconds=9), key="poll:x",
+                 created_at=now)
+    await store.insert_many([insert_row(second)])
+    stored = await store.get(key="poll:x")
+    assert stored is not None and (stored.id, stored.payload, stored.state.value, stored.attempts) == (
+        "b", {"n": 2}, "pending", 0)
+    assert await store.complete("a") is False, "the replaced run's result is ignored"
+    assert [j.key for j in await store.list_by_prefix("poll")] == ["poll:x"]
+    assert await store.list_by_prefix("Poll") == [], "prefixes are case-sensitive on both engines"
+
+
+# ---- prices and watches -------------------------------------------------------------------------------------
+
+
+async def test_price_log_history_is_oldest_first_and_bounded(db: Database) -> None:
+    clock = FakeClock()
+    prices = PriceLog(db, clock)
+    for n in range(5):
+        await prices.record(Observation("Gadget", Decimal(f"10.{n}0"), "USD", "demo", None, clock.now()))
+        clock.advance(1)
+    history = await prices.history("  gadget ", limit=3)
+    assert [o.price for o in history] == [Decimal("10.20"), Decimal("10.30"), Decimal("10.40")]
+    latest = await prices.latest("GADGET")
+    assert latest is not None and latest.price == Decimal("10.40") and latest.observed_at.tzinfo is not None
+    assert await prices.latest("unknown") is None
+
+
+async def test_watch_rows_record_prices_snoozes_and_owners(db: Database) -> None:
+    clock = FakeClock()
+    book, prices = WatchStore(db, clock), PriceLog(db, clock)
+    await book.add(UserRef("29:ada"), "c1", "Gadget", Condition("below", Decimal(10)))
+    await book.add(UserRef("29:bob"), "c2", "gadget", Condition("any"))
+    assert await prices.watched_products() == ["gadget"]
+    ada, bob = await prices.watches_on("gadget")
+    await prices.saw(ada.id, Decimal("9.5"), alerted=True)
+    await prices.saw(bob.id, Decimal("9.5"), alerted=False)
+    ada, bob = await prices.watches_on("GADGET")
+    assert (ada.last_price, ada.last_alert_price, bob.last_price, bob.last_alert_price) == (
+        Decimal("9.5"), Decimal("9.5"), Decimal("9.5"), None)
+    assert await prices.snooze(ada.id, "29:bob", clock.now()) is False, "only the owner"
+    assert await prices.snooze(ada.id, "29:ada", clock.now() + timedelta(hours=1)) is True
+    snoozed = await prices.watch(ada.id)
+    assert snoozed is not None and snoozed.snoozed_until == (clock.now() + timedelta(hours=1)).timestamp()
+    assert await prices.remove_watch(bob.id, "29:ada") is False and await prices.remove_watch(bob.id, "29:bob")
+    assert [w.user_id for w in await prices.watches_on("gadget")] == ["29:ada"]
+
+
+async def test_the_same_watch_added_twice_at_once_is_one_watch(open_database: OpenDatabase) -> None:
+    clock = FakeClock()
+    one, two = WatchStore(await open_database(), clock), WatchStore(await open_database(), clock)
+    results = await asyncio.gather(one.add(UserRef("29:ada"), "c1", "gadget", Condition("any")),
+                                   two.add(UserRef("29:ada"), "c1", "gadget", Condition("above", Decimal(3))))
+    assert sorted(r.status for r in results) == ["created", "updated"]
+    assert len(await one.list("29:ada")) == 1
+
+
+# ---- analyses -----------------------------------------------------------------------------------------------
+
+
+async def test_analysis_rows(db: Database) -> None:
+    clock = FakeClock()
+    store = AnalysisStore(db, clock)
+    await store.insert("a1", "29:ada", "c1", "t1", " Gadget ", clock.now().timestamp() + 30)
+    clock.advance(1)
+    await store.insert("a2", "29:ada", "c1", "t1", "gizmo", clock.now().timestamp() + 30)
+    assert await store.is_running("29:ada", "GADGET") and not await store.is_running("29:bob", "gadget")
+    assert [r.id for r in await store.running("29:ada")] == ["a1", "a2"]
+    assert [r.id for r in await store.running("29:ada", "gizmo")] == ["a2"]
+    await store.set_progress_row("a1", 42)
+    await store.set_status("a1", "done")
+    row = await store.get("a1")
+    assert row is not None and (row.product, row.status, row.progress_row, row.tenant_id) == ("Gadget", "done", 42,
+                                                                                             "t1")
+    assert [r.id for r in await store.running("29:ada")] == ["a2"] and await store.get("nope") is None
