@@ -67,3 +67,54 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+class Databases:
+    """Where each benchmark bot keeps its state: a SQLite file in `workdir`, or a fresh PostgreSQL database on
+    `postgres_url`'s server (its database is used as the maintenance connection) or on a throwaway server
+    started from the machine's binaries (tests/pg_server.py). `url("postgresql", …)` is None, with
+    `missing` saying why, when neither is available."""
+
+    def __init__(self, workdir: Path, postgres_url: str | None = None) -> None:
+        self.workdir = workdir
+        self._given = postgres_url
+        self._server: object | None = None
+        self._names = 0
+        self.missing = ""
+
+    def url(self, engine: str, name: str) -> str | None:
+        if engine == "sqlite":
+            return f"sqlite:///{self.workdir / name}.sqlite3"
+        self._names += 1
+        database = f"bench_{name}_{os.getpid()}_{self._names}"
+        if self._given:
+            subprocess.run([sys.executable, "-c", _CREATE_DB, self._given, database], check=True, cwd=ROOT)
+            base, _, _ = self._given.rpartition("/")
+            return f"{base}/{database}"
+        if self._server is None:
+            sys.path.insert(0, str(ROOT))
+            from tests.pg_server import PostgresServer
+
+            server, self.missing = PostgresServer.find()
+            if server is None:
+                return None
+            server.start()
+            self._server = server
+        return str(self._server.create_database(database))  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()  # type: ignore[attr-defined]
+            self._server = None
+
+
+_CREATE_DB = """
+import asyncio, sys, asyncpg
+async def main(url, name):
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""

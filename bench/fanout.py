@@ -1,6 +1,7 @@
 """Proactive fan-out: ours (durable outbox + rate-limited worker) vs. the SDK samples' loop, and ours' ceiling.
 
     python bench/fanout.py [--conversations 2000] [--tenant-rps 50] [--tenants 20] [--per-tenant 500]
+                           [--engines sqlite,postgresql] [--postgres-url postgresql://user@host/db]
 
 (a) One message to each of N conversations in one tenant, against the connector double enforcing Teams'
     windows and `--tenant-rps` requests/s per tenant, a fresh double process per side:
@@ -14,8 +15,10 @@
     A second row measures the delivery worker alone: the same rows written to the outbox before the bot
     starts, due a few seconds later, timed from that due time (no POST, no policy, no enqueue).
 
-Every party is its own process (the doubles and the sample are this file with `--role`); this process only
-drives and observes (it polls the double's counters every 100 ms). The last line is JSON.
+Ours runs once per database engine (SQLite file; PostgreSQL on `--postgres-url`'s server or on a throwaway
+server started from the machine's binaries), side by side in one run. Every party is its own process (the
+doubles and the sample are this file with `--role`); this process only drives and observes (it polls the
+double's counters every 100 ms). The last line is JSON (PostgreSQL figures prefixed `pg_`).
 """
 
 from __future__ import annotations
@@ -39,12 +42,12 @@ import psutil
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import ROOT, free_port, spawn, stop, wait_http
+from _harness import ROOT, Databases, free_port, spawn, stop, wait_http
 
 sys.path.insert(0, str(ROOT))
 from scheduler.clock import SystemClock
+from state.db import connect
 from state.outbox import OutboxItem, OutboxStore
-from state.sqlite import SqliteDatabase
 from tests.connector_double import ConnectorDouble, RecordedRequest, serve
 from tests.outbox_seed import BOT_ID, Conversation, conversation_ids, seed_references
 
@@ -241,9 +244,9 @@ async def samples_side(workdir: Path, conversations: int, tenant_rps: int, timeo
         stop(double)
 
 
-async def queue_rows(database: Path, conversations: Sequence[Conversation], not_before: float) -> None:
+async def queue_rows(database_url: str, conversations: Sequence[Conversation], not_before: float) -> None:
     """Put one pending outbox row per conversation straight into the database, due at `not_before`."""
-    db = SqliteDatabase(str(database))
+    db = connect(database_url)
     await db.open()
     try:
         await OutboxStore(db, SystemClock()).enqueue([
@@ -255,8 +258,8 @@ async def queue_rows(database: Path, conversations: Sequence[Conversation], not_
 
 
 async def ours_side(
-    workdir: Path, name: str, tenants: int, per_tenant: int, *, bot_rps: float, double_rps: int | None,
-    timeout: float, preload: bool = False,
+    workdir: Path, database_url: str, name: str, tenants: int, per_tenant: int, *, bot_rps: float,
+    double_rps: int | None, timeout: float, preload: bool = False,
 ) -> Side:
     """`main.py` against a fresh double: seed references, POST /api/notify to all, watch the double.
 
@@ -265,17 +268,16 @@ async def ours_side(
     """
     conversations = conversation_ids(tenants, per_tenant)
     messages = len(conversations)
-    database = workdir / f"{name}.sqlite3"
     double, double_url = start_double(workdir, name, tenants, per_tenant, double_rps)
     processes = [double]
     try:
-        await seed_references(str(database), double_url, conversations)
+        await seed_references(database_url, double_url, conversations)
         due = time.time() + PRELOAD_LEAD_S
         if preload:
-            await queue_rows(database, conversations, due)
+            await queue_rows(database_url, conversations, due)
         port = free_port()
         processes.append(spawn(["main.py"], env={
-            "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_URL": f"sqlite:///{database}",
+            "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_URL": database_url,
             "NOTIFY_TOKEN": NOTIFY_TOKEN, "TEAMS_TENANT_RPS": str(bot_rps), "LOG_LEVEL": "WARNING",
             "MicrosoftAppId": "", "MicrosoftAppPassword": "", "MicrosoftAppTenantId": "",
         }, log=workdir / f"{name}-bot.log"))
@@ -319,56 +321,90 @@ def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def report(args: argparse.Namespace, sample: Side, ours: Side, ceiling: Side, worker: Side) -> Json:
+@dataclass
+class EngineRun:
+    """Ours on one database engine: (a) at Teams' limits, (b) the ceiling, and the worker alone."""
+
+    engine: str
+    ours: Side
+    ceiling: Side
+    worker: Side
+
+
+LABELS = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+
+
+def report(args: argparse.Namespace, sample: Side, runs: list[EngineRun]) -> Json:
     """Print the table; return the JSON figures."""
     n, rps = args.conversations, args.tenant_rps
     bound_s = 1.05 * n / rps
-    cpu_per_1000 = ceiling.bot_cpu_s / ceiling.messages * 1000 if ceiling.bot_cpu_s is not None else None
     print(f"(a) one message to each of {n} conversations in one tenant; the double enforces Teams' windows "
           f"and {rps} requests/s per tenant")
-    print(f"{'approach':<38}{'seconds':>9}{'429s':>7}{'lost':>7}{'dup convs':>11}{'bot CPU s':>11}")
-    for label, side in (("samples: continue_conversation loop", sample), ("ours: outbox + DeliveryWorker", ours)):
-        print(f"{label:<38}{fmt(side.seconds, '.1f'):>9}{side.throttled:>7}{side.lost:>7}{side.duplicated:>11}"
+    print(f"{'approach':<44}{'seconds':>9}{'429s':>7}{'lost':>7}{'dup convs':>11}{'bot CPU s':>11}")
+    rows = [("samples: continue_conversation loop", sample)]
+    rows += [(f"ours on {LABELS[r.engine]}: outbox + DeliveryWorker", r.ours) for r in runs]
+    for label, side in rows:
+        print(f"{label:<44}{fmt(side.seconds, '.1f'):>9}{side.throttled:>7}{side.lost:>7}{side.duplicated:>11}"
               f"{fmt(side.bot_cpu_s, '.1f'):>11}")
-    print(f"{'target for ours: 1.05 x N / ' + str(rps):<38}{bound_s:>9.1f}{0:>7}{0:>7}")
-    print(f"  the samples' loop caught {sample.sender_429s} exceptions; our bot retried {ours.sender_429s} 429s; "
-          f"our POST /api/notify answered in {fmt(ours.post_s, '.1f')} s")
+    print(f"{'target for ours: 1.05 x N / ' + str(rps):<44}{bound_s:>9.1f}{0:>7}{0:>7}")
+    print(f"  the samples' loop caught {sample.sender_429s} exceptions; "
+          + "; ".join(f"ours on {LABELS[r.engine]} retried {r.ours.sender_429s} 429s, POST answered in "
+                      f"{fmt(r.ours.post_s, '.1f')} s" for r in runs))
     print(f"(b) ceiling: {args.tenants} tenants x {args.per_tenant} conversations, non-throttling double, "
           f"TEAMS_TENANT_RPS={args.ceiling_rps:g}")
-    print(f"{'measured from':<38}{'seconds':>9}{'sends/s':>9}{'lost':>6}{'bot CPU s':>11}{'CPU s/1000':>12}"
+    print(f"{'measured from':<44}{'seconds':>9}{'sends/s':>9}{'lost':>6}{'bot CPU s':>11}{'CPU s/1000':>12}"
           f"{'double CPU s':>14}")
-    for label, side in (("POST /api/notify (the target)", ceiling), ("rows due (worker only)", worker)):
-        per_1000 = side.bot_cpu_s / side.messages * 1000 if side.bot_cpu_s is not None else None
-        print(f"{label:<38}{fmt(side.seconds, '.2f'):>9}{fmt(side.rate, '.0f'):>9}{side.lost:>6}"
-              f"{fmt(side.bot_cpu_s, '.2f'):>11}{fmt(per_1000, '.3f'):>12}{fmt(side.double_cpu_s, '.2f'):>14}")
-    print(f"  target: >= 1000 sends/s in one process; POST /api/notify answered in {fmt(ceiling.post_s, '.1f')} s")
+    for r in runs:
+        for label, side in ((f"{LABELS[r.engine]}: POST /api/notify", r.ceiling),
+                            (f"{LABELS[r.engine]}: rows due (worker only)", r.worker)):
+            per_1000 = side.bot_cpu_s / side.messages * 1000 if side.bot_cpu_s is not None else None
+            print(f"{label:<44}{fmt(side.seconds, '.2f'):>9}{fmt(side.rate, '.0f'):>9}{side.lost:>6}"
+                  f"{fmt(side.bot_cpu_s, '.2f'):>11}{fmt(per_1000, '.3f'):>12}{fmt(side.double_cpu_s, '.2f'):>14}")
 
     def rounded(value: float | None, digits: int) -> float | None:
         return None if value is None else round(value, digits)
 
-    return {
-        "ours_s": rounded(ours.seconds, 2),
-        "bound_s": round(bound_s, 2),
-        "ours_429": ours.throttled,
-        "ours_lost": ours.lost,
-        "sample_s": rounded(sample.seconds, 2),
-        "sample_429": sample.throttled,
-        "sample_lost": sample.lost,
-        "ceiling_sends_s": rounded(ceiling.rate, 1),
-        "cpu_s_per_1000": rounded(cpu_per_1000, 3),
-    }
+    figures: Json = {"bound_s": round(bound_s, 2), "sample_s": rounded(sample.seconds, 2),
+                     "sample_429": sample.throttled, "sample_lost": sample.lost}
+    for r in runs:
+        prefix = "" if r.engine == "sqlite" else "pg_"
+        cpu = r.ceiling.bot_cpu_s / r.ceiling.messages * 1000 if r.ceiling.bot_cpu_s is not None else None
+        figures.update({
+            f"{prefix}ours_s": rounded(r.ours.seconds, 2),
+            f"{prefix}ours_vs_bound": rounded(r.ours.seconds / bound_s * 1.05 if r.ours.seconds else None, 3),
+            f"{prefix}ours_429": r.ours.throttled,
+            f"{prefix}ours_lost": r.ours.lost,
+            f"{prefix}ceiling_sends_s": rounded(r.ceiling.rate, 1),
+            f"{prefix}worker_sends_s": rounded(r.worker.rate, 1),
+            f"{prefix}cpu_s_per_1000": rounded(cpu, 3),
+        })
+    return figures
 
 
 async def run(args: argparse.Namespace) -> Json:
     workdir = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    databases = Databases(workdir, args.postgres_url)
     n, rps = args.conversations, args.tenant_rps
-    sample = await samples_side(workdir, n, rps, timeout=args.sample_timeout)
-    ours = await ours_side(workdir, "ours", 1, n, bot_rps=rps, double_rps=rps, timeout=2.1 * n / rps + 10)
-    ceiling = await ours_side(workdir, "ceiling", args.tenants, args.per_tenant, bot_rps=args.ceiling_rps,
-                              double_rps=None, timeout=CEILING_TIMEOUT_S)
-    worker = await ours_side(workdir, "worker", args.tenants, args.per_tenant, bot_rps=args.ceiling_rps,
-                             double_rps=None, timeout=CEILING_TIMEOUT_S, preload=True)
-    figures = report(args, sample, ours, ceiling, worker)
+    try:
+        sample = await samples_side(workdir, n, rps, timeout=args.sample_timeout)
+        runs = []
+        for engine in args.engines.split(","):
+            url = databases.url(engine, "ours")
+            if url is None:
+                print(f"  skipping {engine}: {databases.missing}")
+                continue
+            ours = await ours_side(workdir, url, f"ours-{engine}", 1, n, bot_rps=rps, double_rps=rps,
+                                   timeout=2.1 * n / rps + 10)
+            ceiling = await ours_side(workdir, str(databases.url(engine, "ceiling")), f"ceiling-{engine}",
+                                      args.tenants, args.per_tenant, bot_rps=args.ceiling_rps, double_rps=None,
+                                      timeout=CEILING_TIMEOUT_S)
+            worker = await ours_side(workdir, str(databases.url(engine, "worker")), f"worker-{engine}",
+                                     args.tenants, args.per_tenant, bot_rps=args.ceiling_rps, double_rps=None,
+                                     timeout=CEILING_TIMEOUT_S, preload=True)
+            runs.append(EngineRun(engine, ours, ceiling, worker))
+        figures = report(args, sample, runs)
+    finally:
+        databases.close()
     print(f"  processes' logs: {workdir}")
     return figures
 
@@ -381,6 +417,9 @@ def main() -> None:
     parser.add_argument("--per-tenant", type=int, default=500, help="(b): conversations per tenant")
     parser.add_argument("--ceiling-rps", type=float, default=100_000, help="(b): TEAMS_TENANT_RPS")
     parser.add_argument("--sample-timeout", type=float, default=120, help="(a): give up on the samples' loop")
+    parser.add_argument("--engines", default="sqlite,postgresql", help="database engines to run ours on")
+    parser.add_argument("--postgres-url", help="a PostgreSQL server to create the benchmark databases on "
+                                               "(default: a throwaway server from the machine's binaries)")
     parser.add_argument("--role", choices=("bench", "double", "sample"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--throttle", action="store_true", help=argparse.SUPPRESS)

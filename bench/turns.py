@@ -1,11 +1,12 @@
 """Turn throughput: the stock SDK echo bot vs. ours, each against the connector double, in one run.
 
-    python bench/turns.py [--turns 2000] [--concurrency 50] [--rounds 3]
+    python bench/turns.py [--turns 2000] [--concurrency 50] [--rounds 3] [--postgres-url postgresql://…]
 
 Each bot runs in its own process, the connector double in another, and this process drives the load.
 A turn is one POST /api/messages carrying a message; its latency ends when the bot has replied to the
-connector and answered the POST. Ours persists conversation and user state in SQLite every turn.
-The last line is JSON with the figures the issue names (medians over the rounds).
+connector and answered the POST. Ours persists conversation and user state every turn: once on SQLite,
+once on PostgreSQL (`--postgres-url`'s server, or a throwaway server from the machine's binaries), side
+by side. The last line is JSON with the figures the issues name (medians over the rounds).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import free_port, median, percentile, spawn, stop, wait_http
+from _harness import Databases, free_port, median, percentile, spawn, stop, wait_http
 
 LATENCY_CONCURRENCY = 10
 
@@ -125,9 +126,11 @@ async def start_analyses(url: str, service_url: str, count: int) -> None:
                     raise RuntimeError(f"starting analysis {i} failed: HTTP {response.status}")
 
 
-async def run(turns: int, concurrency: int, rounds: int) -> dict[str, float]:
+async def run(turns: int, concurrency: int, rounds: int, postgres_url: str | None) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-turns-"))
+    databases = Databases(workdir, postgres_url)
     double_port, stock_port, ours_port, busy_port = free_port(), free_port(), free_port(), free_port()
+    pg_url, pg_port = databases.url("postgresql", "turns"), free_port()
     (workdir / "stock_echo.py").write_text(STOCK_ECHO)
     processes = [
         spawn(["tests/connector_double.py", "--port", str(double_port)], log=workdir / "double.log"),
@@ -158,16 +161,24 @@ async def run(turns: int, concurrency: int, rounds: int) -> dict[str, float]:
             log=workdir / "busy.log",
         ),
     ]
+    compared = [("stock", stock_port), ("ours", ours_port)]
+    if pg_url is not None:
+        processes.append(spawn(["main.py"], env={
+            "PORT": str(pg_port), "DATABASE_URL": pg_url, "LOG_LEVEL": "WARNING", "MicrosoftAppId": "",
+            "MicrosoftAppPassword": "",
+        }, log=workdir / "ours-pg.log"))
+        compared.append(("pg", pg_port))
+    else:
+        print(f"PostgreSQL column skipped: {databases.missing}")
     service_url = f"http://127.0.0.1:{double_port}/"
-    results: dict[str, list[dict[str, float]]] = {"stock": [], "ours": [], "quiet": [], "busy": []}
+    results: dict[str, list[dict[str, float]]] = {"stock": [], "ours": [], "pg": [], "quiet": [], "busy": []}
     try:
         await wait_http(service_url + "healthz")
-        await wait_http(f"http://127.0.0.1:{stock_port}/healthz")
-        await wait_http(f"http://127.0.0.1:{ours_port}/healthz")
-        await wait_http(f"http://127.0.0.1:{busy_port}/healthz")
+        for _, port in [*compared, ("busy", busy_port)]:
+            await wait_http(f"http://127.0.0.1:{port}/healthz")
         await start_analyses(f"http://127.0.0.1:{busy_port}/api/messages", service_url, 100)
-        for _ in range(rounds):  # alternate so drift on the machine hits both alike
-            for name, port in (("stock", stock_port), ("ours", ours_port)):
+        for _ in range(rounds):  # alternate so drift on the machine hits all alike
+            for name, port in compared:
                 url = f"http://127.0.0.1:{port}/api/messages"
                 results[name].append(await measure(name, url, service_url, turns, concurrency))
             # turn latency (not throughput) with long work going on: a lighter load, side by side
@@ -177,9 +188,10 @@ async def run(turns: int, concurrency: int, rounds: int) -> dict[str, float]:
     finally:
         for process in processes:
             stop(process)
+        databases.close()
 
     def med(name: str, key: str) -> float:
-        return median([r[key] for r in results[name]])
+        return median([r[key] for r in results[name]]) if results[name] else float("nan")
 
     print(f"{turns} message turns at concurrency {concurrency}, {rounds} rounds each (median shown)")
     print(f"{'bot':<28}{'turns/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
@@ -187,6 +199,9 @@ async def run(turns: int, concurrency: int, rounds: int) -> dict[str, float]:
           f"{med('stock', 'p50_ms'):>10.1f}{med('stock', 'p99_ms'):>10.1f}")
     print(f"{'ours (state in SQLite)':<28}{med('ours', 'turns_s'):>10.0f}"
           f"{med('ours', 'p50_ms'):>10.1f}{med('ours', 'p99_ms'):>10.1f}")
+    if results["pg"]:
+        print(f"{'ours (state in PostgreSQL)':<28}{med('pg', 'turns_s'):>10.0f}"
+              f"{med('pg', 'p50_ms'):>10.1f}{med('pg', 'p99_ms'):>10.1f}")
     print(f"\nturn latency at concurrency {LATENCY_CONCURRENCY}, {turns // 2} turns")
     print(f"{'ours, nothing running':<28}{med('quiet', 'turns_s'):>10.0f}"
           f"{med('quiet', 'p50_ms'):>10.1f}{med('quiet', 'p99_ms'):>10.1f}")
@@ -199,6 +214,8 @@ async def run(turns: int, concurrency: int, rounds: int) -> dict[str, float]:
         "stock_p99_ms": round(med("stock", "p99_ms"), 1),
         "ours_p99_ms": round(med("ours", "p99_ms"), 1),
         "ours_p99_ms_100_analyses": round(med("busy", "p99_ms"), 1),
+        **({"pg_turns_s": round(med("pg", "turns_s"), 1), "pg_p99_ms": round(med("pg", "p99_ms"), 1),
+            "pg_vs_sqlite": round(med("pg", "turns_s") / med("ours", "turns_s"), 2)} if results["pg"] else {}),
     }
 
 
@@ -207,8 +224,10 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--postgres-url", help="a PostgreSQL server to create the benchmark database on "
+                                               "(default: a throwaway server from the machine's binaries)")
     args = parser.parse_args()
-    figures = asyncio.run(run(args.turns, args.concurrency, args.rounds))
+    figures = asyncio.run(run(args.turns, args.concurrency, args.rounds, args.postgres_url))
     print(json.dumps(figures))
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from scheduler.clock import Clock
 
-from .db import Database, Row, chunks, marks
+from .db import Connection, Database, Row, chunks, marks
 
 Status = Literal["pending", "held", "sent", "failed", "dropped", "expired", "cancelled", "superseded", "merged"]
 PRIORITIES = {"normal": 0, "urgent": 1}
@@ -135,6 +135,12 @@ class Outcome:
 
 
 _SELECT = "SELECT * FROM outbox"
+_INSERT = (
+    "INSERT INTO outbox (dedup_key, conversation_id, target_user_id, tenant_id, kind, update_of, payload, category, "
+    "subject, priority, status, not_before, expires_at, created_at, updated_at, last_error)"
+)
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_BATCH = 500  # rows per INSERT: 8,000 parameters, within both engines' limits
 
 
 class OutboxStore:
@@ -147,46 +153,53 @@ class OutboxStore:
     async def enqueue(self, items: Sequence[OutboxItem], *, reason: str | None = None) -> list[Enqueued]:
         """Insert items in one transaction; an item whose dedup key exists returns the existing id.
 
-        `reason` is kept as the rows' note (e.g. why a notification was dropped)."""
+        Rows go in as multi-row `INSERT … ON CONFLICT (dedup_key) DO NOTHING RETURNING` statements (one per
+        `_BATCH` items), so a fan-out costs a few round trips, not one per target. `reason` is kept as the
+        rows' note (e.g. why a notification was dropped)."""
         now = self._clock.now().timestamp()
         results: list[Enqueued] = []
         async with self._db.transaction() as tx:
-            for item in items:
-                row = await tx.fetchone(
-                    """
-                    INSERT INTO outbox (dedup_key, conversation_id, target_user_id, tenant_id, kind, update_of,
-                        payload, category, subject, priority, status, not_before, expires_at, created_at, updated_at,
-                        last_error)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT (dedup_key) DO NOTHING RETURNING id
-                    """,
-                    (
-                        item.dedup_key,
-                        item.conversation_id,
-                        item.target_user_id,
-                        item.tenant_id,
-                        item.kind,
-                        item.update_of,
-                        json.dumps(item.payload, separators=(",", ":")),
-                        item.category,
-                        item.subject,
-                        item.priority,
-                        item.status,
-                        item.not_before if item.not_before is not None else now,
-                        item.expires_at,
-                        now,
-                        now,
+            for batch in chunks(list(items), _BATCH):
+                params: list[Any] = []
+                for item in batch:
+                    params += (
+                        item.dedup_key, item.conversation_id, item.target_user_id, item.tenant_id, item.kind,
+                        item.update_of, json.dumps(item.payload, separators=(",", ":")), item.category,
+                        item.subject, item.priority, item.status,
+                        item.not_before if item.not_before is not None else now, item.expires_at, now, now,
                         item.note or (reason if item.status == "dropped" else None),
-                    ),
-                )
-                if row is not None:
-                    results.append(Enqueued(int(row["id"]), created=True))
-                    continue
-                # the dedup key is taken (by a writer that committed first, on any process): report that row
-                existing = await tx.fetchone("SELECT id FROM outbox WHERE dedup_key = ?", (item.dedup_key,))
-                assert existing is not None
-                results.append(Enqueued(int(existing["id"]), created=False))
+                    )
+                inserted = await tx.fetchall(
+                    f"{_INSERT} VALUES {', '.join([_ROW] * len(batch))} ON CONFLICT (dedup_key) DO NOTHING "
+                    "RETURNING id, dedup_key", params)
+                results += await self._match(tx, batch, inserted)
         return results
+
+    @staticmethod
+    async def _match(tx: Connection, batch: Sequence[OutboxItem], inserted: Sequence[Row]) -> list[Enqueued]:
+        """Which id each item got. Rows without a dedup key never conflict and take ids in VALUES order; a
+        keyed item is new if the insert returned its key (first occurrence in the batch), else it was taken --
+        by an earlier item of this batch, or by a writer that committed first, on any process."""
+        by_key = {r["dedup_key"]: int(r["id"]) for r in inserted if r["dedup_key"] is not None}
+        keyless = iter(sorted(int(r["id"]) for r in inserted if r["dedup_key"] is None))
+        claimed: set[str] = set()
+        out: list[Enqueued] = []
+        for item in batch:
+            key = item.dedup_key
+            if key is None:
+                out.append(Enqueued(next(keyless), created=True))
+            elif key in by_key and key not in claimed:
+                claimed.add(key)
+                out.append(Enqueued(by_key[key], created=True))
+            elif key in by_key:
+                out.append(Enqueued(by_key[key], created=False))
+            else:
+                existing = await tx.fetchone("SELECT id FROM outbox WHERE dedup_key = ?", (key,))
+                assert existing is not None
+                by_key[key] = int(existing["id"])
+                claimed.add(key)
+                out.append(Enqueued(by_key[key], created=False))
+        return out
 
     async def get(self, row_id: int) -> OutboxRow | None:
         row = await self._db.fetchone(f"{_SELECT} WHERE id = ?", (row_id,))

@@ -18,7 +18,7 @@ from jsonpickle.unpickler import Unpickler
 
 from scheduler.clock import Clock, SystemClock
 
-from .db import Database, chunks, marks
+from .db import Connection, Database, chunks, marks
 
 
 class ETagConflictError(Exception):
@@ -81,35 +81,44 @@ class DatabaseStorage(Storage):
             if etag == "":
                 raise ETagConflictError(f"storage write of {key!r}: empty eTag (use '*' to overwrite)")
             encoded[key] = (etag, _encode(item))
+        if len(encoded) == 1:  # the usual case (one BotState per call): one statement, no transaction
+            [(key, (etag, data))] = encoded.items()
+            _with_etag(changes[key], str(await self._write_one(self._db, key, etag, data, now)))
+            return
         new_etags: dict[str, int] = {}
         async with self._db.transaction() as tx:
             for key, (etag, data) in encoded.items():
-                if etag is None or etag == "*":  # last writer wins
-                    row = await tx.fetchone(
-                        "INSERT INTO bot_state (key, etag, data, updated_at) VALUES (?, 1, ?, ?) "
-                        "ON CONFLICT (key) DO UPDATE SET etag = bot_state.etag + 1, data = excluded.data, "
-                        "updated_at = excluded.updated_at RETURNING etag",
-                        (key, data, now),
-                    )
-                else:
-                    row = await tx.fetchone(
-                        "UPDATE bot_state SET etag = etag + 1, data = ?, updated_at = ? WHERE key = ? AND etag = ? "
-                        "RETURNING etag",
-                        (data, now, key, _int_etag(etag)),
-                    )
-                    if row is None:  # stale eTag, or an item that is not stored (yet)
-                        row = await tx.fetchone(
-                            "INSERT INTO bot_state (key, etag, data, updated_at) VALUES (?, 1, ?, ?) "
-                            "ON CONFLICT (key) DO NOTHING RETURNING etag",
-                            (key, data, now),
-                        )
-                    if row is None:
-                        raise ETagConflictError(f"storage write of {key!r}: eTag {etag} is stale")
-                if row is None:
-                    raise RuntimeError(f"storage write of {key!r} returned no eTag")
-                new_etags[key] = int(row["etag"])
+                new_etags[key] = await self._write_one(tx, key, etag, data, now)
         for key, new_etag in new_etags.items():
             _with_etag(changes[key], str(new_etag))
+
+    @staticmethod
+    async def _write_one(conn: Connection, key: str, etag: str | None, data: str, now: float) -> int:
+        """Write one item; its new eTag. Each statement is atomic on its own, so no transaction is needed."""
+        if etag is None or etag == "*":  # last writer wins
+            row = await conn.fetchone(
+                "INSERT INTO bot_state (key, etag, data, updated_at) VALUES (?, 1, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET etag = bot_state.etag + 1, data = excluded.data, "
+                "updated_at = excluded.updated_at RETURNING etag",
+                (key, data, now),
+            )
+        else:
+            row = await conn.fetchone(
+                "UPDATE bot_state SET etag = etag + 1, data = ?, updated_at = ? WHERE key = ? AND etag = ? "
+                "RETURNING etag",
+                (data, now, key, _int_etag(etag)),
+            )
+            if row is None:  # stale eTag, or an item that is not stored (yet)
+                row = await conn.fetchone(
+                    "INSERT INTO bot_state (key, etag, data, updated_at) VALUES (?, 1, ?, ?) "
+                    "ON CONFLICT (key) DO NOTHING RETURNING etag",
+                    (key, data, now),
+                )
+            if row is None:
+                raise ETagConflictError(f"storage write of {key!r}: eTag {etag} is stale")
+        if row is None:
+            raise RuntimeError(f"storage write of {key!r} returned no eTag")
+        return int(row["etag"])
 
     async def delete(self, keys: Iterable[str]) -> None:
         wanted = list(keys)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from scheduler.clock import SystemClock
 from state.references import ConversationRecord, ConversationReferences
-from state.sqlite import SqliteDatabase
+from state.db import connect
 
 Conversation = tuple[str, str]  # (conversation id, tenant id)
 BOT_ID = "28:fanout-bot"
@@ -40,9 +40,9 @@ def record(conversation_id: str, tenant_id: str, service_url: str) -> Conversati
     )
 
 
-async def seed_references(database_path: str, service_url: str, conversations: Sequence[Conversation]) -> None:
-    """Create (and migrate) the database at `database_path` and store one reference per conversation."""
-    db = SqliteDatabase(database_path)
+async def seed_references(database_url: str, service_url: str, conversations: Sequence[Conversation]) -> None:
+    """Create (and migrate) the database at `database_url` and store one reference per conversation."""
+    db = connect(database_url)
     await db.open()
     try:
         references = ConversationReferences(db, SystemClock())

@@ -160,7 +160,7 @@ async def test_sigkill_mid_fanout_loses_nothing_and_duplicates_stay_bounded(tmp_
     total = len(CONVERSATIONS)
     bots: list[Bot] = []
     async with ConnectorDouble(latency=0.01) as double, aiohttp.ClientSession() as http:
-        await seed_references(str(database), double.url, CONVERSATIONS)
+        await seed_references(f"sqlite:///{database}", double.url, CONVERSATIONS)
         try:
             first = await start_bot(tmp_path, database, "first")
             bots.append(first)

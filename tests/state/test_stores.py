@@ -77,6 +77,27 @@ async def test_one_dedup_key_in_one_batch_is_one_row(db: Database) -> None:
     assert (first.created, again.created, again.id) == (True, False, first.id)
 
 
+async def test_a_large_mixed_batch_reports_each_items_own_row(db: Database) -> None:
+    store = OutboxStore(db, FakeClock())
+    [taken] = await store.enqueue([note("before", dedup_key="k-taken")])
+    items = []
+    for n in range(1200):  # more than one INSERT's worth
+        key = None if n % 3 else f"k{n // 6}"  # keyless rows, keys used twice, and one key already taken
+        items.append(note(f"item {n}", dedup_key="k-taken" if n == 601 else key))
+    results = await store.enqueue(items)
+    first_use: dict[str, int] = {"k-taken": taken.id}
+    for item, result in zip(items, results, strict=True):
+        row = await store.get(result.id)
+        assert row is not None
+        if item.dedup_key is None or item.dedup_key not in first_use:
+            assert result.created and row.payload["text"] == item.payload["text"]
+            if item.dedup_key:
+                first_use[item.dedup_key] = result.id
+        else:
+            assert not result.created and result.id == first_use[item.dedup_key]
+    assert len({r.id for r in results if r.created}) == sum(r.created for r in results)
+
+
 async def test_two_processes_enqueueing_one_dedup_key_make_one_row(open_database: OpenDatabase) -> None:
     one, two = OutboxStore(await open_database(), FakeClock()), OutboxStore(await open_database(), FakeClock())
     for round_ in range(25):
