@@ -1,6 +1,6 @@
 """The application factory and its ordered lifecycle.
 
-start: open the database (migrating it), start background work, then accept HTTP.
+start: open the database (migrating it), get the Teams identity ready, start background work, then accept HTTP.
 stop:  stop accepting, let in-flight turns finish, stop background work, close the database.
 """
 
@@ -53,7 +53,7 @@ class BotApplication:
         self.db = Database(config.database_path)
         self.storage = SqliteStorage(self.db, self.clock)
         self.references = ConversationReferences(self.db, self.clock)
-        self.teams = TeamsConnection(config)
+        self.teams = TeamsConnection(config, self.clock)
         self.outbox = OutboxStore(self.db, self.clock)
         self.limiter = TeamsRateLimiter(self.clock, tenant_rps=config.tenant_rps)
         self.worker = DeliveryWorker(
@@ -136,6 +136,7 @@ class BotApplication:
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         await self.db.open()
+        await self.teams.start()  # the bot's token (in the background) and the channel's signing keys
         await self.worker.start()
         self.scheduler.register("stats.log", self._log_counts)
         await self.scheduler.start()

@@ -28,8 +28,8 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
 
 
 def test_secrets_are_not_in_repr() -> None:
-    config = Config(app_password="hunter2", notify_token="tok")
-    assert "hunter2" not in repr(config) and "tok" not in repr(config)
+    config = Config(app_password="hunter2", notify_token="n0tify-s3cret")
+    assert "hunter2" not in repr(config) and "n0tify-s3cret" not in repr(config)
 
 
 @pytest.mark.parametrize(
