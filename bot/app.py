@@ -130,6 +130,7 @@ class BotApplication:
         ok = await self.db.ping()
         report: dict[str, Any] = {"ok": ok, "database": "ok" if ok else "unavailable"}
         report["delivery"] = self.delivery_counts()
+        report["teams"] = self.teams.status()
         if ok:
             report["outbox"] = await self.outbox.counts()
         return report

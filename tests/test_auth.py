@@ -211,6 +211,7 @@ async def test_a_hanging_token_service_blocks_no_turn_and_the_pending_reply_and_
     assert await asyncio.wait_for(ada.post(ada.activity("message", text="help")), GUARD_S) == 200
     async with http.get(bot_url(app, "/healthz")) as response:
         assert response.status == 200
+        assert (await response.json())["teams"] == {"authentication": "on", "token": "requesting", "signing_keys": 2}
     answer = await asyncio.wait_for(notify(http, app, {"to": {"conversations": ["dm-bob"]}, "text": "Heads up"}),
                                     GUARD_S)
     await settle(app)
@@ -252,6 +253,9 @@ async def test_a_failing_token_service_keeps_rows_pending_without_using_up_attem
     assert app.worker.counts["retried"] >= 50, "every round, every message asked for a token"
     assert identity.counts["token"] <= 12, "token requests follow the backoff, not the send rate"
     assert list(double.requests) == []
+    async with http.get(bot_url(app, "/healthz")) as response:
+        token_state = (await response.json())["teams"]["token"]
+    assert token_state.startswith("unavailable") and "temporarily_unavailable" in token_state
 
     identity.clear_faults()
     await _deliver_after_recovery(app, fake_clock, double, lambda: len(double.sent_activities()) == 10)

@@ -90,6 +90,12 @@ class TeamsConnection:
         self.adapter.reply_later = QueuedReplies(proactive)
         return SdkTurns(self.adapter, self.authentication, bot)
 
+    def status(self) -> dict[str, object]:
+        """For /healthz: whether requests are authenticated, the bot's token, the channel's signing keys."""
+        if self.tokens is None or self.signing_keys is None:
+            return {"authentication": "off"}
+        return {"authentication": "on", "token": self.tokens.state, "signing_keys": self.signing_keys.count}
+
     async def start(self) -> None:
         """Start getting the bot's token, and load the channel's signing keys (waiting a few seconds at most)."""
         if self.tokens is not None:

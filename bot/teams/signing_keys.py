@@ -113,6 +113,10 @@ class ChannelSigningKeys:
         if JwtTokenExtractor.metadataCache.get(self.url) is self:
             del JwtTokenExtractor.metadataCache[self.url]
 
+    @property
+    def count(self) -> int:
+        return len(self._keys)
+
     async def get(self, key_id: str | None) -> SigningKey:
         """The SDK's lookup: the key, or PermissionError (401) at once; an unknown key asks for a refresh."""
         key = self._keys.get(key_id or "")

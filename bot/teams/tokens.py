@@ -153,6 +153,16 @@ class ChannelTokens:
                                    self._next_attempt - self._clock.monotonic())
         return fresh.value
 
+    @property
+    def state(self) -> str:
+        """For /healthz: ready, requesting, unavailable (why), or not requested yet."""
+        token = self._token
+        if token is not None and self._clock.monotonic() < token.expires_at:
+            return "ready"
+        if self._task is not None:
+            return "requesting"
+        return f"unavailable: {self._last_error}" if self._last_error else "not requested"
+
     def warm(self) -> None:
         """Start getting a token now (at start-up), so the first turn does not wait for it."""
         self._start()
