@@ -111,17 +111,22 @@ def _header(identity: IdentityDouble, activity: dict[str, Any], **token: Any) ->
     return signed(identity, **token)(activity)
 
 
-REFUSED: dict[str, Callable[[IdentityDouble, dict[str, Any]], str | None]] = {
-    "no header": lambda i, a: None,
-    "not a bearer token": lambda i, a: "Basic " + _header(i, a).removeprefix("Bearer "),
-    "wrong audience": lambda i, a: _header(i, a, audience="99999999-0000-0000-0000-000000000000"),
-    "wrong issuer": lambda i, a: _header(i, a, issuer="https://api.botframework.com"),
-    "expired": lambda i, a: _header(i, a, expires_in=-3600),
-    "key not endorsed for msteams": lambda i, a: _header(i, a, kid=UNENDORSED_KID),
-    "unknown key": lambda i, a: _header(i, a, kid=UNPUBLISHED_KID),
-    "alg none": lambda i, a: _header(i, a, alg="none"),
-    "serviceurl mismatch": lambda i, a: _header(i, a, service_url="https://smba.trafficmanager.net/evil/"),
-    "skill token": lambda i, a: _header(i, a, ver="1.0", appid="another-bot"),
+# case → (Authorization header for the activity, the reason the bot logs). All but the first three reasons are the
+# SDK's own checks; the bot itself refuses non-channel issuers and skill tokens before any key lookup.
+REFUSED: dict[str, tuple[Callable[[IdentityDouble, dict[str, Any]], str | None], str]] = {
+    "no header": (lambda i, a: None, "Request is not authorized"),
+    "not a bearer token": (lambda i, a: "Basic " + _header(i, a).removeprefix("Bearer "), "not a Bearer token"),
+    "wrong issuer": (lambda i, a: _header(i, a, issuer="https://api.botframework.com"), "is not the channel's"),
+    "wrong audience": (lambda i, a: _header(i, a, audience="99999999-0000-0000-0000-000000000000"),
+                       "Invalid AppId passed on token"),
+    "expired": (lambda i, a: _header(i, a, expires_in=-3600), "Signature has expired"),
+    "key not endorsed for msteams": (lambda i, a: _header(i, a, kid=UNENDORSED_KID),
+                                     "Could not validate endorsement key"),
+    "unknown key": (lambda i, a: _header(i, a, kid=UNPUBLISHED_KID), "is not among the channel's keys"),
+    "alg none": (lambda i, a: _header(i, a, alg="none"), "algorithm not in allowed list"),
+    "serviceurl mismatch": (lambda i, a: _header(i, a, service_url="https://smba.trafficmanager.net/evil/"),
+                            "Invalid 'serviceurl' claim"),
+    "skill token": (lambda i, a: _header(i, a, ver="1.0", appid="another-bot"), "skill tokens are not accepted"),
 }
 
 
@@ -134,7 +139,8 @@ async def test_bad_tokens_get_401_and_nothing_is_sent(
     caplog.set_level(logging.DEBUG)
     chat = Chat(http, app, double)
     activity = chat.activity("message", text="help")
-    header = REFUSED[case](identity, activity)
+    make_header, reason = REFUSED[case]
+    header = make_header(identity, activity)
     async with http.post(bot_url(app), json=activity, headers={"Authorization": header} if header else {}) as r:
         assert r.status == 401
         assert r.headers.get("WWW-Authenticate") == "Bearer"
@@ -142,6 +148,7 @@ async def test_bad_tokens_get_401_and_nothing_is_sent(
     await settle(app)
     assert list(double.requests) == [], "nothing may be sent for a refused activity"
     assert await app.references.get(chat.conversation_id) is None, "a refused activity is not recorded"
+    assert reason in caplog.text
     no_tracebacks(caplog)
 
 
