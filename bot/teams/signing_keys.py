@@ -91,7 +91,6 @@ class ChannelSigningKeys:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_fetch = -math.inf
-        self.fetches = 0  # attempts to fetch the metadata
         self.loads = 0  # successful loads
 
     async def start(self, wait_s: float = 5.0) -> None:
@@ -137,7 +136,6 @@ class ChannelSigningKeys:
         while True:
             self._wake.clear()
             self._last_fetch = self._clock.monotonic()
-            self.fetches += 1
             try:
                 async with asyncio.timeout(self._timeout):
                     keys = await self._fetch()

@@ -131,7 +131,6 @@ class ChannelTokens:
         self._failures = 0
         self._next_attempt = -math.inf
         self._last_error = ""
-        self.requests = 0  # requests made to the identity service
 
     async def token(self) -> str:
         """A valid token now, or TokenUnavailable after at most `wait_s`."""
@@ -184,7 +183,6 @@ class ChannelTokens:
         return self._task
 
     async def _acquire(self) -> _Token | None:
-        self.requests += 1
         credential: TokenCredential | None = None
         try:
             try:
