@@ -65,6 +65,15 @@ def signed(identity: IdentityDouble, **token: Any) -> Callable[[dict[str, Any]],
     return authorization
 
 
+async def start_ready(start_bot: StartBot, config: Config) -> BotApplication:
+    """Start the bot and let its start-up token request finish (it runs in the background), so that
+    replies go directly rather than through the outbox: what these tests look at."""
+    app = await start_bot(config)
+    assert app.teams.tokens is not None
+    await asyncio.wait_for(app.teams.tokens.settle(), GUARD_S)
+    return app
+
+
 async def settle(app: BotApplication) -> None:
     for _ in range(3):
         app.worker.pump()
@@ -93,8 +102,9 @@ async def test_a_valid_channel_token_is_accepted_and_the_reply_carries_the_bots_
     tmp_path: Path, start_bot: StartBot, http: aiohttp.ClientSession, identity: IdentityDouble,
     double: ConnectorDouble, app_type: str, tenant: str,
 ) -> None:
-    app = await start_bot(auth_config(tmp_path, identity, app_type=app_type, login_url=identity.login_url(tenant),
-                                      app_tenant_id="tenant-1" if app_type == "SingleTenant" else ""))
+    config = auth_config(tmp_path, identity, app_type=app_type, login_url=identity.login_url(tenant),
+                         app_tenant_id="tenant-1" if app_type == "SingleTenant" else "")
+    app = await start_ready(start_bot, config)
     chat = Chat(http, app, double, authorization=signed(identity))
     await chat.say("help")
     replies = double.find(op="reply")
@@ -156,7 +166,7 @@ async def test_fifty_turns_need_one_token_and_one_key_fetch(
     tmp_path: Path, start_bot: StartBot, http: aiohttp.ClientSession, identity: IdentityDouble,
     double: ConnectorDouble,
 ) -> None:
-    app = await start_bot(auth_config(tmp_path, identity))
+    app = await start_ready(start_bot, auth_config(tmp_path, identity))
     chats = [Chat(http, app, double, conversation_id=f"dm-{n}", user_id=f"29:u{n}", authorization=signed(identity))
              for n in range(10)]
 
@@ -178,7 +188,7 @@ async def test_notify_sends_carry_the_token(
     tmp_path: Path, start_bot: StartBot, http: aiohttp.ClientSession, identity: IdentityDouble,
     double: ConnectorDouble,
 ) -> None:
-    app = await start_bot(auth_config(tmp_path, identity))
+    app = await start_ready(start_bot, auth_config(tmp_path, identity))
     chat = Chat(http, app, double, authorization=signed(identity))
     assert await chat.post(chat.activity("conversationUpdate")) == 200
     answer = await notify(http, app, {"to": {"conversations": [chat.conversation_id]}, "text": "Maintenance at 6"})
@@ -276,8 +286,8 @@ async def test_user_assigned_msi_gets_its_token_from_the_app_service_endpoint(
 ) -> None:
     monkeypatch.setenv("IDENTITY_ENDPOINT", identity.msi_endpoint)
     monkeypatch.setenv("IDENTITY_HEADER", identity.msi_header)
-    app = await start_bot(auth_config(tmp_path, identity, app_type="UserAssignedMSI", app_password="",
-                                      app_tenant_id="tenant-1"))
+    config = auth_config(tmp_path, identity, app_type="UserAssignedMSI", app_password="", app_tenant_id="tenant-1")
+    app = await start_ready(start_bot, config)
     chat = Chat(http, app, double, authorization=signed(identity))
     await chat.say("help")
     assert {r.authorization for r in double.find(op="reply")} == {f"Bearer {identity.issued[-1]}"}
@@ -294,7 +304,7 @@ async def test_a_rolled_key_is_picked_up_in_the_background(
     tmp_path: Path, start_bot: StartBot, http: aiohttp.ClientSession, identity: IdentityDouble,
     double: ConnectorDouble, fake_clock: FakeClock,
 ) -> None:
-    app = await start_bot(auth_config(tmp_path, identity))
+    app = await start_ready(start_bot, auth_config(tmp_path, identity))
     keys = app.teams.signing_keys
     assert keys is not None and keys.loads == 1
     identity.rotate()
@@ -313,7 +323,7 @@ async def test_a_hanging_metadata_endpoint_blocks_no_turn(
     tmp_path: Path, start_bot: StartBot, http: aiohttp.ClientSession, identity: IdentityDouble,
     double: ConnectorDouble, fake_clock: FakeClock,
 ) -> None:
-    app = await start_bot(auth_config(tmp_path, identity))
+    app = await start_ready(start_bot, auth_config(tmp_path, identity))
     identity.hold("metadata")
     fake_clock.advance(301)
     stranger = Chat(http, app, double, conversation_id="dm-x", authorization=signed(identity, kid=UNPUBLISHED_KID))
