@@ -24,6 +24,9 @@ def main() -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # azure-core logs every identity request at INFO; bot.teams.tokens logs what matters about tokens
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    logging.getLogger("azure.identity").setLevel(logging.ERROR)
     from bot.app import BotApplication
 
     try:

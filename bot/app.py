@@ -1,6 +1,6 @@
 """The application factory and its ordered lifecycle.
 
-start: open the database (migrating it), start background work, then accept HTTP.
+start: open the database (migrating it), get the Teams identity ready, start background work, then accept HTTP.
 stop:  stop accepting, let in-flight turns finish, stop background work, close the database.
 """
 
@@ -54,7 +54,7 @@ class BotApplication:
                           pool_size=config.database_pool_size)
         self.storage = DatabaseStorage(self.db, self.clock)
         self.references = ConversationReferences(self.db, self.clock)
-        self.teams = TeamsConnection(config)
+        self.teams = TeamsConnection(config, self.clock)
         self.outbox = OutboxStore(self.db, self.clock)
         self.limiter = TeamsRateLimiter(self.clock, tenant_rps=config.tenant_rps)
         self.worker = DeliveryWorker(
@@ -131,12 +131,14 @@ class BotApplication:
         ok = await self.db.ping()
         report: dict[str, Any] = {"ok": ok, "database": "ok" if ok else "unavailable"}
         report["delivery"] = self.delivery_counts()
+        report["teams"] = self.teams.status()
         if ok:
             report["outbox"] = await self.outbox.counts()
         return report
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         await self.db.open()
+        await self.teams.start()  # the bot's token (in the background) and the channel's signing keys
         await self.worker.start()
         self.scheduler.register("stats.log", self._log_counts)
         await self.scheduler.start()

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
 from state.db import DatabaseUrl, DatabaseUrlError, parse_database_url
 
 APP_TYPES = ("MultiTenant", "SingleTenant", "UserAssignedMSI")
+# Public-cloud defaults of the Bot Framework endpoints (Microsoft's names; sovereign values in the README).
+PUBLIC_OPENID_METADATA_URL = "https://login.botframework.com/v1/.well-known/openidconfiguration"
+PUBLIC_TOKEN_ISSUER = "https://api.botframework.com"
+PUBLIC_LOGIN_HOST = "https://login.microsoftonline.com"
+MULTI_TENANT_LOGIN_TENANT = "botframework.com"
+PUBLIC_OAUTH_SCOPE = "https://api.botframework.com"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -30,6 +38,12 @@ class Config:
     app_password: str = field(default="", repr=False)
     app_type: str = "MultiTenant"
     app_tenant_id: str = ""
+    open_id_metadata_url: str = PUBLIC_OPENID_METADATA_URL  # ToBotFromChannelOpenIdMetadataUrl
+    token_issuer: str = PUBLIC_TOKEN_ISSUER  # ToBotFromChannelTokenIssuer
+    login_url: str = ""  # ToChannelFromBotLoginUrl; empty: the default for the app type (see channel_login_url)
+    oauth_scope: str = PUBLIC_OAUTH_SCOPE  # ToChannelFromBotOAuthScope
+    ca_files: tuple[str, ...] = ()  # SSL_CERT_FILE / REQUESTS_CA_BUNDLE, trusted besides the system store
+    allow_unauthenticated: bool = False
     notify_token: str = field(default="", repr=False)
     log_level: str = "INFO"
     bot_name: str = "Price Watch"
@@ -56,6 +70,16 @@ class Config:
         """Without an app id the bot accepts unauthenticated requests (local Playground use only)."""
         return bool(self.app_id)
 
+    @property
+    def channel_login_url(self) -> str:
+        """Where the bot gets its tokens for the Bot Connector: the setting, else the public cloud's
+        `botframework.com` tenant (MultiTenant) or the app's own tenant (SingleTenant, UserAssignedMSI)."""
+        if self.login_url:
+            return self.login_url
+        if self.app_type == "MultiTenant" or not self.app_tenant_id:
+            return f"{PUBLIC_LOGIN_HOST}/{MULTI_TENANT_LOGIN_TENANT}"
+        return f"{PUBLIC_LOGIN_HOST}/{self.app_tenant_id}"
+
     def sdk_settings(self) -> SdkSettings:
         """The object the SDK's ConfigurationBotFrameworkAuthentication reads with getattr."""
         return SdkSettings(
@@ -63,6 +87,10 @@ class Config:
             APP_PASSWORD=self.app_password,
             APP_TYPE=self.app_type,
             APP_TENANTID=self.app_tenant_id,
+            TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL=self.open_id_metadata_url,
+            TO_BOT_FROM_CHANNEL_TOKEN_ISSUER=self.token_issuer,
+            TO_CHANNEL_FROM_BOT_LOGIN_URL=self.channel_login_url,
+            TO_CHANNEL_FROM_BOT_OAUTH_SCOPE=self.oauth_scope,
         )
 
 
@@ -72,6 +100,10 @@ class SdkSettings:
     APP_PASSWORD: str
     APP_TYPE: str
     APP_TENANTID: str
+    TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL: str
+    TO_BOT_FROM_CHANNEL_TOKEN_ISSUER: str
+    TO_CHANNEL_FROM_BOT_LOGIN_URL: str
+    TO_CHANNEL_FROM_BOT_OAUTH_SCOPE: str
 
 
 def _port(value: str) -> int:
@@ -138,6 +170,37 @@ def _flag(name: str, value: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
+def _https_url(name: str, value: str, *, needs_path: bool = False) -> str:
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or (needs_path and not parts.path.strip("/")):
+        example = "https://login.microsoftonline.com/botframework.com" if needs_path else "https://host/path"
+        raise ConfigError(f"{name} must be an https URL like {example}, got {value!r}")
+    return value
+
+
+def _ca_files(values: Mapping[str, str]) -> tuple[str, ...]:
+    files: list[str] = []
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        path = values.get(name, "").strip()
+        if not path:
+            continue
+        if not Path(path).exists():
+            raise ConfigError(f"{name} names a CA bundle that does not exist: {path!r}")
+        if path not in files:
+            files.append(path)
+    return tuple(files)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def load_config(
     environ: Mapping[str, str], env_file: Path | None = Path(".env"), *, require_credentials: bool = True
 ) -> Config:
@@ -170,6 +233,13 @@ def load_config(
         app_password=get("MicrosoftAppPassword", ""),
         app_type=app_type,
         app_tenant_id=get("MicrosoftAppTenantId", ""),
+        open_id_metadata_url=_https_url("ToBotFromChannelOpenIdMetadataUrl", get(
+            "ToBotFromChannelOpenIdMetadataUrl", defaults.open_id_metadata_url) or defaults.open_id_metadata_url),
+        token_issuer=get("ToBotFromChannelTokenIssuer", defaults.token_issuer) or defaults.token_issuer,
+        login_url=get("ToChannelFromBotLoginUrl", "").rstrip("/"),
+        oauth_scope=get("ToChannelFromBotOAuthScope", defaults.oauth_scope) or defaults.oauth_scope,
+        ca_files=_ca_files(values),
+        allow_unauthenticated=_flag("ALLOW_UNAUTHENTICATED", get("ALLOW_UNAUTHENTICATED", "false")),
         notify_token=get("NOTIFY_TOKEN", ""),
         log_level=log_level,
         bot_name=get("BOT_NAME", defaults.bot_name) or defaults.bot_name,
@@ -204,5 +274,16 @@ def load_config(
         raise ConfigError("MicrosoftAppId is set but MicrosoftAppPassword is empty")
     if config.app_type == "SingleTenant" and config.app_id and not config.app_tenant_id:
         raise ConfigError("MicrosoftAppType=SingleTenant needs MicrosoftAppTenantId")
+    if config.app_type == "UserAssignedMSI" and config.app_id and not config.app_tenant_id:
+        raise ConfigError("MicrosoftAppType=UserAssignedMSI needs MicrosoftAppTenantId")
+    if config.login_url:
+        _https_url("ToChannelFromBotLoginUrl", config.login_url, needs_path=True)
+    if require_credentials and not config.auth_enabled and not config.allow_unauthenticated \
+            and not is_loopback(config.host):
+        raise ConfigError(
+            f"MicrosoftAppId is empty, so the bot would accept unauthenticated requests, and HOST={config.host} is "
+            "not a loopback address: anyone could make it send to any serviceUrl. Set MicrosoftAppId (and its "
+            "secret), listen on 127.0.0.1, or set ALLOW_UNAUTHENTICATED=true"
+        )
     logging.getLogger(__name__).debug("config loaded: %r", config)
     return config

@@ -50,7 +50,7 @@ def decide(state: str, *, category: str, urgent: bool, muted: bool) -> Decision:
         return Decision("drop", "the bot cannot reach this conversation")
     if category == "notification" and muted:
         return Decision("drop", "notifications are muted")
-    if category in ("welcome", "progress") or urgent:
+    if category in ("welcome", "progress", "reply") or urgent:
         return Decision("deliver", "never held" if not urgent else "urgent")
     if state == "in_topic":
         return Decision("hold", "the user is mid-topic")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -18,10 +19,12 @@ class Chat:
 
     def __init__(self, http: aiohttp.ClientSession, app: BotApplication, double: ConnectorDouble,
                  conversation_id: str = "dm-ada", user_id: str = "29:ada", kind: str = "personal",
-                 channel_data: dict[str, Any] | None = None) -> None:
+                 channel_data: dict[str, Any] | None = None,
+                 authorization: Callable[[dict[str, Any]], str] | None = None) -> None:
         self.http, self.app, self.double = http, app, double
         self.conversation_id, self.user_id, self.kind = conversation_id, user_id, kind
         self.channel_data = channel_data or {"tenant": {"id": "t1"}}
+        self.authorization = authorization  # activity → Authorization header (as the channel signs it)
 
     def activity(self, type_: str, **fields: Any) -> dict[str, Any]:
         return {
@@ -34,7 +37,8 @@ class Chat:
 
     async def post(self, activity: dict[str, Any]) -> int:
         url = f"http://127.0.0.1:{self.app.port}/api/messages"
-        async with self.http.post(url, json=activity) as response:
+        headers = {"Authorization": self.authorization(activity)} if self.authorization else None
+        async with self.http.post(url, json=activity, headers=headers) as response:
             await response.read()
             return response.status
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,8 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
 
 
 def test_secrets_are_not_in_repr() -> None:
-    config = Config(app_password="hunter2", notify_token="tok")
-    assert "hunter2" not in repr(config) and "tok" not in repr(config)
+    config = Config(app_password="hunter2", notify_token="n0tify-s3cret")
+    assert "hunter2" not in repr(config) and "n0tify-s3cret" not in repr(config)
 
 
 @pytest.mark.parametrize(
@@ -63,11 +64,86 @@ def test_secrets_are_not_in_repr() -> None:
         ({"MicrosoftAppPassword": "pw"}, "MicrosoftAppId"),
         ({"MicrosoftAppId": "id", "MicrosoftAppPassword": "pw", "MicrosoftAppType": "SingleTenant"},
          "MicrosoftAppTenantId"),
+        ({"MicrosoftAppId": "id", "MicrosoftAppType": "UserAssignedMSI"}, "MicrosoftAppTenantId"),
+        ({"ToBotFromChannelOpenIdMetadataUrl": "http://login.botframework.com/v1/.well-known/openidconfiguration"},
+         "ToBotFromChannelOpenIdMetadataUrl"),
+        ({"ToChannelFromBotLoginUrl": "https://login.microsoftonline.us"}, "ToChannelFromBotLoginUrl"),
+        ({"ToChannelFromBotLoginUrl": "login.microsoftonline.us/tenant"}, "ToChannelFromBotLoginUrl"),
+        ({"SSL_CERT_FILE": "/nonexistent/ca.pem"}, "SSL_CERT_FILE"),
+        ({"REQUESTS_CA_BUNDLE": "/nonexistent/bundle.pem"}, "REQUESTS_CA_BUNDLE"),
+        ({"ALLOW_UNAUTHENTICATED": "perhaps"}, "ALLOW_UNAUTHENTICATED"),
+        ({"HOST": "0.0.0.0"}, "ALLOW_UNAUTHENTICATED"),
+        ({"HOST": "10.1.2.3"}, "not a loopback address"),
+        ({"HOST": "bot.internal"}, "MicrosoftAppId is empty"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError, match=names):
         load_config(env, env_file=None)
+
+
+PUBLIC = {
+    "open_id_metadata_url": "https://login.botframework.com/v1/.well-known/openidconfiguration",
+    "token_issuer": "https://api.botframework.com",
+    "oauth_scope": "https://api.botframework.com",
+}
+
+
+@pytest.mark.parametrize(("env", "login_url"), [
+    ({"MicrosoftAppType": "MultiTenant"}, "https://login.microsoftonline.com/botframework.com"),
+    ({"MicrosoftAppType": "SingleTenant", "MicrosoftAppTenantId": "t-1"}, "https://login.microsoftonline.com/t-1"),
+    ({"MicrosoftAppType": "UserAssignedMSI", "MicrosoftAppTenantId": "t-1"}, "https://login.microsoftonline.com/t-1"),
+])
+def test_auth_settings_default_to_the_public_cloud(env: dict[str, str], login_url: str) -> None:
+    config = load_config({"MicrosoftAppId": "id", "MicrosoftAppPassword": "pw", **env}, env_file=None)
+    assert {name: getattr(config, name) for name in PUBLIC} == PUBLIC
+    assert config.channel_login_url == login_url
+    sdk = asdict(config.sdk_settings())
+    assert sdk["TO_CHANNEL_FROM_BOT_LOGIN_URL"] == login_url
+    assert sdk["TO_BOT_FROM_CHANNEL_TOKEN_ISSUER"] == "https://api.botframework.com"
+
+
+def test_us_government_settings_are_read(tmp_path: Path) -> None:
+    """The GCC High / DoD values from the README."""
+    ca_file, bundle = tmp_path / "corp-ca.pem", tmp_path / "bundle.pem"
+    ca_file.write_text("x")
+    bundle.write_text("x")
+    config = load_config({
+        "MicrosoftAppId": "id", "MicrosoftAppPassword": "pw",
+        "ToBotFromChannelOpenIdMetadataUrl": "https://login.botframework.azure.us/v1/.well-known/openidconfiguration",
+        "ToBotFromChannelTokenIssuer": "https://api.botframework.us",
+        "ToChannelFromBotLoginUrl": "https://login.microsoftonline.us/MicrosoftServices.onmicrosoft.us",
+        "ToChannelFromBotOAuthScope": "https://api.botframework.us",
+        "SSL_CERT_FILE": str(ca_file), "REQUESTS_CA_BUNDLE": str(bundle),
+    }, env_file=None)
+    assert config.open_id_metadata_url == "https://login.botframework.azure.us/v1/.well-known/openidconfiguration"
+    assert config.token_issuer == config.oauth_scope == "https://api.botframework.us"
+    assert config.channel_login_url == "https://login.microsoftonline.us/MicrosoftServices.onmicrosoft.us"
+    assert config.ca_files == (str(ca_file), str(bundle))
+
+
+@pytest.mark.parametrize("env", [
+    {"HOST": "127.0.0.1"}, {"HOST": "127.0.0.5"}, {"HOST": "::1"}, {"HOST": "localhost"},
+    {"HOST": "0.0.0.0", "ALLOW_UNAUTHENTICATED": "true"},
+    {"HOST": "0.0.0.0", "MicrosoftAppId": "id", "MicrosoftAppPassword": "pw"},
+])
+def test_unauthenticated_is_accepted_on_loopback_or_when_allowed(env: dict[str, str]) -> None:
+    assert load_config(env, env_file=None).host == env["HOST"]
+
+
+def test_packaging_does_not_care_where_the_bot_listens() -> None:
+    assert load_config({"HOST": "0.0.0.0"}, env_file=None, require_credentials=False).host == "0.0.0.0"
+
+
+def test_unauthenticated_on_a_public_address_exits_2_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("Microsoft") and k != "ALLOW_UNAUTHENTICATED"}
+    env["HOST"] = "0.0.0.0"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("configuration error: MicrosoftAppId is empty") and "ALLOW_UNAUTHENTICATED=true" in line
 
 
 def test_main_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:

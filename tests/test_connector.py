@@ -1,4 +1,8 @@
-"""Pooled connector clients send on the event loop (not through `requests`) and carry the bot's token."""
+"""Pooled connector clients send on the event loop (not through `requests`) and carry the bot's token.
+
+The token source here is the smallest thing with `async token()`; the real one (tokens.ChannelTokens
+with azure-identity) is tested against the identity double in test_tokens.py and test_auth.py.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,13 @@ from typing import Any
 import pytest
 import requests
 from botbuilder.schema import Activity
-from botframework.connector.aio import ConnectorClient
-from botframework.connector.auth import MicrosoftAppCredentials
 
 from bot.teams.connector import SharedSession, pooled_client
 from tests.connector_double import ConnectorDouble
 
 
-class FakeCredentials(MicrosoftAppCredentials):
-    """Real SDK credentials class with the token call replaced (no network)."""
-
-    def get_access_token(self, force_refresh: bool = False) -> str:
+class FixedToken:
+    async def token(self) -> str:
         return "token-123"
 
 
@@ -25,17 +25,14 @@ def _no_requests(*args: Any, **kwargs: Any) -> None:
     raise AssertionError("connector traffic must not go through requests")
 
 
-@pytest.mark.parametrize(("credentials", "expected"), [
-    (MicrosoftAppCredentials("", ""), None),
-    (FakeCredentials("app-id", "secret"), "Bearer token-123"),
-])
-async def test_pooled_client_sends_over_aiohttp_with_the_sdk_token(
-    monkeypatch: pytest.MonkeyPatch, credentials: MicrosoftAppCredentials, expected: str | None
+@pytest.mark.parametrize(("tokens", "expected"), [(None, None), (FixedToken(), "Bearer token-123")])
+async def test_pooled_client_sends_over_aiohttp_with_the_bots_token(
+    monkeypatch: pytest.MonkeyPatch, tokens: FixedToken | None, expected: str | None
 ) -> None:
     monkeypatch.setattr(requests.Session, "send", _no_requests)
     session = SharedSession()
     async with ConnectorDouble() as double:
-        client = pooled_client(ConnectorClient(credentials, base_url=double.url), session)
+        client = pooled_client(double.url, session, tokens)
         response = await client.conversations.send_to_conversation("c1", Activity(type="message", text="hi"))
         assert response.id
         [request] = double.find(op="send")
@@ -61,8 +58,7 @@ async def test_an_empty_connector_answer_is_not_an_error() -> None:
     port = runner.addresses[0][1]
     session = SharedSession()
     try:
-        client = pooled_client(ConnectorClient(MicrosoftAppCredentials("", ""), base_url=f"http://127.0.0.1:{port}/"),
-                               session)
+        client = pooled_client(f"http://127.0.0.1:{port}/", session, None)
         response = await client.conversations.send_to_conversation("c1", Activity(type="message", text="hi"))
         assert response is None or not getattr(response, "id", None)
     finally:

@@ -39,8 +39,9 @@ class Rig:
 
     def new_worker(self) -> DeliveryWorker:
         limiter = TeamsRateLimiter(self.clock)
-        authentication = build_authentication(Config())
-        self.sessions.append(authentication.session)
+        session = SharedSession()
+        authentication = build_authentication(Config(), session)
+        self.sessions.append(session)
         return DeliveryWorker(
             self.store, self.references, TeamsSender(authentication, ""), SendQueue(self.clock, limiter),
             self.clock, limiter=limiter, retry=RetryPolicy(max_attempts=4, base_s=2.0), rng=random.Random(7),

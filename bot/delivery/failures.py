@@ -14,13 +14,17 @@ Action = Literal["retry", "gone", "drop"]
 
 @dataclass
 class SendFailure(Exception):
-    """A send that did not succeed. `action`: retry later, the conversation is gone, or drop the message."""
+    """A send that did not succeed. `action`: retry later, the conversation is gone, or drop the message.
+
+    `attempted=False` means Teams was never asked (e.g. the bot had no token yet): the retry does not use
+    up one of the message's bounded attempts, so an identity-service outage fails no message."""
 
     action: Action
     status: int | None
     code: str
     message: str
     retry_after: float | None = None
+    attempted: bool = True
 
     def __str__(self) -> str:
         return f"{self.status or '-'} {self.code}: {self.message}"

@@ -295,13 +295,13 @@ class DeliveryWorker:
             self._wake.set()
 
     async def _failed(self, row: OutboxRow, ticket: Ticket, failure: SendFailure) -> Ticket | None:
-        attempts = row.attempts + 1
+        attempts = row.attempts + 1 if failure.attempted else row.attempts
         if failure.status == 429:
             self.counts["throttled"] += 1
             if self._limiter is not None:
                 self._limiter.penalize(ticket.conversation, ticket.tenant, failure.retry_after or self._retry.base_s)
-        if failure.action == "retry" and attempts < self._retry.max_attempts:
-            delay = self._retry.delay(attempts, failure.retry_after, self._rng)
+        if failure.action == "retry" and (attempts < self._retry.max_attempts or not failure.attempted):
+            delay = self._retry.delay(max(1, attempts), failure.retry_after, self._rng)
             row.attempts = attempts
             self.counts["retried"] += 1
             self._outcomes.append(Outcome(row.id, "pending", attempts=attempts, last_error=str(failure),

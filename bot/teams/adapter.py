@@ -1,56 +1,71 @@
-"""The Bot Framework adapter, built once, with connector clients reused across turns.
+"""The Bot Framework adapter and its authentication, built once, with connector clients reused across turns.
 
-The stock SDK builds a new ConnectorClient (and a new user-token client) for every inbound turn; msrest's
-client constructor is most of a turn's CPU, and its sends queue for the default thread pool.
-`ReusingAuthentication` wraps the SDK's own `BotFrameworkAuthentication` through its public interface
-and hands out connector factories that keep one pooled client (see `connector.py`) per (app id,
-service URL, audience). Credentials are the SDK's, so token refresh is as before.
+Inbound: the SDK's own `ConfigurationBotFrameworkAuthentication`, given the configured endpoints and
+`required_endorsements=["msteams"]`, validates every JWT (issuer, audience = app id, expiry, signing key
+endorsed for Teams, `serviceurl` = the activity's serviceUrl). Its signing keys come from memory
+(`signing_keys.py`). `ReusingAuthentication` wraps it through its public interface and first refuses,
+without any key lookup, what is not a channel token: other issuers would send the SDK to other metadata
+URLs (emulator, skills), which it fetches with blocking calls in the turn.
+
+Outbound: the stock SDK builds a new ConnectorClient (and synchronous MSAL credentials) for every turn;
+`ReusingConnectorFactory` keeps one pooled client per service URL (`connector.py`), whose token comes from
+`tokens.ChannelTokens`. `TeamsAdapter` hands a turn's replies to the outbox when there is no token to send
+them now, so the turn still answers at once while the identity service is down or slow.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import jwt
+from botbuilder.core import TurnContext
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
-from botbuilder.schema import Activity
+from botbuilder.schema import Activity, ResourceResponse
 from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import (
     AuthenticateRequestResult,
+    AuthenticationConfiguration,
     BotFrameworkAuthentication,
     ClaimsIdentity,
     ConnectorFactory,
+    SkillValidation,
     UserTokenClient,
 )
 from botframework.connector.skills import BotFrameworkClient
 
 from bot.config import Config
 
-from .connector import SharedSession, pooled_client
+from .connector import BearerTokens, SharedSession, pooled_client
+from .tokens import token_unavailable_in
 
 log = logging.getLogger(__name__)
 
+TEAMS_CHANNEL = "msteams"
+
 
 class ReusingConnectorFactory(ConnectorFactory):
-    """A ConnectorFactory that returns the same client for the same service URL and audience."""
+    """A ConnectorFactory that returns the same client for the same service URL.
 
-    def __init__(self, inner: ConnectorFactory, session: SharedSession, max_clients: int = 256) -> None:
-        self._inner = inner
+    The audience is always the channel's (`ToChannelFromBotOAuthScope`): this bot makes no skill calls."""
+
+    def __init__(self, session: SharedSession, tokens: BearerTokens | None, max_clients: int = 256) -> None:
         self._session = session
-        self._clients: OrderedDict[tuple[str, str | None], ConnectorClient] = OrderedDict()
+        self._tokens = tokens
+        self._clients: OrderedDict[str, ConnectorClient] = OrderedDict()
         self._max = max_clients
 
     async def create(self, service_url: str, audience: str | None = None) -> ConnectorClient:
-        key = (service_url, audience)
-        client = self._clients.get(key)
+        client = self._clients.get(service_url)
         if client is None:
-            client = pooled_client(await self._inner.create(service_url, audience), self._session)
-            self._clients[key] = client
+            client = pooled_client(service_url, self._session, self._tokens)
+            self._clients[service_url] = client
             if len(self._clients) > self._max:
                 self._clients.popitem(last=False)
         else:
-            self._clients.move_to_end(key)
+            self._clients.move_to_end(service_url)
         return client
 
 
@@ -60,35 +75,57 @@ def _app_id(claims: ClaimsIdentity) -> str:
 
 
 class ReusingAuthentication(BotFrameworkAuthentication):
-    """Delegates authentication to the SDK; caches what it builds per bot app id."""
+    """Delegates validation to the SDK after refusing non-channel tokens; shares one connector factory."""
 
-    def __init__(self, inner: BotFrameworkAuthentication, session: SharedSession | None = None) -> None:
+    def __init__(
+        self,
+        inner: BotFrameworkAuthentication,
+        session: SharedSession,
+        tokens: BearerTokens | None,
+        *,
+        token_issuer: str,
+        auth_enabled: bool,
+    ) -> None:
         self._inner = inner
-        self.session = session or SharedSession()
-        self._factories: dict[str, ReusingConnectorFactory] = {}
+        self.session = session
+        self._issuer = token_issuer
+        self._auth_enabled = auth_enabled
+        self._factory = ReusingConnectorFactory(session, tokens)
         self._token_clients: dict[str, UserTokenClient] = {}
 
-    def _factory(self, claims: ClaimsIdentity, make: ConnectorFactory | None = None) -> ReusingConnectorFactory:
-        app_id = _app_id(claims)
-        factory = self._factories.get(app_id)
-        if factory is None:
-            factory = ReusingConnectorFactory(make or self._inner.create_connector_factory(claims), self.session)
-            self._factories[app_id] = factory
-        return factory
+    def _refuse_unless_channel_token(self, auth_header: str) -> None:
+        """PermissionError unless the header carries a JWT from the channel's issuer (signature unchecked)."""
+        if not self._auth_enabled:
+            raise PermissionError("the bot runs without MicrosoftAppId and accepts no tokens")
+        scheme, _, token = auth_header.partition(" ")
+        if scheme != "Bearer" or not token.strip():
+            raise PermissionError("the Authorization header is not a Bearer token")
+        try:
+            claims = jwt.decode(token.strip(), options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise PermissionError(f"the Bearer token is not a JWT ({exc})") from None
+        issuer = claims.get("iss")
+        if issuer != self._issuer:
+            raise PermissionError(f"the token's issuer {issuer!r} is not the channel's ({self._issuer})")
+        if SkillValidation.is_skill_claim(claims):
+            raise PermissionError("skill tokens are not accepted")
 
     async def authenticate_request(self, activity: Activity, auth_header: str) -> AuthenticateRequestResult:
-        result = await self._inner.authenticate_request(activity, auth_header)
-        if result.connector_factory is not None:
-            result.connector_factory = self._factory(result.claims_identity, result.connector_factory)
+        header = auth_header.strip() if auth_header else None
+        if header:
+            self._refuse_unless_channel_token(header)
+        result = await self._inner.authenticate_request(activity, header or None)
+        result.connector_factory = self._factory
         return result
 
     async def authenticate_streaming_request(
         self, auth_header: str, channel_id_header: str
     ) -> AuthenticateRequestResult:
+        self._refuse_unless_channel_token(auth_header or "")
         return await self._inner.authenticate_streaming_request(auth_header, channel_id_header)
 
     def create_connector_factory(self, claims_identity: ClaimsIdentity) -> ConnectorFactory:
-        return self._factory(claims_identity)
+        return self._factory
 
     async def create_user_token_client(self, claims_identity: ClaimsIdentity) -> UserTokenClient:
         app_id = _app_id(claims_identity)
@@ -105,12 +142,41 @@ class ReusingAuthentication(BotFrameworkAuthentication):
         return self._inner.get_originating_audience()
 
     async def authenticate_channel_request(self, auth_header: str) -> ClaimsIdentity:
+        self._refuse_unless_channel_token(auth_header or "")
         return await self._inner.authenticate_channel_request(auth_header)
 
 
-def build_authentication(config: Config) -> ReusingAuthentication:
-    return ReusingAuthentication(ConfigurationBotFrameworkAuthentication(config.sdk_settings()))
+def build_authentication(
+    config: Config, session: SharedSession | None = None, tokens: BearerTokens | None = None
+) -> ReusingAuthentication:
+    sdk = ConfigurationBotFrameworkAuthentication(
+        config.sdk_settings(), auth_configuration=AuthenticationConfiguration(required_endorsements=[TEAMS_CHANNEL])
+    )
+    return ReusingAuthentication(sdk, session or SharedSession(), tokens, token_issuer=config.token_issuer,
+                                 auth_enabled=config.auth_enabled)
 
 
-def build_adapter(authentication: BotFrameworkAuthentication) -> CloudAdapter:
-    return CloudAdapter(authentication)
+ReplyLater = Callable[[TurnContext, list[Activity], str], Awaitable[None]]
+
+
+class TeamsAdapter(CloudAdapter):
+    """The SDK's CloudAdapter, except that replies it has no token for wait in the outbox (`reply_later`)."""
+
+    def __init__(self, authentication: BotFrameworkAuthentication) -> None:
+        super().__init__(authentication)
+        self.reply_later: ReplyLater | None = None
+
+    async def send_activities(self, context: TurnContext, activities: list[Activity]) -> list[ResourceResponse]:
+        responses: list[ResourceResponse] = []
+        for index, activity in enumerate(activities):
+            try:
+                responses.extend(await super().send_activities(context, [activity]))
+            except Exception as exc:
+                unavailable = token_unavailable_in(exc)
+                if unavailable is None or self.reply_later is None:
+                    raise
+                later = list(activities[index:])
+                await self.reply_later(context, later, unavailable.reason)
+                responses.extend(ResourceResponse() for _ in later)
+                break
+        return responses

@@ -1,17 +1,19 @@
-"""Connector clients that share one aiohttp session.
+"""Connector clients that share one aiohttp session, and carry the bot's token.
 
 The stock ConnectorClient sends through `requests` in the default thread pool (six threads on these
-machines), so concurrent turns queue for a thread. These parts plug into the public seams of msrest
-and the SDK (`ConnectorClient(sender=...)`, an `AsyncHTTPPolicy` as credentials) so every client sends
-on the event loop over pooled connections. Tokens still come from the SDK's own credentials objects.
+machines), so concurrent turns queue for a thread, and its credentials fetch tokens synchronously on the
+event loop. These parts plug into the public seams of msrest and the SDK (`ConnectorClient(sender=...)`)
+so every client sends on the event loop over pooled connections, with a Bearer token obtained
+asynchronously (`tokens.py`). The same session (and its TLS trust, `bot/tls.py`) serves the identity
+service and the channel's signing keys.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import ssl
+from typing import Any, Protocol
 
 import aiohttp
-import requests
 from botframework.connector import AsyncBfPipeline
 from botframework.connector.aio import ConnectorClient
 from msrest.pipeline import AsyncHTTPSender, Request, Response, SansIOHTTPPolicy
@@ -20,19 +22,28 @@ from msrest.universal_http.aiohttp import AioHttpClientResponse
 USER_AGENT = "teams-proactive-bot/0.1 (BotBuilder Python 4.17)"
 
 
-class SharedSession:
-    """One aiohttp ClientSession for all connector traffic, opened lazily on the running loop."""
+class BearerTokens(Protocol):
+    """Where the sender gets the bot's token (tokens.ChannelTokens)."""
 
-    def __init__(self, timeout_s: float = 30.0, max_connections: int = 200) -> None:
+    async def token(self) -> str: ...
+
+
+class SharedSession:
+    """One aiohttp ClientSession for all outbound traffic, opened lazily on the running loop."""
+
+    def __init__(self, timeout_s: float = 30.0, max_connections: int = 200,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
 
     def get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections),
+                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections,
+                                               ssl=self._ssl),
             )
         return self._session
 
@@ -43,10 +54,15 @@ class SharedSession:
 
 
 class AiohttpSender(AsyncHTTPSender):
-    """msrest pipeline sender over the shared aiohttp session."""
+    """msrest pipeline sender over the shared aiohttp session; adds the bot's Bearer token when it has one.
 
-    def __init__(self, session: SharedSession) -> None:
+    The token is awaited here, not in a credentials policy: msrest's policies are synchronous, and an
+    AsyncHTTPPolicy credential gets linked into msrest's default pipeline too, which sends via `requests`.
+    Without tokens (no app id: local Playground) requests go unauthenticated."""
+
+    def __init__(self, session: SharedSession, tokens: BearerTokens | None = None) -> None:
         self._session = session
+        self._tokens = tokens
 
     async def __aenter__(self) -> AiohttpSender:
         return self
@@ -61,8 +77,11 @@ class AiohttpSender(AsyncHTTPSender):
         http_request = request.http_request
         if http_request.files:
             raise NotImplementedError("multipart uploads are not used by this bot")
+        headers = dict(http_request.headers)
+        if self._tokens is not None:
+            headers["Authorization"] = f"Bearer {await self._tokens.token()}"
         raw = await self._session.get().request(
-            http_request.method, http_request.url, headers=dict(http_request.headers), data=http_request.data
+            http_request.method, http_request.url, headers=headers, data=http_request.data
         )
         response = _LoadedResponse(http_request, raw)
         await response.load_body()
@@ -76,36 +95,16 @@ class _LoadedResponse(AioHttpClientResponse):
         return self._body or b""
 
 
-class CredentialsPolicy(SansIOHTTPPolicy):
-    """Adds the bot's Bearer token using the SDK credentials' own `signed_session` protocol.
-
-    A SansIO policy on purpose: msrest links an AsyncHTTPPolicy credential into both the default and
-    the custom pipeline, and the second link wins, routing sends back through `requests`. Token
-    acquisition is synchronous, as in the stock SDK; MSAL caches the token, so only its hourly
-    refresh reaches the network. Anonymous credentials (no app id, local Playground) add nothing.
-    """
-
-    def __init__(self, credentials: Any) -> None:
-        self._credentials = credentials
-        self._signing = requests.Session()  # holds the header the credentials set
-        self._anonymous = not getattr(credentials, "microsoft_app_id", None)
-
-    def on_request(self, request: Request, **kwargs: Any) -> None:
-        if self._anonymous:
-            return
-        self._credentials.signed_session(self._signing)
-        header = self._signing.headers.get("Authorization")
-        if header:
-            request.http_request.headers["Authorization"] = str(header)
+_NO_CREDENTIALS: SansIOHTTPPolicy[Any, Any] = SansIOHTTPPolicy()  # msrest wants credentials; the sender adds the token
 
 
-def pooled_client(template: ConnectorClient, session: SharedSession) -> ConnectorClient:
-    """A client for the same service URL and credentials as `template`, sending over `session`."""
+def pooled_client(service_url: str, session: SharedSession, tokens: BearerTokens | None) -> ConnectorClient:
+    """A client for `service_url` sending over `session`, with the bot's token from `tokens` (if any)."""
     client = ConnectorClient(
-        CredentialsPolicy(template.config.credentials),
-        base_url=template.config.base_url,
+        _NO_CREDENTIALS,
+        base_url=service_url,
         pipeline_type=AsyncBfPipeline,
-        sender=AiohttpSender(session),
+        sender=AiohttpSender(session, tokens),
     )
     client.config.add_user_agent(USER_AGENT)
     return client

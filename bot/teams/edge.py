@@ -1,8 +1,10 @@
 """The SDK side of the application, built in two steps by `bot/app.py`.
 
-`TeamsConnection` (authentication, adapter, proactive sender, roster) comes first, because the delivery
-worker needs its sender; `turns()` then builds the bot states and the activity handler on top of the
-domain objects and returns what POST /api/messages runs.
+`TeamsConnection` (HTTP session and TLS trust, the bot's token, the channel's signing keys,
+authentication, adapter, proactive sender, roster) comes first, because the delivery worker needs its
+sender; `turns()` then builds the bot states and the activity handler on top of the domain objects and
+returns what POST /api/messages runs. `start()` loads the signing keys and starts getting a token before
+the bot accepts HTTP; `close()` releases them.
 """
 
 from __future__ import annotations
@@ -22,15 +24,21 @@ from botbuilder.dialogs import Dialog
 from bot.config import Config
 from bot.delivery.proactive import ProactiveMessages
 from bot.prices.alert_actions import AlertActions
+from bot.tls import trust_context
+from scheduler.clock import Clock
 from scheduler.scheduler import Scheduler
 from state.engagement import Engagement
 from state.references import ConversationReferences
 
-from .adapter import build_adapter, build_authentication
+from .adapter import TeamsAdapter, build_authentication
 from .alert_buttons import AlertButtons
+from .connector import SharedSession
 from .handler import ProactiveBot
+from .replies import QueuedReplies
 from .roster import TeamsRoster
 from .sender import TeamsSender
+from .signing_keys import ChannelSigningKeys
+from .tokens import ChannelTokens, credential_factory
 from .turns import SdkTurns
 
 log = logging.getLogger(__name__)
@@ -39,9 +47,15 @@ log = logging.getLogger(__name__)
 class TeamsConnection:
     """Authentication, the CloudAdapter, and the outbound calls the rest of the bot uses."""
 
-    def __init__(self, config: Config) -> None:
-        self.authentication = build_authentication(config)
-        self.adapter = build_adapter(self.authentication)
+    def __init__(self, config: Config, clock: Clock) -> None:
+        self.session = SharedSession(ssl_context=trust_context(config.ca_files))
+        self.tokens: ChannelTokens | None = None
+        self.signing_keys: ChannelSigningKeys | None = None
+        if config.auth_enabled:
+            self.tokens = ChannelTokens(credential_factory(config, self.session), config.oauth_scope, clock)
+            self.signing_keys = ChannelSigningKeys(config.open_id_metadata_url, self.session, clock)
+        self.authentication = build_authentication(config, self.session, self.tokens)
+        self.adapter = TeamsAdapter(self.authentication)
         self.adapter.on_turn_error = _on_turn_error
         self.sender = TeamsSender(self.authentication, config.app_id)
         self.roster = TeamsRoster(self.adapter, config.app_id)
@@ -73,10 +87,28 @@ class TeamsConnection:
             welcome_team_members=welcome_team_members,
             alert_buttons=AlertButtons(alert_actions),
         )
+        self.adapter.reply_later = QueuedReplies(proactive)
         return SdkTurns(self.adapter, self.authentication, bot)
 
+    def status(self) -> dict[str, object]:
+        """For /healthz: whether requests are authenticated, the bot's token, the channel's signing keys."""
+        if self.tokens is None or self.signing_keys is None:
+            return {"authentication": "off"}
+        return {"authentication": "on", "token": self.tokens.state, "signing_keys": self.signing_keys.count}
+
+    async def start(self) -> None:
+        """Start getting the bot's token, and load the channel's signing keys (waiting a few seconds at most)."""
+        if self.tokens is not None:
+            self.tokens.warm()
+        if self.signing_keys is not None:
+            await self.signing_keys.start()
+
     async def close(self) -> None:
-        await self.authentication.session.close()
+        if self.signing_keys is not None:
+            await self.signing_keys.stop()
+        if self.tokens is not None:
+            await self.tokens.close()
+        await self.session.close()
 
 
 async def _on_turn_error(turn_context: TurnContext, exc: Exception) -> None:

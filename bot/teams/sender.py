@@ -18,6 +18,7 @@ from msrest.exceptions import ClientRequestError
 from bot.delivery.failures import SendFailure
 
 from .adapter import ReusingAuthentication
+from .tokens import token_unavailable_in
 
 # Teams' error table (shared/teams-facts.md): what to do per status.
 _RETRY_STATUSES = {412, 429, 502, 503, 504}
@@ -36,6 +37,10 @@ def classify(exc: BaseException) -> SendFailure:
     """Map an exception from the connector call to what the worker should do."""
     if isinstance(exc, SendFailure):
         return exc
+    unavailable = token_unavailable_in(exc)
+    if unavailable is not None:  # Teams was never asked: wait for the identity service, lose nothing
+        return SendFailure("retry", None, "TokenUnavailable", unavailable.reason,
+                           max(1.0, unavailable.retry_after), attempted=False)
     if isinstance(exc, ErrorResponseException):
         response = exc.response
         status = int(getattr(response, "status", 0) or getattr(response, "status_code", 0) or 0)

@@ -24,6 +24,7 @@ TABLE = [
     ("in_topic", "result", True, False, "deliver"),
     ("in_topic", "welcome", False, False, "deliver"),
     ("in_topic", "progress", False, False, "deliver"),  # an in-place update does not interrupt
+    ("in_topic", "reply", False, False, "deliver"),  # a turn's reply that waited for a token
     ("inactive", "notification", False, False, "drop"),
     ("inactive", "result", True, False, "drop"),
     ("inactive", "welcome", False, False, "drop"),
