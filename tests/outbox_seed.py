@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from scheduler.clock import SystemClock
-from state.references import ConversationRecord, ConversationReferences
 from state.db import connect
+from state.references import ConversationRecord, ConversationReferences
 
 Conversation = tuple[str, str]  # (conversation id, tenant id)
 BOT_ID = "28:fanout-bot"
