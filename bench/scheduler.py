@@ -1,6 +1,7 @@
 """Scheduler benchmark: ours vs APScheduler 3.11 (AsyncIOScheduler + SQLAlchemyJobStore on SQLite), one run.
 
     python bench/scheduler.py [--n 100000] [--aps-n 5000] [--late-n 10000] [--aps-late-n 10000] [--rounds 3]
+                              [--pg-n 20000] [--pg-late-n 2000] [--postgres-url postgresql://…]
 
 (a) Scheduling throughput, one-shot jobs due in an hour, one call at a time: our `schedule_at` against
     APScheduler's `add_job` (the fair headline: add_job is all APScheduler has). Our `schedule_many`
@@ -8,6 +9,10 @@
 (b) Restart with N pending: a fresh subprocess opens the database and starts the scheduler (ours loads
     every pending job into its heap; APScheduler reads its store lazily). Reload seconds and RSS.
 (c) Lateness: N jobs due evenly within 10 s, real clock; lateness = handler start - due time.
+(d) On PostgreSQL, ours vs pgqueuer on the same server in the same run (`--postgres-url`'s server, or a
+    throwaway one from the machine's binaries): jobs/s for enqueue + claim + complete of `--pg-n` no-op
+    jobs (both enqueue in one batch and run at most PG_CONCURRENCY handlers at once; timed from the start
+    of the enqueue to the last completion), and lateness of `--pg-late-n` jobs due within 10 s.
 
 APScheduler runs on a smaller N by default because it commits each add_job separately with SQLite's
 default rollback journal; throughput is per second anyway. Its SQLite uses SQLAlchemy's defaults (what
@@ -38,14 +43,16 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from bench._harness import percentile  # noqa: E402
+from bench._harness import Databases, percentile  # noqa: E402
 from scheduler import Job, JobSpec, Scheduler, SystemClock  # noqa: E402
+from state.db import connect  # noqa: E402
 from state.sqlite import SqliteDatabase  # noqa: E402
 
 if TYPE_CHECKING:  # imported lazily, so the reload child for ours carries none of APScheduler/SQLAlchemy
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 LATE_WINDOW_S = 10.0
+PG_CONCURRENCY = 50
 _aps_lateness: list[float] = []
 _aps_done: asyncio.Event | None = None
 _aps_expected = 0
@@ -231,10 +238,126 @@ async def aps_lateness(path: Path, n: int, add_rate: float) -> list[float]:
     return list(_aps_lateness)
 
 
+# -- (d) PostgreSQL: ours vs pgqueuer ------------------------------------------------------------
+
+
+async def ours_pg_throughput(url: str, n: int) -> float:
+    db = connect(url)
+    await db.open()
+    finished = 0
+    done = asyncio.Event()
+
+    async def count(job: Job) -> None:
+        nonlocal finished
+        finished += 1
+        if finished == n:
+            done.set()
+
+    scheduler = Scheduler(db, SystemClock(), max_concurrency=PG_CONCURRENCY)
+    scheduler.register("count", count)
+    await scheduler.start()
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    await scheduler.schedule_many(JobSpec("count", now) for _ in range(n))
+    await asyncio.wait_for(done.wait(), timeout=300)
+    await scheduler.stop()  # waits for the last runs' completion writes
+    elapsed = time.perf_counter() - started
+    left = await db.fetchone("SELECT COUNT(*) AS n FROM scheduled_jobs")
+    await db.close()
+    if left is None or left["n"]:
+        raise RuntimeError(f"ours left {left and left['n']} job(s) in the table")
+    return n / elapsed
+
+
+async def ours_pg_lateness(url: str, n: int) -> list[float]:
+    db = connect(url)
+    await db.open()
+    clock = SystemClock()
+    lateness: list[float] = []
+    done = asyncio.Event()
+
+    async def record(job: Job) -> None:
+        lateness.append((clock.now() - job.due_at).total_seconds() * 1000)
+        if len(lateness) >= n:
+            done.set()
+
+    scheduler = Scheduler(db, clock, max_concurrency=PG_CONCURRENCY)
+    scheduler.register("record", record)
+    await scheduler.start()
+    base = clock.now() + timedelta(seconds=1)
+    await scheduler.schedule_many(JobSpec("record", base + timedelta(seconds=LATE_WINDOW_S * i / n)) for i in range(n))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), timeout=LATE_WINDOW_S + 60)
+    await scheduler.stop()
+    await db.close()
+    return lateness
+
+
+async def pgqueuer_run(url: str, n: int, *, late: bool) -> tuple[float, list[float]]:
+    """pgqueuer's QueueManager on its own connection: (jobs/s from the enqueue to the last run, lateness ms)."""
+    import asyncpg
+    from pgqueuer import AsyncpgDriver, Queries, QueueManager
+
+    conn = await asyncpg.connect(url)
+    driver = AsyncpgDriver(conn)
+    queries = Queries(driver)
+    with contextlib.suppress(Exception):  # a fresh database per run; nothing to uninstall
+        await queries.install()
+    qm = QueueManager(queries)
+    finished = 0
+    lateness: list[float] = []
+    due: dict[int, float] = {}
+
+    @qm.entrypoint("count")
+    async def count(job: Any) -> None:
+        nonlocal finished
+        finished += 1
+        if late:
+            lateness.append((time.time() - due[int(job.id)]) * 1000)
+        if finished == n:
+            qm.shutdown.set()
+
+    started = time.perf_counter()
+    if late:
+        base = time.time() + 1.0
+        offsets = [1.0 + LATE_WINDOW_S * i / n for i in range(n)]
+        ids = await queries.enqueue(["count"] * n, [None] * n, [0] * n,
+                                    [timedelta(seconds=o) for o in offsets])
+        for job_id, offset in zip(ids, offsets, strict=True):
+            due[int(job_id)] = base + offset - 1.0
+    else:
+        await queries.enqueue(["count"] * n, [None] * n, [0] * n)
+    await asyncio.wait_for(qm.run(batch_size=PG_CONCURRENCY // 2, max_concurrent_tasks=PG_CONCURRENCY,
+                                  dequeue_timeout=timedelta(seconds=1)), timeout=300)
+    elapsed = time.perf_counter() - started
+    await conn.close()
+    return n / elapsed, lateness
+
+
+async def postgres_section(args: argparse.Namespace, databases: Databases) -> dict[str, Any] | None:
+    rates: dict[str, list[float]] = {"ours": [], "pgqueuer": []}
+    late: dict[str, list[dict[str, float]]] = {"ours": [], "pgqueuer": []}
+    for r in range(args.rounds):
+        url = databases.url("postgresql", f"ours_{r}")
+        if url is None:
+            print(f"(d) skipped: {databases.missing}", file=sys.stderr)
+            return None
+        rates["ours"].append(await ours_pg_throughput(url, args.pg_n))
+        rates["pgqueuer"].append((await pgqueuer_run(str(databases.url("postgresql", f"pgq_{r}")), args.pg_n,
+                                                     late=False))[0])
+        late["ours"].append(summary(await ours_pg_lateness(str(databases.url("postgresql", f"late_{r}")),
+                                                          args.pg_late_n)))
+        late["pgqueuer"].append(summary((await pgqueuer_run(str(databases.url("postgresql", f"pgql_{r}")),
+                                                            args.pg_late_n, late=True))[1]))
+        print(f"  PostgreSQL round {r + 1}: ours {rates['ours'][-1]:,.0f} jobs/s, pgqueuer "
+              f"{rates['pgqueuer'][-1]:,.0f} jobs/s", file=sys.stderr)
+    return {"rates": rates, "late": late}
+
+
 # -- the run ---------------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace) -> dict[str, float]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp:
         work = Path(tmp)
@@ -251,6 +374,11 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         ours_late = [in_subprocess("late-ours", work / f"late-{r}.sqlite3", args.late_n) for r in range(args.rounds)]
         aps_rate_est = statistics.median(aps_rates)
         aps_late = [in_subprocess("late-aps", work / "late-aps.sqlite3", args.aps_late_n, aps_rate_est)]
+        databases = Databases(work, args.postgres_url)
+        try:
+            pg = await postgres_section(args, databases)
+        finally:
+            databases.close()
 
     from apscheduler import __version__ as aps_version
 
@@ -288,6 +416,28 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     ):
         figures = (reload(results, "p50"), reload(results, "p99"), reload(results, "max"))
         row(f"    {name}", f"{n:,}", *(f"{f:.2f}" for f in figures), f"{reload(results, 'ran'):,.0f}")
+    figures: dict[str, float] = {}
+    if pg is not None:
+        from pgqueuer import __version__ as pgq_version
+
+        ours_pg, pgq = med(pg["rates"]["ours"]), med(pg["rates"]["pgqueuer"])
+        print()
+        row(f"(d) PostgreSQL, ours vs pgqueuer {pgq_version}, same server", "N", "jobs/s")
+        row("    ours: schedule_many + claim + complete", f"{args.pg_n:,}", f"{ours_pg:,.0f}")
+        row("    pgqueuer: batch enqueue + dequeue + complete", f"{args.pg_n:,}", f"{pgq:,.0f}")
+        row("    ratio (ours / pgqueuer)", "", f"{ours_pg / pgq:.2f}x")
+        row(f"    lateness, N due within 10 s, median of {args.rounds}", "N", "p50 ms", "p99 ms", "max ms", "ran")
+        for name in ("ours", "pgqueuer"):
+            results = pg["late"][name]
+            row(f"    {name}", f"{args.pg_late_n:,}", *(f"{reload(results, k):.2f}" for k in ("p50", "p99", "max")),
+                f"{reload(results, 'ran'):,.0f}")
+        figures = {
+            "pg_ours_jobs_per_s": round(ours_pg, 1),
+            "pg_pgqueuer_jobs_per_s": round(pgq, 1),
+            "pg_ratio_vs_pgqueuer": round(ours_pg / pgq, 2),
+            "pg_lateness_p99_ms": round(reload(pg["late"]["ours"], "p99"), 2),
+            "pg_pgqueuer_lateness_p99_ms": round(reload(pg["late"]["pgqueuer"], "p99"), 2),
+        }
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
     return {
         "ours_schedule_per_s": round(ours_rate, 1),
@@ -298,6 +448,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         "lateness_p50_ms": round(reload(ours_late, "p50"), 2),
         "lateness_p99_ms": round(reload(ours_late, "p99"), 2),
         "lateness_max_ms": round(reload(ours_late, "max"), 2),
+        **figures,
     }
 
 
@@ -309,6 +460,9 @@ def main() -> None:
     parser.add_argument("--late-n", type=int, default=10_000, help="jobs for ours in (c)")
     parser.add_argument("--aps-late-n", type=int, default=10_000, help="jobs for APScheduler in (c)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pg-n", type=int, default=20_000, help="jobs per engine in (d)")
+    parser.add_argument("--pg-late-n", type=int, default=2_000, help="jobs due within 10 s in (d)")
+    parser.add_argument("--postgres-url", help="a PostgreSQL server for (d) (default: a throwaway server)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable
 from datetime import datetime, timedelta
 
 from .clock import Clock
+from .completions import Completions
 from .jobs import Job, Misfire, backoff_s, describe_error, next_slot, with_jitter
 from .store import JobStore
 
@@ -32,6 +33,7 @@ class Outcomes:
         rng: random.Random,
     ) -> None:
         self._store = store
+        self._completions = Completions(store)
         self._clock = clock
         self._max_attempts = max_attempts
         self._retry_base_s = retry_base_s
@@ -77,7 +79,7 @@ class Outcomes:
     async def _next(self, job: Job, now: datetime, *, attempts: int, last_error: str | None) -> Requeue:
         """After a run or a skip: a one-shot job is done, a repeating one moves to its next slot."""
         if job.interval_s is None:
-            return await self._settle(self._store.complete(job.id), job)
+            return await self._settle(self._completions.complete(job.id), job)
         slot = next_slot(job.slot_at or job.due_at, job.interval_s, now)
         due_at = with_jitter(slot, job.jitter_s, self._rng)
         write = self._store.reschedule(job.id, due_at, slot_at=slot, attempts=attempts, last_error=last_error)

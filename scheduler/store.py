@@ -131,6 +131,17 @@ class JobStore:
             claimed.extend(job_from_row(row) for row in rows)
         return claimed
 
+    async def complete_many(self, ids: Sequence[str]) -> set[str]:
+        """`complete` for many jobs in one statement per chunk; returns the ids that were deleted."""
+        deleted: set[str] = set()
+        for chunk in chunks(list(ids)):
+            rows = await self._db.fetchall(
+                f"DELETE FROM scheduled_jobs WHERE id IN ({marks(len(chunk))}) AND state = 'running' RETURNING id",
+                tuple(chunk),
+            )
+            deleted.update(str(r["id"]) for r in rows)
+        return deleted
+
     async def complete(self, job_id: str) -> bool:
         """A one-shot job succeeded (or was skipped): it is done and leaves the table."""
         return await self._db.execute("DELETE FROM scheduled_jobs WHERE id = ? AND state = 'running'", (job_id,)) > 0
