@@ -185,4 +185,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX analyses_user ON analyses (user_id, status)
         """,
     ),
+    Migration(
+        6,
+        "time zones, quiet hours and the daily digest",
+        """
+        ALTER TABLE preferences ADD COLUMN timezone TEXT;
+        ALTER TABLE preferences ADD COLUMN timezone_chosen INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE preferences ADD COLUMN quiet_start TEXT;
+        ALTER TABLE preferences ADD COLUMN quiet_end TEXT;
+        ALTER TABLE preferences ADD COLUMN digest_at TEXT
+        """,
+    ),
 )

@@ -24,6 +24,7 @@ from bot.delivery.proactive import ProactiveMessages
 from bot.prices.alert_actions import AlertActions
 from scheduler.scheduler import Scheduler
 from state.engagement import Engagement
+from state.preferences import Preferences
 from state.references import ConversationReferences
 
 from .adapter import build_adapter, build_authentication
@@ -58,6 +59,7 @@ class TeamsConnection:
         scheduler: Scheduler,
         welcome_team_members: bool,
         alert_actions: AlertActions,
+        preferences: Preferences | None = None,
     ) -> SdkTurns:
         """The activity handler over `storage`, wrapped as the /api/messages turn processor."""
         bot = ProactiveBot(
@@ -72,6 +74,7 @@ class TeamsConnection:
             scheduler=scheduler,
             welcome_team_members=welcome_team_members,
             alert_buttons=AlertButtons(alert_actions),
+            preferences=preferences,
         )
         return SdkTurns(self.adapter, self.authentication, bot)
 
