@@ -172,7 +172,7 @@ class Observation:
 DEFAULT_TIMEZONE = "UTC"
 QUIET_HOURS = "quiet hours"
 DAILY_DIGEST = "daily digest"
-_CLOCK = re.compile(r"^(?P<hour>\d{1,2})(?:[:.h](?P<minute>\d{2}))?$")
+_CLOCK = re.compile(r"^(?P<hour>\d{1,2})(?:(?:[:.h])(?P<minute>\d{2}))?h?$")
 _RANGE = re.compile(r"^(?P<start>[\d:.h]+)\s*(?:-|–|—|to|until)\s*(?P<end>[\d:.h]+)$")
 
 

@@ -26,6 +26,7 @@ class Preferences:
     def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
         self._clock = clock
+        self._reported: dict[str, str] = {}  # subject → zone Teams last reported, so a turn writes only changes
 
     async def mute(self, subject: str, until: datetime | None) -> None:
         await self._db.execute(
@@ -79,6 +80,11 @@ class Preferences:
 
     async def remember_timezone(self, subject: str, timezone: str) -> bool:
         """The zone Teams reported for a user; ignored when they chose one with `timezone`. True if it changed."""
+        if self._reported.get(subject) == timezone:
+            return False
+        if len(self._reported) > 100_000:
+            self._reported.clear()
+        self._reported[subject] = timezone
         return await self._db.execute(
             "INSERT INTO preferences (subject, timezone, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT (subject) DO UPDATE SET timezone = excluded.timezone, updated_at = excluded.updated_at "
@@ -89,6 +95,7 @@ class Preferences:
 
     async def choose_timezone(self, subject: str, timezone: str | None) -> None:
         """Set the zone by hand (`timezone Europe/Berlin`), or None to follow what Teams reports again."""
+        self._reported.pop(subject, None)
         if timezone is None:
             await self._upsert(subject, {"timezone_chosen": 0})
         else:

@@ -210,18 +210,25 @@ class ProactiveMessages:
     async def release_deferred(self, conversation_id: str) -> int:
         """Quiet hours ended or the digest is due: send what is due now as one digest, plan the rest.
 
-        What is due follows the conversation's settings now, so turning quiet hours or the digest off (or
+        What is due also follows the conversation's settings now: turning quiet hours or the digest off (or
         moving them earlier) releases sooner. Mid-topic nothing interrupts: the topic's end releases it."""
         held = await self._store.held(conversation_id)
-        if not held:
-            return 0
-        now = self._clock.now()
-        plan = release_time(now, await self._settings_for(conversation_id))
-        cutoff = plan[0].timestamp() if plan else now.timestamp()
-        due = [r for r in held if min(r.not_before, cutoff) <= now.timestamp()]
-        later = [min(r.not_before, cutoff) for r in held if min(r.not_before, cutoff) > now.timestamp()]
+        settings = await self._settings_for(conversation_id)
+        now = self._clock.now().timestamp()
+
+        def release_at(row: OutboxRow) -> float:
+            """The planned time, or earlier if the settings now would have planned it earlier on arrival."""
+            plan = release_time(datetime.fromtimestamp(row.created_at, UTC), settings)
+            return min(row.not_before, plan[0].timestamp() if plan else row.created_at)
+
+        due = [r for r in held if release_at(r) <= now]
+        later = [release_at(r) for r in held if release_at(r) > now]
         if later:
             await self._plan_release(conversation_id, min(later))
+        elif (job := await self._scheduler.get(key=deferred_key(conversation_id))) and job.state == "pending":
+            await self._scheduler.cancel(key=deferred_key(conversation_id))  # nothing is waiting any more
+        if not due:
+            return 0
         if await self._engagement.state(conversation_id) == "in_topic":
             if due:
                 await self._hold_at_most(conversation_id)

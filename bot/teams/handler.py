@@ -79,7 +79,6 @@ class ProactiveBot(TeamsActivityHandler):
         self._alert_buttons = alert_buttons
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
         self._preferences = preferences
-        self._zones: dict[str, str] = {}  # user id → the zone last stored, so a turn writes only changes
 
     @asynccontextmanager
     async def _conversation_turn(self, conversation_id: str) -> AsyncIterator[None]:
@@ -116,16 +115,12 @@ class ProactiveBot(TeamsActivityHandler):
         await self._remember_timezone(activity)
 
     async def _remember_timezone(self, activity: Activity) -> None:
-        """Store the sender's IANA zone when Teams reports a (valid) one that differs from the last stored."""
+        """Store the sender's IANA zone when Teams reports a valid one (written only when it changes)."""
         sender = activity.from_property
         zone = timezone_name(getattr(activity, "local_timezone", None))
         if self._preferences is None or zone is None or sender is None or not sender.id:
             return
-        if self._zones.get(sender.id) != zone:
-            await self._preferences.remember_timezone(user_subject(sender.id), zone)
-            if len(self._zones) > 100_000:
-                self._zones.clear()
-            self._zones[sender.id] = zone
+        await self._preferences.remember_timezone(user_subject(sender.id), zone)
 
     # -- messages ----------------------------------------------------------------------------------
 
