@@ -7,6 +7,7 @@ text sparkline of the same prices with the first and last time.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from datetime import datetime
@@ -87,8 +88,8 @@ def chart(stats: dict[str, Any], timezone: str) -> dict[str, Any]:
         "title": f"Price history{cur}",
         "xAxisTitle": f"Time ({end.astimezone(zone(timezone)).tzname()})",
         "yAxisTitle": f"Price{cur}",
-        "yMin": round(max(0.0, low - margin), 2),
-        "yMax": round(high + margin, 2),
+        "yMin": math.floor(max(0.0, low - margin)),
+        "yMax": math.ceil(high + margin),
         "data": [{
             "legend": str(stats["product"]),
             "values": [{"x": label, "y": float(price)}
@@ -99,7 +100,8 @@ def chart(stats: dict[str, Any], timezone: str) -> dict[str, Any]:
 
 
 def result_payload(stats: dict[str, Any], *, timezone: str = DEFAULT_TIMEZONE) -> dict[str, Any]:
-    """The result message: the chart next to min/max/mean/trend, and a button to watch the product."""
+    """The result message: the chart with min/max/mean/trend under it (a chart needs the card's full width to
+    be legible), and a button to watch the product."""
     product = stats["product"]
     if not stats["count"]:
         text = (f"Analysis of **{product}** finished, but I have no prices for it yet. "
@@ -117,11 +119,8 @@ def result_payload(stats: dict[str, Any], *, timezone: str = DEFAULT_TIMEZONE) -
     card = {"type": "AdaptiveCard", "$schema": SCHEMA, "version": "1.5", "body": [
         {"type": "TextBlock", "text": f"Analysis of {product} is ready", "weight": "Bolder", "size": "Medium",
          "wrap": True},
-        {"type": "ColumnSet", "columns": [
-            {"type": "Column", "width": "stretch", "items": [chart(stats, timezone)]},
-            {"type": "Column", "width": "auto", "verticalContentAlignment": "Center",
-             "items": [{"type": "FactSet", "facts": facts}]},
-        ]},
+        chart(stats, timezone),
+        {"type": "FactSet", "facts": facts, "spacing": "Medium"},
     ], "actions": [{"type": "Action.Submit", "title": f"Watch {product}", "data": {"command": "watch",
                                                                                    "product": product}}]}
     return {"type": "message", "summary": f"Analysis of {product} is ready",
