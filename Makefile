@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint package bench clean
+.PHONY: run test lint package bench screenshots clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: lint
 
 package: $(STAMP)
 	$(PY) -m bot.packaging.manifest --out appPackage.zip
+
+# docs/img/*.png from the real-browser test (headless Chromium on the Agents Playground; needs node and chromium).
+screenshots: $(STAMP)
+	SCREENSHOTS_DIR=docs/img REQUIRE_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_playground_browser.py
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -29,11 +29,12 @@ from state.watches import WatchStore
 
 from .analyses.service import AnalysisService
 from .api.messages import MessagesEndpoint
-from .api.notify import NotifyEndpoints
+from .api.notify import MAX_MESSAGE_BYTES, NotifyEndpoints
 from .api.prices import PricesEndpoint
 from .api.routes import build_web_app
 from .config import Config
 from .delivery.proactive import ProactiveMessages
+from .delivery.settings import NotificationPreferences
 from .delivery.worker import DeliveryWorker
 from .onboarding.team_members import WELCOME_TEAM_MEMBERS, TeamMemberWelcome
 from .prices.alert_actions import AlertActions
@@ -70,7 +71,7 @@ class BotApplication:
         self.preferences = Preferences(self.db, self.clock)
         self.proactive = ProactiveMessages(
             self.outbox, self.worker, self.references, self.engagement, self.preferences, self.scheduler,
-            self.clock, hold_max_seconds=config.hold_max_seconds,
+            self.clock, hold_max_seconds=config.hold_max_seconds, max_message_bytes=MAX_MESSAGE_BYTES,
         )
         self.price_source = build_price_source(
             config.price_source, clock=self.clock, url_template=config.price_url_template,
@@ -81,23 +82,26 @@ class BotApplication:
         self.watcher = PriceWatcher(
             WatchStore(self.db, self.clock), self.prices, self.proactive, self.scheduler, self.references,
             self.clock, self.price_source, coalesce_seconds=config.alert_coalesce_seconds,
+            preferences=self.preferences,
         )
         self.analyses = AnalysisService(
             AnalysisStore(self.db, self.clock), self.prices, self.proactive, self.scheduler, self.references,
             self.clock, source=self.price_source, analyze_seconds=config.analyze_seconds,
-            progress_delays=config.progress_delays,
+            progress_delays=config.progress_delays, preferences=self.preferences,
         )
         turns = self.teams.turns(
             self.storage,
             bot_name=config.bot_name,
             references=self.references,
-            dialog=MainDialog(watches=self.watcher, analyses=self.analyses, preferences=self.preferences,
+            dialog=MainDialog(watches=self.watcher, analyses=self.analyses,
+                              preferences=NotificationPreferences(self.preferences, self.proactive),
                               clock=self.clock, bot_name=config.bot_name),
             engagement=self.engagement,
             proactive=self.proactive,
             scheduler=self.scheduler,
             welcome_team_members=config.welcome_team_members,
             alert_actions=AlertActions(self.watcher, self.preferences),
+            preferences=self.preferences,
         )
         self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
             self.teams.roster, self.references, self.proactive, config.bot_name))

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from state.model import Condition, format_price
+from state.model import DEFAULT_TIMEZONE, Condition, format_price, local_time
 
 from .cards import SCHEMA
 
@@ -25,6 +25,13 @@ class Alert:
     url: str | None
     condition: Condition
     observed_at: datetime
+    timezone: str = DEFAULT_TIMEZONE
+    """The watch owner's time zone: "Seen at" is shown in it."""
+
+
+OPT_OUT = ("Don't want these? Snooze this watch, stop watching it, or mute notifications. Or get them later: "
+           "`quiet 22:00-07:00` holds them overnight, `digest daily 09:00` sends one message a day; "
+           "`settings` shows yours.")
 
 
 def _money(value: Decimal, currency: str | None) -> str:
@@ -37,11 +44,14 @@ def _button(title: str, action: str, alert: Alert, **extra: str) -> dict[str, An
 
 
 def alert_text(alert: Alert) -> str:
-    if alert.old is None or alert.old == 0:
+    """`gadget: 12.00 → 9.50 USD (\u221220.8%)` (a real minus sign), or `gadget is now 9.50 USD` when no
+    earlier price is known."""
+    if alert.old is None or alert.old == 0 or alert.old == alert.new:
         return f"{alert.product} is now {_money(alert.new, alert.currency)}"
     change = (alert.new - alert.old) / alert.old * 100
-    return (f"{alert.product}: {_money(alert.old, alert.currency)} → {_money(alert.new, alert.currency)} "
-            f"({change:+.1f}%)")
+    sign = "+" if change > 0 else "\u2212"  # MINUS SIGN, as typeset
+    return (f"{alert.product}: {format_price(alert.old)} → {_money(alert.new, alert.currency)} "
+            f"({sign}{abs(change):.1f}%)")
 
 
 def alert_payload(alert: Alert) -> dict[str, Any]:
@@ -53,10 +63,9 @@ def alert_payload(alert: Alert) -> dict[str, Any]:
         {"type": "FactSet", "facts": [
             {"title": "Why", "value": f"You asked to hear when {alert.product} {alert.condition.describe()}."},
             {"title": "Reported by", "value": alert.source},
-            {"title": "Seen at", "value": alert.observed_at.strftime("%Y-%m-%d %H:%M UTC")},
+            {"title": "Seen at", "value": local_time(alert.observed_at, alert.timezone)},
         ]},
-        {"type": "TextBlock", "isSubtle": True, "wrap": True, "size": "Small",
-         "text": "Don't want these? Snooze this watch, stop watching it, or mute all notifications."},
+        {"type": "TextBlock", "isSubtle": True, "wrap": True, "size": "Small", "text": OPT_OUT},
     ]
     actions: list[dict[str, Any]] = []
     if alert.url:

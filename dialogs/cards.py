@@ -19,7 +19,7 @@ def command_button(title: str, command: str, **data: str) -> dict[str, Any]:
     return {"type": "Action.Submit", "title": title, "data": {"command": command, **data}}
 
 
-def _card(body: list[dict[str, Any]], actions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def adaptive_card(body: list[dict[str, Any]], actions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     card: dict[str, Any] = {"type": "AdaptiveCard", "$schema": SCHEMA, "version": "1.5", "body": body}
     if actions:
         card["actions"] = actions
@@ -28,11 +28,12 @@ def _card(body: list[dict[str, Any]], actions: list[dict[str, Any]] | None = Non
 
 def help_card() -> dict[str, Any]:
     """Quick-start buttons shown under the help text."""
-    return _card(
+    return adaptive_card(
         [{"type": "TextBlock", "text": "Try one of these:", "wrap": True}],
         [
             command_button("Watch a price", "watch"),
             command_button("My watches", "list"),
+            command_button("Settings", "settings"),
             command_button("Help", "help"),
         ],
     )
@@ -74,7 +75,7 @@ def watch_list_card(watches: Sequence[WatchView]) -> dict[str, Any]:
         )
     if len(watches) > MAX_LISTED:
         body.append({"type": "TextBlock", "text": f"…and {len(watches) - MAX_LISTED} more.", "wrap": True})
-    return _card(body, [command_button("Watch another", "watch")])
+    return adaptive_card(body, [command_button("Watch another", "watch")])
 
 
 def as_attachment(card: dict[str, Any]) -> Attachment:

@@ -10,19 +10,31 @@ class Command:
     name: str
     usage: str
     description: str
+    menu: bool = True
+    """Listed in the Teams command menu (at most 10 per scope); every command is in the help."""
 
 
+# Placeholders are CAPITALS, never <angle brackets>: clients render markdown differently, and the
+# Playground shows `&lt;product&gt;` for `<product>` inside code.
 COMMANDS: tuple[Command, ...] = (
     Command("help", "help", "What I can do and how to ask for it"),
-    Command("watch", "watch <product> below <price>", "Watch a product's price and alert you when it moves"),
+    Command("watch", "watch PRODUCT below PRICE", "Watch a product's price and alert you when it moves"),
     Command("list", "list", "Show the prices you are watching"),
-    Command("unwatch", "unwatch <product>", "Stop watching a product"),
-    Command("analyze", "analyze <product>", "Analyse a product's price history; I message you when done"),
+    Command("unwatch", "unwatch PRODUCT", "Stop watching a product"),
+    Command("analyze", "analyze PRODUCT", "Analyse a product's price history; I message you when done"),
     Command("status", "status", "Show analyses that are still running"),
     Command("cancel", "cancel", "Stop what we are in the middle of"),
-    Command("mute", "mute [duration]", "Pause notifications, e.g. `mute 2h`, or until you unmute"),
+    Command("settings", "settings", "Your time zone, quiet hours, daily digest and mute"),
+    Command("mute", "mute [DURATION]", "Pause notifications, e.g. `mute 2h`, or until you unmute"),
     Command("unmute", "unmute", "Turn notifications back on"),
+    Command("quiet", "quiet 22:00-07:00", "Quiet hours: notifications wait and come as one message when "
+            "they end (`quiet off` to stop)", menu=False),
+    Command("digest", "digest daily 09:00", "One message a day with your notifications (`digest off` to stop)",
+            menu=False),
+    Command("timezone", "timezone Europe/Berlin", "The time zone I show times in (Teams tells me yours; "
+            "`timezone auto` follows it again)", menu=False),
 )
+MENU_COMMANDS = tuple(c for c in COMMANDS if c.menu)
 
 COMMAND_NAMES = frozenset(c.name for c in COMMANDS)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import builtins
+from dataclasses import replace
 from datetime import datetime
 
 from scheduler.clock import Clock
-from state.model import UNTIL_UNMUTED, Condition, UserRef, WatchResult, WatchView
+from state.model import UNTIL_UNMUTED, Condition, NotificationSettings, QuietHours, UserRef, WatchResult, WatchView
 
 
 def _key(product: str) -> str:
@@ -47,7 +48,7 @@ class InMemoryAnalyses:
         self.started: builtins.list[tuple[UserRef, str, str]] = []
         self._running: dict[str, builtins.list[str]] = {}
 
-    async def start(self, user: UserRef, conversation_id: str, product: str) -> str:
+    async def start(self, user: UserRef, conversation_id: str, product: str) -> str | None:
         mine = self._running.setdefault(user.id, [])
         if _key(product) in map(_key, mine):
             return f"I'm already analysing **{product}**; I'll message you when it's done."
@@ -69,11 +70,12 @@ class InMemoryAnalyses:
 
 
 class InMemoryPreferences:
-    """Mutes per subject; expiry is judged on the injected clock."""
+    """Mutes and settings per subject; expiry is judged on the injected clock."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self.mutes: dict[str, datetime | None] = {}
+        self.chosen: dict[str, NotificationSettings] = {}
 
     async def mute(self, subject: str, until: datetime | None) -> None:
         self.mutes[subject] = until
@@ -90,3 +92,19 @@ class InMemoryPreferences:
         if until is None:
             return UNTIL_UNMUTED
         return until if until > self._clock.now() else None
+
+    async def settings(self, subject: str) -> NotificationSettings:
+        return replace(self.chosen.get(subject, NotificationSettings()), muted_until=await self.muted_until(subject))
+
+    async def choose_timezone(self, subject: str, timezone: str | None) -> None:
+        current = self.chosen.get(subject, NotificationSettings())
+        self.chosen[subject] = replace(current, timezone=timezone or current.timezone,
+                                       timezone_chosen=timezone is not None)
+
+    async def set_quiet(self, subject: str, quiet: QuietHours | None, *, timezone: str | None = None) -> None:
+        current = self.chosen.get(subject, NotificationSettings())
+        self.chosen[subject] = replace(current, quiet=quiet, timezone=timezone or current.timezone)
+
+    async def set_digest(self, subject: str, at: str | None, *, timezone: str | None = None) -> None:
+        current = self.chosen.get(subject, NotificationSettings())
+        self.chosen[subject] = replace(current, digest_at=at, timezone=timezone or current.timezone)

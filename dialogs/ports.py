@@ -11,7 +11,7 @@ import builtins
 from datetime import datetime
 from typing import Protocol
 
-from state.model import Condition, UserRef, WatchResult, WatchView
+from state.model import Condition, NotificationSettings, QuietHours, UserRef, WatchResult, WatchView
 
 
 class WatchBook(Protocol):
@@ -33,8 +33,9 @@ class WatchBook(Protocol):
 class Analyses(Protocol):
     """Long-running product analyses; results are delivered later, proactively."""
 
-    async def start(self, user: UserRef, conversation_id: str, product: str) -> str:
-        """Start (or find already running) an analysis; returns the message to show the user."""
+    async def start(self, user: UserRef, conversation_id: str, product: str) -> str | None:
+        """Start (or find already running) an analysis; returns the message to show the user, or None when
+        the analysis posted its own acknowledgement (which it then updates in place with progress)."""
         ...
 
     async def running(self, user_id: str) -> builtins.list[str]:
@@ -47,8 +48,9 @@ class Analyses(Protocol):
 
 
 class Preferences(Protocol):
-    """Notification mutes per subject: `user:<teams user id>` (set by `mute` in a 1:1 chat) or
-    `conversation:<conversation id>` (set in a group chat or channel); see `user_input.mute_subject`."""
+    """Notification preferences per subject: `user:<teams user id>` (set by `mute`, `quiet`, `digest` in a 1:1
+    chat, and the person's time zone) or `conversation:<conversation id>` (set in a group chat or channel); see
+    `user_input.mute_subject`. Changing quiet hours, the digest or the time zone re-plans what is held."""
 
     async def mute(self, subject: str, until: datetime | None) -> None:
         """Mute until `until` (UTC), or until `unmute` when None. Replaces an earlier mute."""
@@ -60,4 +62,20 @@ class Preferences(Protocol):
 
     async def muted_until(self, subject: str) -> datetime | None:
         """None when not muted now (never, unmuted or expired); UNTIL_UNMUTED without an end; else the end."""
+        ...
+
+    async def settings(self, subject: str) -> NotificationSettings:
+        """The subject's time zone (UTC until known), quiet hours, digest time and mute."""
+        ...
+
+    async def choose_timezone(self, subject: str, timezone: str | None) -> None:
+        """Show times in `timezone` (a valid IANA name), or follow what Teams reports again (None)."""
+        ...
+
+    async def set_quiet(self, subject: str, quiet: QuietHours | None, *, timezone: str | None = None) -> None:
+        """Quiet hours on, or off (None); `timezone` is stored with a conversation's quiet hours."""
+        ...
+
+    async def set_digest(self, subject: str, at: str | None, *, timezone: str | None = None) -> None:
+        """A daily digest at local time `at` (`HH:MM`), or off (None)."""
         ...

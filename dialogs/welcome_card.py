@@ -45,8 +45,9 @@ def welcome_payload(bot_name: str, where: InstallContext) -> dict[str, Any]:
                                                   "I message you when the price moves."},
             {"title": "Analyses", "value": "`analyze gadget` runs in the background with progress updates; "
                                              "keep chatting, I'll send the result."},
-            {"title": "Quiet when busy", "value": "I hold notifications while we're in the middle of something, "
-                                                    "and `mute` pauses them."},
+            {"title": "Quiet when busy", "value": "I hold notifications while we're in the middle of something; "
+                                                    "`settings` sets quiet hours or a daily digest, and `mute` "
+                                                    "pauses them."},
         ]},
         {"type": "TextBlock", "text": "Next: watch a price, or see all commands.", "wrap": True, "spacing": "Medium"},
     ]

@@ -44,14 +44,19 @@ class Decision:
     reason: str
 
 
-def decide(state: str, *, category: str, urgent: bool, muted: bool) -> Decision:
-    """The interjection rules, as one table (see tests/state/test_engagement.py)."""
+def decide(state: str, *, category: str, urgent: bool, muted: bool, deferred: str | None = None) -> Decision:
+    """The interjection rules, as one table (see tests/state/test_engagement.py).
+
+    `deferred` names the user's schedule that asks a non-urgent notification to wait ("quiet hours",
+    "daily digest"); results, progress and welcomes are never deferred."""
     if state == "inactive":
         return Decision("drop", "the bot cannot reach this conversation")
     if category == "notification" and muted:
         return Decision("drop", "notifications are muted")
     if category in ("welcome", "progress", "reply") or urgent:
         return Decision("deliver", "never held" if not urgent else "urgent")
+    if category == "notification" and deferred:
+        return Decision("hold", deferred)
     if state == "in_topic":
         return Decision("hold", "the user is mid-topic")
     return Decision("deliver", "the user is idle")

@@ -270,6 +270,15 @@ DROP TABLE IF EXISTS counters
 """
 
 
+_PREFERENCES_V7 = """
+ALTER TABLE preferences ADD COLUMN timezone TEXT;
+ALTER TABLE preferences ADD COLUMN timezone_chosen INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE preferences ADD COLUMN quiet_start TEXT;
+ALTER TABLE preferences ADD COLUMN quiet_end TEXT;
+ALTER TABLE preferences ADD COLUMN digest_at TEXT
+"""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -449,4 +458,5 @@ MIGRATIONS: tuple[Migration, ...] = (
         _POSTGRES_V5,
     ),
     Migration(6, "epoch-second times in every table", _SQLITE_V6, ""),
+    Migration(7, "time zones, quiet hours and the daily digest", _PREFERENCES_V7, _PREFERENCES_V7),
 )

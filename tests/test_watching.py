@@ -59,7 +59,7 @@ async def test_alert_only_when_the_condition_holds_and_once_per_price(chat: Chat
     await tick(chat, fake_clock, 3)
     [card] = alert_cards(chat)
     text = " ".join(chat.texts())
-    assert "12.00 USD → 9.50 USD" in text and "-20.8%" in text and "Acme Store" in text
+    assert "[gadget](https://shop.example/gadget): 12.00 → 9.50 USD (\u221220.8%)" in text and "Acme Store" in text
     titles = [a["title"] for a in card["actions"]]
     assert titles == ["View", "Snooze 1 hour", "Snooze 1 day", "Stop watching", "Mute notifications"]
     await push(chat, "9.50")
@@ -73,7 +73,8 @@ async def test_rapid_moves_coalesce_into_one_alert_with_the_latest_price(chat: C
         await push(chat, price)
     await tick(chat, fake_clock, 3)
     [_] = alert_cards(chat)
-    assert "9.10" in " ".join(chat.texts()) and "9.50" not in " ".join(chat.texts())
+    text = " ".join(chat.texts())
+    assert "gadget: 9.90 → 9.10 USD (\u22128.1%)" in text and "9.50" not in text, "from the burst's first price"
 
 
 async def test_stop_watching_button_updates_the_card_in_place(chat: Chat, fake_clock: FakeClock,
@@ -118,22 +119,30 @@ async def test_push_api_validates_and_requires_the_token(chat: Chat) -> None:
 
 async def test_analysis_acknowledges_updates_in_place_and_delivers(chat: Chat, fake_clock: FakeClock,
                                                                    double: ConnectorDouble) -> None:
+    """At most two messages: the acknowledgement (updated in place with progress, then "done"), and the result."""
     for price in (10, 12, 11):
         await push(chat, price)
+    before = len(double.find(conversation_id=chat.conversation_id, op="send"))
     await chat.say("analyze gadget")
+    await chat.settle()
     assert "Working on it" in chat.texts()[-1]
+    [ack] = [r for r in double.find(conversation_id=chat.conversation_id, op="send") if "Working on it" in str(r.body)]
     await chat.say("status")
     assert "gadget" in chat.texts()[-1]
     await tick(chat, fake_clock, 5)
     await tick(chat, fake_clock, 10)
-    progress = [r for r in double.find(conversation_id=chat.conversation_id) if "Still working" in str(r.body)]
-    assert [r.op for r in progress] == ["send", "update"], "one progress message, then updated in place"
+    updates = [r for r in double.find(conversation_id=chat.conversation_id, op="update")]
+    assert [u.activity_id for u in updates] == [ack.response["id"]] * 2, "progress updates the acknowledgement"
+    assert all("Still working" in str(u.body) for u in updates)
     await chat.say("help")  # the conversation goes on meanwhile
     await tick(chat, fake_clock, 15)
     result = [t for t in chat.texts() if "Analysis of gadget is ready" in t]
     assert len(result) == 1 and "10.00 / 12.00 USD" in result[0] and "rising" in result[0]
-    final = double.activity(chat.conversation_id, progress[0].response["id"])
+    final = double.activity(chat.conversation_id, ack.response["id"])
     assert final is not None and "Done" in str(final)
+    sends = [r for r in double.find(conversation_id=chat.conversation_id, op="send")][before:]
+    ours = [r for r in sends if "gadget" in str(r.body) and "Analyses still running" not in str(r.body)]
+    assert len(ours) == 2, f"the analysis sent {len(ours)} messages, not 2: {[str(r.body)[:80] for r in ours]}"
 
 
 async def test_cancel_analysis(chat: Chat, fake_clock: FakeClock) -> None:

@@ -1,7 +1,9 @@
-"""Long-running analyses: acknowledged at once, progress updated in place, the result delivered later.
+"""Long-running analyses: at most two messages each — the acknowledgement, updated in place with progress
+and finally "done", and the result (a chart of the price history next to its statistics).
 
-An analysis is a row plus scheduler jobs (progress steps and the finish), so it survives restarts: after
-a crash the jobs run when the process is back, and the analysis resumes where its schedule says.
+The acknowledgement is posted through the outbox (category `progress`, never held) so its Teams activity id is
+known and later updates replace it. An analysis is a row plus scheduler jobs (progress steps and the finish),
+so it survives restarts: after a crash the jobs run when the process is back, and it resumes on schedule.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from scheduler.clock import Clock
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
 from state.analyses import AnalysisRow, AnalysisStore
-from state.model import UserRef
+from state.model import UserRef, user_subject
 from state.outbox import OutboxItem
+from state.preferences import Preferences
 from state.prices import PriceLog
 from state.references import ConversationReferences
 
@@ -36,7 +39,7 @@ class AnalysisService:
     def __init__(self, store: AnalysisStore, prices: PriceLog, proactive: ProactiveMessages, scheduler: Scheduler,
                  references: ConversationReferences, clock: Clock, *, source: PriceSource | None = None,
                  analyze_seconds: float = 30.0, progress_delays: Sequence[float] = (5, 15, 30),
-                 repeat_every: float = 30.0) -> None:
+                 repeat_every: float = 30.0, preferences: Preferences | None = None) -> None:
         self._store = store
         self._prices = prices
         self._proactive = proactive
@@ -47,22 +50,27 @@ class AnalysisService:
         self._duration = analyze_seconds
         self._delays = sorted(progress_delays)
         self._repeat = repeat_every
+        self._preferences = preferences
         scheduler.register(PROGRESS, self._progress)
         scheduler.register(FINISH, self._finish)
 
-    async def start(self, user: UserRef, conversation_id: str, product: str) -> str:
+    async def start(self, user: UserRef, conversation_id: str, product: str) -> str | None:
+        """Start the analysis and post its acknowledgement (None: nothing more to say in the turn)."""
         if await self._store.is_running(user.id, product):
             return f"I'm already analysing **{product}**; I'll message you when it's done. `status` shows progress."
         analysis_id = uuid.uuid4().hex[:12]
         record = await self._references.get(conversation_id)
         await self._store.insert(analysis_id, user.id, conversation_id, record.tenant_id if record else None,
                                  product, self._clock.now().timestamp() + self._duration)
+        row = await self._store.get(analysis_id)
+        assert row is not None
+        await self._say_progress(row, f"⏳ Working on it: analysing **{product}** takes about {self._duration:g} s. "
+                                      "Keep chatting; I'll update this message and post the result here.")
         await self._scheduler.schedule_in(self._duration, FINISH, {"id": analysis_id}, key=f"analysis:{analysis_id}")
         if self._delays and self._delays[0] < self._duration:
             await self._scheduler.schedule_in(self._delays[0], PROGRESS, {"id": analysis_id, "step": 0},
                                               key=f"analysis-progress:{analysis_id}")
-        return (f"Working on it — analysing **{product}** takes about {self._duration:g} s. Keep chatting; "
-                "I'll message you with the result (`status` shows what's running).")
+        return None
 
     async def running(self, user_id: str) -> list[str]:
         now = self._clock.now().timestamp()
@@ -84,7 +92,8 @@ class AnalysisService:
             return
         now = self._clock.now().timestamp()
         elapsed, left = now - row.started_at, max(0.0, row.due_at - now)
-        text = f"⏳ Still working on **{row.product}** — {elapsed:.0f} s so far, about {left:.0f} s to go."
+        text = (f"⏳ Still working on **{row.product}**: {elapsed:.0f} s so far, about {left:.0f} s to go. "
+                "Keep chatting; I'll post the result here.")
         await self._say_progress(row, text)
         step = int(job.payload.get("step", 0)) + 1
         gap = self._delays[step] - self._delays[step - 1] if step < len(self._delays) else self._repeat
@@ -93,7 +102,7 @@ class AnalysisService:
                                               key=f"analysis-progress:{row.id}")
 
     async def _say_progress(self, row: AnalysisRow, text: str) -> None:
-        """Post the progress message once, then update that same message in place."""
+        """Post the acknowledgement once, then update that same message in place."""
         payload = {"type": "message", "text": text, "textFormat": "markdown"}
         item = OutboxItem(payload=payload, conversation_id=row.conversation_id, tenant_id=row.tenant_id,
                           category="progress")
@@ -113,11 +122,13 @@ class AnalysisService:
             quote = await self._source.fetch(row.product)
             if quote is not None:
                 history = [quote]
+        timezone = await self._preferences.timezone(user_subject(row.user_id)) if self._preferences else "UTC"
         await self._proactive.enqueue([OutboxItem(
-            payload=result_payload(summarize(row.product, history)), conversation_id=row.conversation_id,
-            tenant_id=row.tenant_id, category="result", dedup_key=f"analysis-result:{row.id}",
+            payload=result_payload(summarize(row.product, history), timezone=timezone),
+            conversation_id=row.conversation_id, tenant_id=row.tenant_id, category="result",
+            dedup_key=f"analysis-result:{row.id}",
         )])
-        await self._end(row.id, "done", "✅ Done — the result is below.")
+        await self._end(row.id, "done", "✅ Done: the result is in the next message.")
         log.info("analysis %s of %s finished (%d observations)", row.id, row.product, len(history))
 
     async def _end(self, analysis_id: str, status: str, progress_text: str) -> None:

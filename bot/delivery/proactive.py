@@ -1,8 +1,10 @@
 """The one door every proactive message goes through: policy, then the durable outbox, then the worker.
 
-Each item consults the engagement policy first (state/engagement.py): deliver now, hold until the user's
-topic ends, or drop (muted notifications, unreachable conversations). Held items about the same subject
-supersede each other; several released together go out as ONE digest message.
+Each item consults the engagement policy first (state/engagement.py): deliver now, hold, or drop (muted
+notifications, unreachable conversations). An item is held until the user's topic ends, or — for non-urgent
+notifications — until the user's quiet hours end or their daily digest is due (`NotificationSettings`): such a
+row keeps its release time in `not_before`, and one scheduler job per conversation (`deferred:` key) releases
+it. Held items about the same subject supersede each other; several released together go out as ONE digest.
 """
 
 from __future__ import annotations
@@ -11,22 +13,31 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Literal
 
 from scheduler.clock import Clock
 from scheduler.scheduler import Scheduler
 from state.engagement import Decision, Engagement, decide
-from state.model import conversation_subject, hold_key, user_subject
-from state.outbox import OutboxItem, OutboxStore
+from state.model import (
+    NotificationSettings,
+    conversation_subject,
+    deferred_key,
+    hold_key,
+    release_time,
+    user_subject,
+)
+from state.outbox import OutboxItem, OutboxRow, OutboxStore
 from state.preferences import Preferences
-from state.references import ConversationReferences
+from state.references import ConversationRecord, ConversationReferences
 
-from .digest import digest_payload
+from .digest import DEFAULT_MAX_BYTES, digest_payloads, reason_of
 from .worker import DeliveryWorker
 
 log = logging.getLogger(__name__)
 
 RELEASE_OVERDUE = "engagement.release_overdue"
+RELEASE_DEFERRED = "delivery.release_deferred"
 _STATUS: dict[str, Literal["pending", "held", "dropped"]] = {"deliver": "pending", "hold": "held", "drop": "dropped"}
 
 
@@ -53,6 +64,7 @@ class ProactiveMessages:
         clock: Clock,
         *,
         hold_max_seconds: float = 600.0,
+        max_message_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self._store = store
         self._worker = worker
@@ -62,12 +74,15 @@ class ProactiveMessages:
         self._scheduler = scheduler
         self._clock = clock
         self._hold_max = hold_max_seconds
+        self._max_bytes = max_message_bytes
         self.counts: Counter[str] = Counter()
         engagement.on_topic_ended(self.release)
         scheduler.register(RELEASE_OVERDUE, self._release_overdue)
+        scheduler.register(RELEASE_DEFERRED, self._release_deferred)
 
-    async def _decisions(self, items: Sequence[OutboxItem]) -> list[tuple[Decision, str | None]]:
-        """The policy's answer for each item, and the conversation it concerns (if known); lookups batched."""
+    async def _decisions(self, items: Sequence[OutboxItem]) -> list[tuple[Decision, str | None, float | None]]:
+        """The policy's answer for each item, the conversation it concerns (if known), and for a deferred item
+        when it may go out; lookups batched."""
         records = await self._references.get_many(i.conversation_id for i in items if i.conversation_id)
         targets: list[tuple[str | None, list[str]]] = []
         for item in items:
@@ -87,25 +102,34 @@ class ProactiveMessages:
         notifications = [subjects for (_, subjects), item in zip(targets, items, strict=True)
                          if item.category == "notification"]
         muted = await self._preferences.muted(s for subjects in notifications for s in subjects)
-        return [
-            (decide(states.get(conversation_id, "idle") if conversation_id else "idle", category=item.category,
-                    urgent=item.priority > 0,
-                    muted=item.category == "notification" and any(s in muted for s in subjects)),
-             conversation_id)
-            for (conversation_id, subjects), item in zip(targets, items, strict=True)
-        ]
+        settings = await self._preferences.settings_of(s for subjects in notifications for s in subjects)
+        now = self._clock.now()
+        out: list[tuple[Decision, str | None, float | None]] = []
+        for (conversation_id, subjects), item in zip(targets, items, strict=True):
+            plan = None
+            if item.category == "notification" and item.priority <= 0:
+                plan = release_time(now, _schedule(settings, subjects))
+            decision = decide(states.get(conversation_id, "idle") if conversation_id else "idle",
+                              category=item.category, urgent=item.priority > 0,
+                              muted=item.category == "notification" and any(s in muted for s in subjects),
+                              deferred=plan[1] if plan else None)
+            deferred_until = plan[0].timestamp() if plan and decision.reason == plan[1] else None
+            out.append((decision, conversation_id, deferred_until))
+        return out
 
     async def enqueue(self, items: Sequence[OutboxItem]) -> list[Admission]:
         """Apply the policy, commit the rows in one transaction, then wake the worker for those that may go now."""
         if not items:
             return []
         decisions = await self._decisions(items)
-        decided = [replace(item, status=_STATUS[d.action], note=d.reason if d.action == "drop" else item.note)
-                   for item, (d, _) in zip(items, decisions, strict=True)]
+        decided = [replace(item, status=_STATUS[d.action],
+                           note=d.reason if d.action == "drop" or until is not None else item.note,
+                           not_before=until if until is not None else item.not_before)
+                   for item, (d, _, until) in zip(items, decisions, strict=True)]
         results = await self._store.enqueue(decided)
         now = self._clock.now().timestamp()
         admissions, deliver = [], []
-        for item, (decision, conversation_id), result in zip(decided, decisions, results, strict=True):
+        for item, (decision, conversation_id, until), result in zip(decided, decisions, results, strict=True):
             admissions.append(Admission(result.id, result.created, decision))
             if not result.created:
                 continue
@@ -113,46 +137,120 @@ class ProactiveMessages:
             if decision.action == "deliver":
                 deliver.append(item.as_row(result.id, now))
             elif decision.action == "hold" and conversation_id:
-                await self._hold(result.id, conversation_id, item)
+                await self._hold(result.id, conversation_id, item, deferred_until=until)
             else:
                 log.info("dropped a %s for %s: %s", item.category, conversation_id or item.target_user_id,
                          decision.reason)
         self._worker.submit(deliver)
         return admissions
 
-    async def _hold(self, row_id: int, conversation_id: str, item: OutboxItem) -> None:
+    async def _hold(self, row_id: int, conversation_id: str, item: OutboxItem, *,
+                    deferred_until: float | None = None) -> None:
         if item.conversation_id is None:  # a user-targeted item waits in the user's 1:1 chat
             await self._store.retarget(row_id, conversation_id)
         if item.subject:
             superseded = await self._store.supersede(conversation_id, item.subject, keep=row_id)
             self.counts["superseded"] += superseded
+        if deferred_until is not None:
+            await self._plan_release(conversation_id, deferred_until)
+        else:
+            await self._hold_at_most(conversation_id)
+
+    async def _hold_at_most(self, conversation_id: str) -> None:
+        """Mid-topic holds end after HOLD_MAX_SECONDS at the latest."""
         if await self._scheduler.get(key=hold_key(conversation_id)) is None:
             await self._scheduler.schedule_in(
                 self._hold_max, RELEASE_OVERDUE, {"conversation_id": conversation_id}, key=hold_key(conversation_id)
             )
 
+    async def _plan_release(self, conversation_id: str, at: float) -> None:
+        """The conversation's deferred-release job runs at `at` (or earlier, if it already was due earlier)."""
+        key = deferred_key(conversation_id)
+        job = await self._scheduler.get(key=key)
+        if job is None or job.due_at.timestamp() > at or job.state != "pending":
+            await self._scheduler.schedule_at(datetime.fromtimestamp(at, UTC), RELEASE_DEFERRED,
+                                              {"conversation_id": conversation_id}, key=key)
+
     async def release(self, conversation_id: str, *, resume_prompt: str | None = None) -> int:
-        """Send what was held for a conversation: one item as is, several as one digest. Returns rows released."""
+        """The topic ended (or overran): send what was held for it and is due, one item as is, several as one
+        digest. Items waiting for quiet hours to end or for the daily digest stay held. Returns rows released."""
         await self._scheduler.cancel(key=hold_key(conversation_id))
-        held = await self._store.held(conversation_id)
+        now = self._clock.now().timestamp()
+        held = [r for r in await self._store.held(conversation_id) if r.not_before <= now]
+        return await self._send_held(conversation_id, held, resume_prompt=resume_prompt)
+
+    async def _send_held(self, conversation_id: str, held: list[OutboxRow], *,
+                         resume_prompt: str | None = None) -> int:
         if not held:
             return 0
-        if len(held) == 1 and resume_prompt is None:
+        reason = reason_of(held)
+        if len(held) == 1 and resume_prompt is None and reason is None:
             await self._store.set_status([held[0].id], "pending", only_from=["held"])
             held[0].status = "pending"
             self._worker.submit(held)
         else:
             first = held[0]
-            [digest] = await self._store.enqueue([OutboxItem(
-                payload=digest_payload(held, resume_prompt=resume_prompt), conversation_id=conversation_id,
-                tenant_id=first.tenant_id, category="digest", priority=max(r.priority for r in held),
-            )])
+            payloads = digest_payloads(held, resume_prompt=resume_prompt, reason=reason, max_bytes=self._max_bytes)
+            digests = await self._store.enqueue([OutboxItem(
+                payload=payload, conversation_id=conversation_id, tenant_id=first.tenant_id, category="digest",
+                priority=max(r.priority for r in held),
+            ) for payload in payloads])
             await self._store.set_status([r.id for r in held], "merged", only_from=["held"],
-                                         note=f"delivered in digest {digest.id}")
-            self._worker.submit(await self._store.get_many([digest.id]))
+                                         note=f"delivered in digest {digests[0].id}")
+            self._worker.submit(await self._store.get_many([d.id for d in digests]))
         self.counts["released"] += len(held)
         log.info("released %d held item(s) in %s", len(held), conversation_id)
         return len(held)
+
+    async def _release_deferred(self, job: object) -> None:
+        conversation_id = str(getattr(job, "payload", {}).get("conversation_id", ""))
+        if conversation_id:
+            await self.release_deferred(conversation_id)
+
+    async def release_deferred(self, conversation_id: str) -> int:
+        """Quiet hours ended or the digest is due: send what is due now as one digest, plan the rest.
+
+        What is due also follows the conversation's settings now: turning quiet hours or the digest off (or
+        moving them earlier) releases sooner. Mid-topic nothing interrupts: the topic's end releases it."""
+        held = await self._store.held(conversation_id)
+        settings = await self._settings_for(conversation_id)
+        now = self._clock.now().timestamp()
+
+        def release_at(row: OutboxRow) -> float:
+            """The planned time, or earlier if the settings now would have planned it earlier on arrival."""
+            plan = release_time(datetime.fromtimestamp(row.created_at, UTC), settings)
+            return min(row.not_before, plan[0].timestamp() if plan else row.created_at)
+
+        due = [r for r in held if release_at(r) <= now]
+        later = [release_at(r) for r in held if release_at(r) > now]
+        if later:
+            await self._plan_release(conversation_id, min(later))
+        elif (job := await self._scheduler.get(key=deferred_key(conversation_id))) and job.state == "pending":
+            await self._scheduler.cancel(key=deferred_key(conversation_id))  # nothing is waiting any more
+        if not due:
+            return 0
+        if await self._engagement.state(conversation_id) == "in_topic":
+            if due:
+                await self._hold_at_most(conversation_id)
+            return 0
+        return await self._send_held(conversation_id, due)
+
+    async def _settings_for(self, conversation_id: str) -> NotificationSettings:
+        record = await self._references.get(conversation_id)
+        subjects = [conversation_subject(conversation_id)]
+        if record is not None and record.conversation_type == "personal" and record.user_id:
+            subjects.append(user_subject(record.user_id))
+        return _schedule(await self._preferences.settings_of(subjects), subjects)
+
+    async def replan(self, subject: str) -> None:
+        """A subject's time zone, quiet hours or digest changed: re-plan what its conversations hold."""
+        if subject.startswith("user:"):
+            records: list[ConversationRecord] = await self._references.for_user(subject.removeprefix("user:"))
+            conversations = [r.conversation_id for r in records if r.conversation_type == "personal"]
+        else:
+            conversations = [subject.removeprefix("conversation:")]
+        for conversation_id in conversations:
+            await self.release_deferred(conversation_id)
 
     async def _release_overdue(self, job: object) -> None:
         """HOLD_MAX_SECONDS passed mid-topic: deliver, then re-ask the pending question."""
@@ -168,5 +266,14 @@ class ProactiveMessages:
         await self._engagement.fire(conversation_id, "removed")
         await self._engagement.forget_welcome(conversation_id)
         await self._scheduler.cancel(key=hold_key(conversation_id))
+        await self._scheduler.cancel(key=deferred_key(conversation_id))
         cancelled = await self._store.cancel_conversation(conversation_id, "the bot was removed")
         self._worker.cancel(cancelled)
+
+
+def _schedule(settings: dict[str, NotificationSettings], subjects: Sequence[str]) -> NotificationSettings:
+    """Whose quiet hours and digest apply: the person's in a 1:1 chat, else the conversation's."""
+    for subject in reversed(subjects):  # user subjects come after the conversation's
+        if subject in settings:
+            return settings[subject]
+    return NotificationSettings()

@@ -26,7 +26,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from bot.config import Config, ConfigError, load_config
-from dialogs.commands import COMMANDS
+from dialogs.commands import MENU_COMMANDS
 
 MANIFEST_VERSION = "1.22"
 SCHEMA_URL = (
@@ -106,16 +106,16 @@ def developer_from(settings: Mapping[str, str], bot_name: str) -> Developer:
 
 def command_lists() -> list[dict[str, Any]]:
     """One command list per scope, from the bot's command catalogue."""
-    if len(COMMANDS) > MAX_COMMANDS:
+    if len(MENU_COMMANDS) > MAX_COMMANDS:
         raise ManifestError(
-            f"Teams shows at most {MAX_COMMANDS} commands per scope; the bot has {len(COMMANDS)}"
+            f"Teams shows at most {MAX_COMMANDS} commands per scope; the bot has {len(MENU_COMMANDS)}"
         )
     commands = [
         {
             "title": c.name,
             "description": c.description if c.usage == c.name else f"{c.description}. Usage: {c.usage}",
         }
-        for c in COMMANDS
+        for c in MENU_COMMANDS
     ]
     return [{"scopes": [scope], "commands": commands} for scope in SCOPES]
 

@@ -2,21 +2,36 @@
 
 Quotes come from polling (a PriceSource) or from `POST /api/prices`. Each new quote is recorded and an
 evaluation is scheduled a few seconds later (only if none is pending), so rapid moves coalesce into one
-alert carrying the latest price. Alerts go through the interjection policy and the outbox.
+alert carrying the latest price. The evaluation job also carries the price from before the burst, so an
+alert says where the price came from ("12.00 → 9.50 USD") even for a watch that had not seen a price yet.
+Alerts go through the interjection policy and the outbox, with times in the watch owner's time zone.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 
 from bot.delivery.proactive import ProactiveMessages
 from dialogs.alert_card import Alert, alert_payload
 from scheduler.clock import Clock
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
-from state.model import Condition, Observation, UserRef, WatchResult, WatchView, evaluate_key, poll_key, product_key
+from state.model import (
+    Condition,
+    Observation,
+    UserRef,
+    WatchResult,
+    WatchView,
+    evaluate_key,
+    local_time,
+    poll_key,
+    product_key,
+    user_subject,
+)
 from state.outbox import OutboxItem
+from state.preferences import Preferences
 from state.prices import PriceLog, triggers
 from state.references import ConversationReferences
 from state.watches import WatchStore
@@ -34,7 +49,7 @@ class PriceWatcher:
 
     def __init__(self, book: WatchStore, prices: PriceLog, proactive: ProactiveMessages, scheduler: Scheduler,
                  references: ConversationReferences, clock: Clock, source: PriceSource | None = None,
-                 coalesce_seconds: float = 3.0) -> None:
+                 coalesce_seconds: float = 3.0, preferences: Preferences | None = None) -> None:
         self._book = book
         self._prices = prices
         self._proactive = proactive
@@ -43,6 +58,7 @@ class PriceWatcher:
         self._clock = clock
         self._source = source
         self._coalesce = coalesce_seconds
+        self._preferences = preferences
         scheduler.register(POLL, self._poll)
         scheduler.register(EVALUATE, self._evaluate)
 
@@ -102,12 +118,19 @@ class PriceWatcher:
     # -- quotes and alerts -------------------------------------------------------------------------
 
     async def observe(self, observation: Observation) -> None:
-        """A new price (polled or pushed): record it; evaluate soon, once for a burst of moves."""
-        await self._prices.record(observation)
+        """A new price (polled or pushed): record it; evaluate soon, once for a burst of moves.
+
+        The first quote of a burst notes the price before it (or itself, when it is the first price ever):
+        that is where an alert says the price came from."""
         key = evaluate_key(observation.product)
-        if await self._scheduler.get(key=key) is None:
-            await self._scheduler.schedule_in(self._coalesce, EVALUATE, {"product": product_key(observation.product)},
-                                              key=key)
+        pending = await self._scheduler.get(key=key)
+        before = await self._prices.latest(observation.product) if pending is None else None
+        await self._prices.record(observation)
+        if pending is None:
+            start = before.price if before is not None else observation.price
+            await self._scheduler.schedule_in(
+                self._coalesce, EVALUATE, {"product": product_key(observation.product), "from": str(start)}, key=key
+            )
 
     async def _evaluate(self, job: Job) -> None:
         product = str(job.payload["product"])
@@ -122,8 +145,10 @@ class PriceWatcher:
             snoozed = watch.snoozed_until is not None and watch.snoozed_until > now
             if fire and not snoozed:
                 record = await self._references.get(watch.conversation_id)
-                alert = Alert(watch.id, watch.product, watch.last_price, latest.price, latest.currency,
-                              latest.source, latest.url, watch.condition, latest.observed_at)
+                previous = watch.last_price if watch.last_price is not None else _price(job.payload.get("from"))
+                alert = Alert(watch.id, watch.product, previous, latest.price, latest.currency,
+                              latest.source, latest.url, watch.condition, latest.observed_at,
+                              timezone=await self._timezone(watch.user_id))
                 items.append(OutboxItem(
                     payload=alert_payload(alert), conversation_id=watch.conversation_id,
                     tenant_id=record.tenant_id if record else None, category="notification",
@@ -142,7 +167,11 @@ class PriceWatcher:
         until = self._clock.now() + timedelta(hours=hours)
         if watch is None or not await self._prices.snooze(watch_id, user_id, until):
             return "That watch no longer exists."
-        return f"Snoozed until {until.strftime('%Y-%m-%d %H:%M UTC')}."
+        return f"Snoozed until {local_time(until, await self._timezone(user_id))}."
+
+    async def _timezone(self, user_id: str) -> str:
+        """The user's time zone (UTC until known)."""
+        return await self._preferences.timezone(user_subject(user_id)) if self._preferences else "UTC"
 
     async def stop(self, watch_id: int, user_id: str) -> str:
         """Remove the presser's own watch."""
@@ -153,3 +182,11 @@ class PriceWatcher:
             return "You're no longer watching this product."
         await self._stop_polling_if_unwatched(watch.product)
         return f"Stopped watching {watch.product}."
+
+
+def _price(value: object) -> Decimal | None:
+    """A price stored in a job payload; None when absent or unreadable (jobs written by older versions)."""
+    try:
+        return Decimal(str(value)) if value is not None else None
+    except InvalidOperation:
+        return None

@@ -28,6 +28,7 @@ from bot.tls import trust_context
 from scheduler.clock import Clock
 from scheduler.scheduler import Scheduler
 from state.engagement import Engagement
+from state.preferences import Preferences
 from state.references import ConversationReferences
 
 from .adapter import TeamsAdapter, build_authentication
@@ -72,6 +73,7 @@ class TeamsConnection:
         scheduler: Scheduler,
         welcome_team_members: bool,
         alert_actions: AlertActions,
+        preferences: Preferences | None = None,
     ) -> SdkTurns:
         """The activity handler over `storage`, wrapped as the /api/messages turn processor."""
         bot = ProactiveBot(
@@ -86,6 +88,7 @@ class TeamsConnection:
             scheduler=scheduler,
             welcome_team_members=welcome_team_members,
             alert_buttons=AlertButtons(alert_actions),
+            preferences=preferences,
         )
         self.adapter.reply_later = QueuedReplies(proactive)
         return SdkTurns(self.adapter, self.authentication, bot)

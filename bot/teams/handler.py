@@ -1,7 +1,8 @@
 """The Teams activity handler: records where every conversation lives, runs the dialogs, welcomes.
 
 It translates Teams events into calls on the domain. After each message turn it tells the engagement
-state machine whether the user is mid-topic, which is what decides if proactive items wait.
+state machine whether the user is mid-topic, which is what decides if proactive items wait. It remembers
+each user's time zone from the `localTimezone` Teams puts on their activities (invalid names are ignored).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from botbuilder.core import BotState, ConversationState, TurnContext, UserState
 from botbuilder.core.teams import TeamsActivityHandler
 from botbuilder.dialogs import Dialog
 from botbuilder.schema import (
+    Activity,
     ActivityTypes,
     AdaptiveCardInvokeResponse,
     AdaptiveCardInvokeValue,
@@ -30,7 +32,9 @@ from dialogs.runner import mid_topic as mid_topic_of
 from dialogs.welcome_card import welcome_payload
 from scheduler.scheduler import Scheduler
 from state.engagement import Engagement
+from state.model import timezone_name, user_subject
 from state.outbox import OutboxItem
+from state.preferences import Preferences
 from state.references import ConversationReferences
 
 from .activities import install_context, record_from_activity, team_id_of, tenant_of
@@ -60,6 +64,7 @@ class ProactiveBot(TeamsActivityHandler):
         scheduler: Scheduler,
         welcome_team_members: bool = False,
         alert_buttons: AlertButtons | None = None,
+        preferences: Preferences | None = None,
     ) -> None:
         self._bot_name = bot_name
         self._references = references
@@ -73,6 +78,7 @@ class ProactiveBot(TeamsActivityHandler):
         self._welcome_team_members = welcome_team_members
         self._alert_buttons = alert_buttons
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+        self._preferences = preferences
 
     @asynccontextmanager
     async def _conversation_turn(self, conversation_id: str) -> AsyncIterator[None]:
@@ -106,6 +112,15 @@ class ProactiveBot(TeamsActivityHandler):
             "add-upgrade",
         )
         await self._references.upsert(record, reactivate=installing or activity.type in _REACTIVATING)
+        await self._remember_timezone(activity)
+
+    async def _remember_timezone(self, activity: Activity) -> None:
+        """Store the sender's IANA zone when Teams reports a valid one (written only when it changes)."""
+        sender = activity.from_property
+        zone = timezone_name(getattr(activity, "local_timezone", None))
+        if self._preferences is None or zone is None or sender is None or not sender.id:
+            return
+        await self._preferences.remember_timezone(user_subject(sender.id), zone)
 
     # -- messages ----------------------------------------------------------------------------------
 

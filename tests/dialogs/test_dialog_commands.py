@@ -19,7 +19,7 @@ async def test_help_lists_every_command_with_quick_start_buttons(chat: Chat, tex
     assert reply.text == help_text("PriceBot")
     assert all(f"`{c.usage}`" in reply.text for c in COMMANDS)
     buttons = submit_actions(card_of(reply))
-    assert [b["data"] for b in buttons] == [{"command": "watch"}, {"command": "list"}, {"command": "help"}]
+    assert [b["data"]["command"] for b in buttons] == ["watch", "list", "settings", "help"]
     assert chat.in_topic is False
 
 
@@ -98,7 +98,7 @@ async def test_bare_unwatch_offers_the_list_or_says_there_is_nothing(chat: Chat)
 
 
 async def test_analyze_relays_the_back_end_message_and_status_lists_running(chat: Chat) -> None:
-    assert await chat.texts("status") == ["No analyses are running. Start one with `analyze <product>`."]
+    assert await chat.texts("status") == ["No analyses are running. Start one with `analyze PRODUCT`."]
     assert await chat.texts("Analyze gadget") == [
         "Started analysing **gadget**. I'll message you when it's done; `status` shows progress."
     ]
@@ -108,23 +108,23 @@ async def test_analyze_relays_the_back_end_message_and_status_lists_running(chat
     ]
     await chat.press(command="analyze", product="super gadget")
     assert await chat.texts("STATUS") == [
-        "Analyses still running (2):\n- **gadget**\n- **super gadget**\nType `cancel <product>` to stop one."
+        "Analyses still running (2):\n- **gadget**\n- **super gadget**\nType `cancel PRODUCT` to stop one."
     ]
     chat.analyses.finish("29:ada", "gadget")
     assert await chat.texts("status") == [
-        "Analyses still running (1):\n- **super gadget**\nType `cancel <product>` to stop one."
+        "Analyses still running (1):\n- **super gadget**\nType `cancel PRODUCT` to stop one."
     ]
 
 
 async def test_analyze_needs_a_product(chat: Chat) -> None:
-    assert await chat.texts("analyze") == ["Which product? Type `analyze <product>`, e.g. `analyze gadget`."]
+    assert await chat.texts("analyze") == ["Which product? Type `analyze PRODUCT`, e.g. `analyze gadget`."]
     assert chat.analyses.started == []
 
 
 async def test_cancel_when_idle_stops_a_named_analysis_or_says_there_is_nothing(chat: Chat) -> None:
     await chat.texts("analyze gadget")
     assert await chat.texts("cancel") == [
-        "There's nothing to cancel right now. To stop a running analysis, type `cancel <product>` "
+        "There's nothing to cancel right now. To stop a running analysis, type `cancel PRODUCT` "
         "(`status` lists them)."
     ]
     assert await chat.texts("cancel widget") == ["No analysis of **widget** is running. Type `status`."]
@@ -135,7 +135,7 @@ async def test_cancel_when_idle_stops_a_named_analysis_or_says_there_is_nothing(
 
 async def test_mute_for_a_duration_then_it_expires(chat: Chat) -> None:
     assert await chat.texts("Mute 2h") == [
-        "Muted your notifications for 2 hours, until 2026-01-01T02:00:00Z (UTC). "
+        "Muted your notifications for 2 hours, until 2026-01-01 02:00 UTC. "
         "Type `unmute` to turn them back on sooner."
     ]
     assert chat.preferences.mutes == {"user:29:ada": datetime(2026, 1, 1, 2, tzinfo=UTC)}
@@ -157,7 +157,7 @@ async def test_mute_until_unmute(chat: Chat) -> None:
 async def test_mute_in_a_group_chat_or_channel_mutes_the_conversation(chat: Chat, conversation_type: str) -> None:
     group = ConversationAccount(id=CONVERSATION, conversation_type=conversation_type)
     [reply] = await chat.texts(Activity(type=ActivityTypes.message, text="mute 1d", conversation=group))
-    assert reply.startswith("Muted notifications in this conversation for 1 day, until 2026-01-02T00:00:00Z")
+    assert reply.startswith("Muted notifications in this conversation for 1 day, until 2026-01-02 00:00 UTC")
     assert list(chat.preferences.mutes) == [f"conversation:{CONVERSATION}"]
     assert await chat.texts(Activity(type=ActivityTypes.message, text="unmute", conversation=group)) == [
         "Notifications in this conversation are back on."
@@ -175,7 +175,7 @@ async def test_mute_subjects_match_the_preferences_store() -> None:
 async def test_mute_by_button_uses_the_clock(chat: Chat) -> None:
     chat.clock.advance(90)
     [reply] = await chat.press(command="mute", args="30m")
-    assert "until 2026-01-01T00:31:30Z" in reply
+    assert "until 2026-01-01 00:31 UTC" in reply
     assert chat.preferences.mutes == {"user:29:ada": datetime(2026, 1, 1, 0, 31, 30, tzinfo=UTC)}
 
 

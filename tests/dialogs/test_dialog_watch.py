@@ -87,7 +87,7 @@ async def test_product_only_asks_for_the_condition(chat: Chat) -> None:
 async def test_help_mid_watch_reasks_the_pending_question_and_the_watch_still_completes(chat: Chat) -> None:
     await chat.texts("watch")
     help_reply, question = await chat.texts("help")
-    assert "`unwatch <product>`" in help_reply
+    assert "`unwatch PRODUCT`" in help_reply
     assert "We're in the middle of setting up a watch" in help_reply
     assert question == ASK_PRODUCT
     assert chat.in_topic is True and await chat.stored_mid_topic()

@@ -26,6 +26,7 @@ URL = "https://shop.example/gadget"
 HELP_NEEDLE = "watches product prices for you"
 TURN_FAILED = "something went wrong on my side"  # the bot's on_turn_error apology
 PROGRESS = "Still working on **gadget**"
+ACK = "Working on it: analysing **gadget**"
 
 
 @pytest.fixture
@@ -123,7 +124,7 @@ async def test_price_alert_fires_once_below_threshold_and_stop_watching_updates_
     assert alert.conversation_id == playground.conversation_id
     [card] = alert.cards
     text = card_text(alert)
-    assert "12.00 USD → 9.50 USD (-20.8%)" in text, text
+    assert "12.00 → 9.50 USD (\u221220.8%)" in text, text
     assert f"[gadget]({URL})" in text and "drops below 10.00" in text and source in text, text
     facts = {f["title"]: f["value"] for b in card["body"] if b["type"] == "FactSet" for f in b["facts"]}
     assert facts["Reported by"] == source and set(facts) == {"Why", "Reported by", "Seen at"}, facts
@@ -151,37 +152,40 @@ async def test_price_alert_fires_once_below_threshold_and_stop_watching_updates_
 async def test_analyze_answers_at_once_updates_progress_in_place_and_delivers_the_result(
     playground: Playground, bot_process: Any
 ) -> None:
-    """`analyze gadget`: answered at once, one progress message updated in place, `help` answered meanwhile,
-    then the result card over the pushed prices and the progress message updated to Done."""
+    """`analyze gadget`: at most two messages. The acknowledgement comes at once and is updated in place with
+    progress (`help` is answered meanwhile) and finally "Done"; the result card has the chart and the figures."""
     for price in ("12", "9.5", "11"):  # recorded before the 202; no watch, so no alerts
         await push_price(bot_process, price, "E2E feed")
 
     mark = playground.mark()
-    started = await say(playground, "analyze gadget", "Working on it", "**gadget**")
+    started = await say(playground, "analyze gadget", ACK)
+    assert started.action == "createMessage"
 
-    progress = await playground.wait_for_message(
-        lambda m: m.action == "createMessage" and PROGRESS in m.text, after=mark
-    )
-    assert playground.messages.index(progress) > playground.messages.index(started)
     helped = await say(playground, "help", HELP_NEEDLE)  # answered while the analysis runs
     in_place = await playground.wait_for_message(
-        lambda m: m.action == "updateMessage" and m.message_id == progress.message_id and PROGRESS in m.text,
+        lambda m: m.action == "updateMessage" and m.message_id == started.message_id and PROGRESS in m.text,
         after=mark,
     )
     result = await playground.wait_for_message(lambda m: "Analysis of gadget is ready" in card_text(m), after=mark)
     done = await playground.wait_for_message(
-        lambda m: m.action == "updateMessage" and m.message_id == progress.message_id and "Done" in m.text,
+        lambda m: m.action == "updateMessage" and m.message_id == started.message_id and "Done" in m.text,
         after=mark,
     )
 
-    order = [playground.messages.index(m) for m in (started, progress, helped, in_place, result, done)]
-    assert order[2] < order[4] and order[1] < order[3] < order[5], [str(m) for m in playground.messages]
-    facts = {f["title"]: f["value"] for b in result.cards[0]["body"] if b["type"] == "FactSet" for f in b["facts"]}
+    order = [playground.messages.index(m) for m in (started, helped, in_place, result, done)]
+    assert order[0] < order[1] and order[0] < order[2] < order[4] and order[3] < order[4], [
+        str(m) for m in playground.messages]
+    [card] = result.cards
+    [chart] = [b for b in card["body"] if b["type"] == "Chart.Line"]
+    assert chart["fallback"]["type"] == "Container", chart
+    assert [v["y"] for v in chart["data"][0]["values"]] == [12.0, 9.5, 11.0]
+    facts = {f["title"]: f["value"] for b in card["body"] if b["type"] == "FactSet" for f in b["facts"]}
     assert facts["Min / max"] == "9.50 / 12.00 USD", facts
     assert facts["Mean"].startswith("10.83") and facts["Latest"] == "11.00 USD", facts  # mean of 12, 9.5, 11
     assert facts["Trend"].startswith("falling (-8.3%"), facts
     assert facts["Observations"].startswith("3 since"), facts
     await say(playground, "status", "No analyses are running")
-    assert len(posted(playground, PROGRESS)) == 1, "progress was posted as new messages, not updated in place"
-    assert len(posted(playground, "Analysis of gadget is ready")) == 1
+    created = [m for m in playground.messages[mark.messages:] if m.from_id == playground.bot_id
+               and m.action == "createMessage" and ("**gadget**" in m.text or "Analysis of gadget" in card_text(m))]
+    assert [m.message_id for m in created] == [started.message_id, result.message_id], [str(m) for m in created]
     assert_no_failed_turns(playground)

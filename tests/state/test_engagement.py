@@ -36,6 +36,28 @@ def test_interjection_rules(state: str, category: str, urgent: bool, muted: bool
     assert decide(state, category=category, urgent=urgent, muted=muted).action == action
 
 
+# quiet hours / daily digest: state × category × urgent × muted → (action, reason)
+DEFERRED = [
+    ("idle", "notification", False, False, ("hold", "quiet hours")),
+    ("in_topic", "notification", False, False, ("hold", "quiet hours")),
+    ("idle", "notification", True, False, ("deliver", "urgent")),  # urgent items bypass
+    ("idle", "notification", False, True, ("drop", "notifications are muted")),
+    ("idle", "result", False, False, ("deliver", "the user is idle")),  # results you asked for are not held
+    ("in_topic", "result", False, False, ("hold", "the user is mid-topic")),
+    ("idle", "progress", False, False, ("deliver", "never held")),
+    ("idle", "welcome", False, False, ("deliver", "never held")),
+    ("inactive", "notification", False, False, ("drop", "the bot cannot reach this conversation")),
+]
+
+
+@pytest.mark.parametrize(("state", "category", "urgent", "muted", "expected"), DEFERRED)
+def test_quiet_hours_and_digest_defer_only_non_urgent_notifications(
+    state: str, category: str, urgent: bool, muted: bool, expected: tuple[str, str]
+) -> None:
+    decision = decide(state, category=category, urgent=urgent, muted=muted, deferred="quiet hours")
+    assert (decision.action, decision.reason) == expected
+
+
 async def test_topic_end_releases_once_and_state_persists(open_database: OpenDatabase) -> None:
     released: list[str] = []
 
