@@ -132,12 +132,21 @@ class BotApplication:
             self._last_counts = counts
 
     async def health(self) -> dict[str, Any]:
-        ok = await self.db.ping()
-        report: dict[str, Any] = {"ok": ok, "database": "ok" if ok else "unavailable"}
-        report["delivery"] = self.delivery_counts()
+        """Ready to serve: the database answers and delivery is not stuck (else `ok` False and `reasons`)."""
+        database_ok = await self.db.ping()
+        delivery = self.worker.health()
+        reasons = ([] if database_ok else ["the database does not answer"]) + (
+            [] if delivery["ok"] else [str(delivery["reason"])])
+        report: dict[str, Any] = {"ok": not reasons, "database": "ok" if database_ok else "unavailable"}
+        if reasons:
+            report["reasons"] = reasons
+        report["delivery"] = {**self.delivery_counts(), **delivery}
         report["teams"] = self.teams.status()
-        if ok:
-            report["outbox"] = await self.outbox.counts()
+        if database_ok:
+            try:
+                report["outbox"] = await self.outbox.counts()
+            except Exception:  # the ping just passed; a failure here is reported, not raised
+                log.warning("could not count outbox rows for /healthz", exc_info=True)
         return report
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:

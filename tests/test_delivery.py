@@ -17,7 +17,7 @@ from bot.teams.sender import TeamsSender
 from scheduler.clock import FakeClock
 from scheduler.ratelimit import TeamsRateLimiter
 from scheduler.scheduler import Scheduler
-from scheduler.sendqueue import SendQueue
+from scheduler.sendqueue import SendQueue, Ticket
 from state.db import Database
 from state.engagement import Engagement
 from state.outbox import OutboxItem, OutboxStore
@@ -275,3 +275,87 @@ async def test_stop_during_a_flush_does_not_hang() -> None:
     await asyncio.sleep(0)
     store.gate.set()
     await asyncio.wait_for(stopping, 5)
+
+
+# ---- faults: delivery that cannot die -------------------------------------------------------------------------
+
+
+class Flaky:
+    """Wraps an async method: the first `failures` calls raise `error`, then it passes through."""
+
+    def __init__(self, method: object, failures: int, error: Exception) -> None:
+        self.method, self.failures, self.error, self.calls = method, failures, error, 0
+
+    async def __call__(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return await self.method(*args, **kwargs)  # type: ignore[operator]
+
+
+async def test_a_failing_outcome_write_is_retried_and_loses_nothing(rig: Rig) -> None:
+    import sqlite3
+
+    for c in "abc":
+        await rig.known(c)
+    flaky = Flaky(rig.store.apply, 3, sqlite3.OperationalError("database is locked"))
+    rig.store.apply = flaky  # type: ignore[method-assign]
+    results = await rig.proactive.enqueue([OutboxItem(text(f"hi {c}"), conversation_id=c) for c in "abc"])
+    rig.worker.pump()
+    await rig.worker.idle()
+    for _ in range(3):  # each write fails; the outcomes stay, in order
+        assert await rig.worker.flush() is False
+        assert [o.id for o in rig.worker._outcomes] == [r.id for r in results]
+    rig.clock.advance(31)
+    health = rig.worker.health()
+    assert not health["ok"] and "3 delivery outcome(s) unwritten for 31 s" in health["reason"]
+    assert "database is locked" in health["reason"]
+    assert await rig.worker.flush() is True and rig.worker.health()["ok"]
+    assert [(await rig.store.get(r.id)).status for r in results] == ["sent"] * 3  # type: ignore[union-attr]
+    assert len(rig.double.find(op="send")) == 3, "nothing was sent twice"
+
+
+async def test_an_error_in_a_pass_of_the_loop_does_not_end_delivery(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    await rig.known("a")
+    queue, real_pop, calls = rig.worker._queue, rig.worker._queue.pop_ready, []
+
+    def pop_ready(limit: int) -> list[Ticket]:
+        calls.append(limit)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a pass")
+        return real_pop(limit)
+
+    queue.pop_ready = pop_ready  # type: ignore[method-assign]
+    await rig.worker.start()  # the first pass fails
+    [row] = await rig.proactive.enqueue([OutboxItem(text("still delivered"), conversation_id="a")])
+    await rig.double.wait_for(lambda r: r.op == "send" and r.status == 201)
+    assert not rig.worker._loop_task.done()  # type: ignore[union-attr]
+    assert "delivery loop error; going on" in caplog.text
+    await rig.worker.stop()
+    stored = await rig.store.get(row.id)
+    assert stored is not None and stored.status == "sent"
+
+
+async def test_a_database_error_finding_the_target_retries_the_row_without_using_an_attempt(rig: Rig) -> None:
+    import sqlite3
+
+    await rig.known("a")
+    rig.references.get = Flaky(rig.references.get, 2, sqlite3.OperationalError("database is locked"))  # type: ignore[method-assign]
+    [row] = await rig.proactive.enqueue([OutboxItem(text("hi"), conversation_id="a")])
+    await rig.run()
+    stored = await rig.store.get(row.id)
+    assert stored is not None and (stored.status, stored.attempts) == ("sent", 1)
+    assert len(rig.double.find(op="send")) == 1
+
+
+async def test_an_unexpected_error_in_a_send_is_retried_not_stranded(rig: Rig) -> None:
+    await rig.known("a")
+    sender = rig.worker._sender
+    sender.send = Flaky(sender.send, 1, RuntimeError("a bug in a library"))  # type: ignore[method-assign]
+    [row] = await rig.proactive.enqueue([OutboxItem(text("hi"), conversation_id="a")])
+    await rig.run()
+    stored = await rig.store.get(row.id)
+    assert stored is not None and (stored.status, stored.attempts) == ("sent", 2)
+    assert not rig.worker._rows, "no row is left in memory"

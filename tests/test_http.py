@@ -5,12 +5,16 @@ With an app id, requests without a valid channel token get 401: see test_auth.py
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
 
 import aiohttp
 import pytest
 
+from scheduler.clock import FakeClock
+from tests.chat import Chat
 from tests.conftest import StartBot, bot_url
+from tests.connector_double import ConnectorDouble
 
 ACTIVITY = {
     "type": "message",
@@ -86,3 +90,34 @@ async def test_healthz_reports_database(start_bot: StartBot, http: aiohttp.Clien
     async with http.get(bot_url(app, "/healthz")) as response:
         assert response.status == 503
         assert (await response.json())["database"] == "unavailable"
+
+
+async def test_healthz_is_503_with_the_reason_while_delivery_is_stuck_and_livez_stays_200(
+    start_bot: StartBot, http: aiohttp.ClientSession, fake_clock: FakeClock
+) -> None:
+    async with ConnectorDouble() as double:
+        app = await start_bot()
+        chat = Chat(http, app, double)
+        real_apply = app.outbox.apply
+
+        async def locked(outcomes: object) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+        app.outbox.apply = locked  # type: ignore[method-assign]
+        await chat.install()  # the welcome is sent; its outcome cannot be written
+        worker = app.worker
+        worker.pump()
+        await worker.idle()
+        assert await worker.flush() is False
+        fake_clock.advance(31)
+        async with http.get(bot_url(app, "/healthz")) as response:
+            body = await response.json()
+            assert response.status == 503 and body["ok"] is False
+            assert "unwritten for 31 s" in body["reasons"][0] and "database is locked" in body["reasons"][0]
+        async with http.get(bot_url(app, "/livez")) as response:
+            assert response.status == 200
+        app.outbox.apply = real_apply  # type: ignore[method-assign]
+        assert await worker.flush() is True
+        async with http.get(bot_url(app, "/healthz")) as response:
+            assert response.status == 200
+        assert [r.status for r in await app.outbox.get_many([1])] == ["sent"]

@@ -1,4 +1,5 @@
-"""GET /healthz: 200 with details when the database answers, 503 otherwise."""
+"""GET /healthz (ready: 200 when the database answers and delivery is not stuck, else 503 with the reasons)
+and GET /livez (alive: 200 while the process serves HTTP at all, whatever its dependencies say)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,7 @@ def health_endpoint(report: HealthReport) -> Callable[[web.Request], Awaitable[w
         return web.json_response(details, status=200 if details.get("ok") else 503)
 
     return healthz
+
+
+async def livez(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})

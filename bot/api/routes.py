@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .errors import json_errors
-from .health import HealthReport, health_endpoint
+from .health import HealthReport, health_endpoint, livez
 from .messages import MAX_BODY_BYTES, MessagesEndpoint
 from .notify import NotifyEndpoints
 from .prices import PricesEndpoint
@@ -17,6 +17,7 @@ def build_web_app(
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
     app.router.add_post("/api/messages", messages)
     app.router.add_get("/healthz", health_endpoint(health))
+    app.router.add_get("/livez", livez)
     app.router.add_post("/api/notify", notify.post)
     app.router.add_get("/api/notify/{id}", notify.get)
     app.router.add_post("/api/prices", prices.post)

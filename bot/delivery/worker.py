@@ -3,6 +3,11 @@
 One loop task picks what may go now from the SendQueue, runs each send as a tracked task (at most
 `max_in_flight` at once, one per conversation), and waits on a single timer for the next one. Outcomes
 are buffered and written to the outbox in batches; `flush()` writes them now.
+
+Supervised: a database error while writing outcomes keeps them (in order) and retries with backoff; a
+database error while looking up where a row goes, or any unexpected error in a send, retries that row
+later. Neither ends delivery, loses an outcome or strands a row in memory. `health()` reports delivery
+as stuck when outcomes have waited to be written for over `stuck_after_s` (the /healthz 503).
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class DeliveryWorker:
         max_in_flight: int = 64,
         flush_every: int = 256,
         flush_interval_s: float = 0.05,
+        stuck_after_s: float = 30.0,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
@@ -96,6 +102,11 @@ class DeliveryWorker:
         self._loop_task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
         self._stopping = False
+        self._stuck_after = stuck_after_s
+        self._unflushed_since: float | None = None  # monotonic time of the oldest outcome not yet written
+        self._flush_failures = 0
+        self._flush_retry_at = 0.0
+        self._last_error: str | None = None
         self.counts: Counter[str] = Counter()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -123,7 +134,9 @@ class DeliveryWorker:
                 task.cancel()  # its row stays pending in the database and is sent after restart
             if pending:
                 await asyncio.wait(pending)
-        await self.flush()
+        if not await self.flush():
+            log.error("stopping with %d delivery outcome(s) unwritten (%s); those rows are sent again after "
+                      "restart", len(self._outcomes), self._last_error)
 
     # -- feeding ---------------------------------------------------------------------------------
 
@@ -150,23 +163,34 @@ class DeliveryWorker:
     # -- the loop --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        flush_due: float | None = None
+        """The loop. It only ends with `stop()`: an error in a pass is logged and the pass is tried again."""
         while not self._stopping:
-            self._wake.clear()  # first: a wake-up that arrives during this pass is kept for the wait below
-            self.pump()
-            if self._outcomes and flush_due is None:
-                flush_due = self._clock.monotonic() + self._flush_interval
-            if flush_due is not None and (len(self._outcomes) >= self._flush_every
-                                          or self._clock.monotonic() >= flush_due):
+            try:
+                await self._pass()
+            except Exception as exc:  # never let delivery die; the error is logged and the loop goes on
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("delivery loop error; going on")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    async def _pass(self) -> None:
+        self._wake.clear()  # first: a wake-up that arrives during this pass is kept for the wait below
+        self.pump()
+        now = self._clock.monotonic()
+        flush_due: float | None = None
+        if self._outcomes:
+            if self._unflushed_since is None:
+                self._unflushed_since = now
+            flush_due = max(self._flush_retry_at, self._unflushed_since + self._flush_interval)
+            if now >= flush_due or (len(self._outcomes) >= self._flush_every and now >= self._flush_retry_at):
                 await self.flush()
-                flush_due = None
-                continue  # outcomes may have arrived during the flush
-            wake = self._queue.next_wake() if len(self._in_flight) < self._max_in_flight else None
-            if flush_due is not None:
-                wake = flush_due if wake is None else min(wake, flush_due)
-            timeout = None if wake is None else max(0.0, wake - self._clock.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                return  # outcomes may have arrived during the flush
+        wake = self._queue.next_wake() if len(self._in_flight) < self._max_in_flight else None
+        if flush_due is not None:
+            wake = flush_due if wake is None else min(wake, flush_due)
+        timeout = None if wake is None else max(0.0, wake - self._clock.monotonic())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     def pump(self) -> int:
         """Start every send that may go now; returns how many started."""
@@ -191,11 +215,46 @@ class DeliveryWorker:
         while self._in_flight:
             await asyncio.wait(set(self._in_flight))
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Write the buffered outcomes now; False (outcomes kept, retried with backoff) if the database failed."""
         async with self._flush_lock:
             outcomes, self._outcomes = self._outcomes, []
-            if outcomes:
+            if not outcomes:
+                return True
+            try:
                 await self._store.apply(outcomes)
+            except Exception as exc:  # database locked, disk full, connection lost: keep them, in order
+                self._outcomes[:0] = outcomes
+                self._flush_failures += 1
+                delay = min(30.0, 0.5 * 2 ** (self._flush_failures - 1))
+                self._flush_retry_at = self._clock.monotonic() + delay
+                self._last_error = f"writing {len(outcomes)} outcome(s): {type(exc).__name__}: {exc}"
+                log.warning("could not write %d delivery outcome(s), retrying in %.1f s: %s", len(outcomes), delay,
+                            exc)
+                return False
+            if self._flush_failures:
+                log.info("delivery outcomes written again after %d failed attempt(s)", self._flush_failures)
+            self._flush_failures, self._flush_retry_at = 0, 0.0
+            self._unflushed_since = self._clock.monotonic() if self._outcomes else None
+            return True
+
+    def health(self) -> dict[str, Any]:
+        """`ok` False with a reason while delivery is stuck: outcomes unwritten for over `stuck_after_s`, or
+        the loop gone."""
+        waiting = 0.0 if self._unflushed_since is None else self._clock.monotonic() - self._unflushed_since
+        report: dict[str, Any] = {"ok": True, "queued": len(self._queue), "in_flight": len(self._in_flight),
+                                  "unwritten_outcomes": len(self._outcomes)}
+        if self._loop_task is not None and self._loop_task.done():
+            report.update(ok=False, reason="the delivery loop has stopped")
+        elif waiting > self._stuck_after:
+            report.update(ok=False, reason=f"{len(self._outcomes)} delivery outcome(s) unwritten for "
+                                           f"{waiting:.0f} s: {self._last_error or 'the database is not answering'}")
+        return report
+
+    def _outcome(self, outcome: Outcome) -> None:
+        if not self._outcomes and self._unflushed_since is None:
+            self._unflushed_since = self._clock.monotonic()
+        self._outcomes.append(outcome)
 
     # -- one send --------------------------------------------------------------------------------
 
@@ -214,13 +273,22 @@ class DeliveryWorker:
                                       conversation_id=row.conversation_id, sent_at=self._clock.now().timestamp()))
         except SendFailure as failure:
             retry = await self._failed(row, ticket, failure)
+        except Exception as exc:  # a bug or a surprise from a library: the send may have gone, so it counts
+            log.exception("message %d: unexpected error while sending", row.id)
+            retry = await self._failed(row, ticket, SendFailure("retry", None, type(exc).__name__, str(exc)))
         finally:
             self._queue.done(ticket.conversation, ticket.tenant, retry)
 
     async def _send(self, row: OutboxRow) -> str:
-        record = await self._target(row)
+        try:
+            record = await self._target(row)
+            activity_id = await self._activity_to_update(row) if row.kind == "update" else ""
+        except SendFailure:
+            raise
+        except Exception as exc:  # the database did not answer: nothing was sent, try again later
+            raise SendFailure("retry", None, "DatabaseUnavailable", f"{type(exc).__name__}: {exc}",
+                              attempted=False) from exc
         if row.kind == "update":
-            activity_id = await self._activity_to_update(row)
             return await self._sender.update(record.service_url, record.conversation_id, activity_id, row.payload)
         return await self._sender.send(record.service_url, record.conversation_id, row.payload)
 
@@ -289,7 +357,7 @@ class DeliveryWorker:
             if len(self._sent_ids) > 10_000:
                 self._sent_ids.popitem(last=False)
         row.status = outcome.status
-        self._outcomes.append(outcome)
+        self._outcome(outcome)
         self.counts[outcome.status] += 1
         if len(self._outcomes) >= self._flush_every:
             self._wake.set()
@@ -304,12 +372,19 @@ class DeliveryWorker:
             delay = self._retry.delay(max(1, attempts), failure.retry_after, self._rng)
             row.attempts = attempts
             self.counts["retried"] += 1
-            self._outcomes.append(Outcome(row.id, "pending", attempts=attempts, last_error=str(failure),
-                                          not_before=self._clock.now().timestamp() + delay))
+            self._outcome(Outcome(row.id, "pending", attempts=attempts, last_error=str(failure),
+                                  not_before=self._clock.now().timestamp() + delay))
             ticket.ready_at = self._clock.monotonic() + delay
             return ticket
         if failure.action == "gone" and row.conversation_id:
-            await self._conversation_gone(row.conversation_id, failure)
+            try:
+                await self._conversation_gone(row.conversation_id, failure)
+            except Exception as exc:  # the database did not answer: decide again on a later attempt
+                log.warning("message %d: could not record that %s is unreachable (%s); retrying", row.id,
+                            row.conversation_id, exc)
+                delay = self._retry.delay(max(1, attempts), None, self._rng)
+                ticket.ready_at = self._clock.monotonic() + delay
+                return ticket
             self._finish(row, Outcome(row.id, "cancelled", attempts=attempts, last_error=str(failure)))
             return None
         if failure.status == 401:
