@@ -1,7 +1,9 @@
 """Long-running analyses: acknowledged at once, progress updated in place, the result delivered later.
 
 An analysis is a row plus scheduler jobs (progress steps and the finish), so it survives restarts: after
-a crash the jobs run when the process is back, and the analysis resumes where its schedule says.
+a crash the jobs run when the process is back, and the analysis resumes where its schedule says. The
+result is addressed to the person who asked (in a group chat or channel: @mentioning them, and held only
+while they are mid-topic there).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from collections.abc import Sequence
 
 from bot.delivery.proactive import ProactiveMessages
 from bot.prices.sources import PriceSource
+from dialogs.mentions import with_mention
 from scheduler.clock import Clock
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
 from state.analyses import AnalysisRow, AnalysisStore
-from state.model import UserRef
+from state.model import GROUP_SCOPES, UserRef
 from state.outbox import OutboxItem
 from state.prices import PriceLog
 from state.references import ConversationReferences
@@ -113,8 +116,13 @@ class AnalysisService:
             quote = await self._source.fetch(row.product)
             if quote is not None:
                 history = [quote]
+        payload = result_payload(summarize(row.product, history))
+        record = await self._references.get(row.conversation_id)
+        if record is not None and record.conversation_type in GROUP_SCOPES:
+            name = await self._references.member_name(row.conversation_id, row.user_id)
+            payload = with_mention(payload, UserRef(row.user_id, name=name), ", your analysis:")
         await self._proactive.enqueue([OutboxItem(
-            payload=result_payload(summarize(row.product, history)), conversation_id=row.conversation_id,
+            payload=payload, conversation_id=row.conversation_id, target_user_id=row.user_id,
             tenant_id=row.tenant_id, category="result", dedup_key=f"analysis-result:{row.id}",
         )])
         await self._end(row.id, "done", "✅ Done — the result is below.")

@@ -1,8 +1,10 @@
 """The one door every proactive message goes through: policy, then the durable outbox, then the worker.
 
 Each item consults the engagement policy first (state/engagement.py): deliver now, hold until the user's
-topic ends, or drop (muted notifications, unreachable conversations). Held items about the same subject
-supersede each other; several released together go out as ONE digest message.
+topic ends, or drop (muted notifications, unreachable conversations). In a personal chat the user's open
+topic holds everything; in a group chat or channel only items addressed to one person (their alert, their
+result) wait, and only for that person's topic, while items for the whole conversation go out at once.
+Held items about the same subject supersede each other; several released together go out as ONE digest.
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from scheduler.clock import Clock
 from scheduler.scheduler import Scheduler
 from state.engagement import Decision, Engagement, decide
-from state.model import conversation_subject, hold_key, user_subject
+from state.model import GROUP_SCOPES, conversation_key, conversation_subject, hold_key, user_subject
 from state.outbox import OutboxItem, OutboxStore
 from state.preferences import Preferences
 from state.references import ConversationReferences
@@ -28,6 +30,16 @@ log = logging.getLogger(__name__)
 
 RELEASE_OVERDUE = "engagement.release_overdue"
 _STATUS: dict[str, Literal["pending", "held", "dropped"]] = {"deliver": "pending", "hold": "held", "drop": "dropped"}
+
+
+@dataclass
+class _Target:
+    """What the policy needs to know about one item's destination."""
+
+    conversation_id: str | None = None  # the conversation (a channel, never one of its threads), if known
+    subjects: list[str] = field(default_factory=list)  # whose mutes apply
+    group: bool = False  # a group chat or channel
+    member: str | None = None  # there: the one person the item is addressed to
 
 
 @dataclass(frozen=True)
@@ -66,34 +78,43 @@ class ProactiveMessages:
         engagement.on_topic_ended(self.release)
         scheduler.register(RELEASE_OVERDUE, self._release_overdue)
 
-    async def _decisions(self, items: Sequence[OutboxItem]) -> list[tuple[Decision, str | None]]:
-        """The policy's answer for each item, and the conversation it concerns (if known); lookups batched."""
-        records = await self._references.get_many(i.conversation_id for i in items if i.conversation_id)
-        targets: list[tuple[str | None, list[str]]] = []
+    async def _decisions(self, items: Sequence[OutboxItem]) -> list[tuple[Decision, _Target]]:
+        """The policy's answer for each item, and where it goes; lookups batched."""
+        records = await self._references.get_many(
+            conversation_key(i.conversation_id) for i in items if i.conversation_id)
+        targets: list[_Target] = []
         for item in items:
-            conversation_id, subjects = item.conversation_id, []
-            if conversation_id:
-                subjects.append(conversation_subject(conversation_id))
-                record = records.get(conversation_id)
+            target = _Target()
+            if item.conversation_id:
+                target.conversation_id = key = conversation_key(item.conversation_id)
+                target.subjects.append(conversation_subject(key))
+                record = records.get(key)
+                target.group = record is not None and record.conversation_type in GROUP_SCOPES
                 if record is not None and record.conversation_type == "personal" and record.user_id:
-                    subjects.append(user_subject(record.user_id))
-            if item.target_user_id:  # rare: a user without a known 1:1 chat
+                    target.subjects.append(user_subject(record.user_id))
+                if item.target_user_id:  # addressed to one person in this conversation
+                    target.subjects.append(user_subject(item.target_user_id))
+                    target.member = item.target_user_id if target.group else None
+            elif item.target_user_id:  # rare: a user without a known 1:1 chat
                 user_id = await self._references.teams_user_id(item.target_user_id) or item.target_user_id
-                subjects.append(user_subject(user_id))
+                target.subjects.append(user_subject(user_id))
                 personal = [r for r in await self._references.for_user(user_id) if r.conversation_type == "personal"]
-                conversation_id = conversation_id or (personal[0].conversation_id if personal else None)
-            targets.append((conversation_id, subjects))
-        states = await self._engagement.states(c for c, _ in targets if c)
-        notifications = [subjects for (_, subjects), item in zip(targets, items, strict=True)
-                         if item.category == "notification"]
+                target.conversation_id = personal[0].conversation_id if personal else None
+            targets.append(target)
+        states = await self._engagement.states(t.conversation_id for t in targets if t.conversation_id)
+        in_topic = await self._engagement.members_in_topic(
+            (t.conversation_id, t.member) for t in targets if t.conversation_id and t.member)
+        notifications = [t.subjects for t, item in zip(targets, items, strict=True) if item.category == "notification"]
         muted = await self._preferences.muted(s for subjects in notifications for s in subjects)
-        return [
-            (decide(states.get(conversation_id, "idle") if conversation_id else "idle", category=item.category,
-                    urgent=item.priority > 0,
-                    muted=item.category == "notification" and any(s in muted for s in subjects)),
-             conversation_id)
-            for (conversation_id, subjects), item in zip(targets, items, strict=True)
-        ]
+        decisions = []
+        for target, item in zip(targets, items, strict=True):
+            state = states.get(target.conversation_id, "idle") if target.conversation_id else "idle"
+            if target.group and state != "inactive":  # there, only the addressee's own topic holds an item
+                state = "in_topic" if (target.conversation_id, target.member) in in_topic else "idle"
+            muted_here = item.category == "notification" and any(s in muted for s in target.subjects)
+            decisions.append((decide(state, category=item.category, urgent=item.priority > 0, muted=muted_here),
+                              target))
+        return decisions
 
     async def enqueue(self, items: Sequence[OutboxItem]) -> list[Admission]:
         """Apply the policy, commit the rows in one transaction, then wake the worker for those that may go now."""
@@ -105,36 +126,42 @@ class ProactiveMessages:
         results = await self._store.enqueue(decided)
         now = self._clock.now().timestamp()
         admissions, deliver = [], []
-        for item, (decision, conversation_id), result in zip(decided, decisions, results, strict=True):
+        for item, (decision, target), result in zip(decided, decisions, results, strict=True):
             admissions.append(Admission(result.id, result.created, decision))
             if not result.created:
                 continue
             self.counts[{"deliver": "admitted", "hold": "held", "drop": "dropped"}[decision.action]] += 1
             if decision.action == "deliver":
                 deliver.append(item.as_row(result.id, now))
-            elif decision.action == "hold" and conversation_id:
-                await self._hold(result.id, conversation_id, item)
+            elif decision.action == "hold" and target.conversation_id:
+                await self._hold(result.id, target, item)
             else:
-                log.info("dropped a %s for %s: %s", item.category, conversation_id or item.target_user_id,
+                log.info("dropped a %s for %s: %s", item.category, target.conversation_id or item.target_user_id,
                          decision.reason)
         self._worker.submit(deliver)
         return admissions
 
-    async def _hold(self, row_id: int, conversation_id: str, item: OutboxItem) -> None:
+    async def _hold(self, row_id: int, target: _Target, item: OutboxItem) -> None:
+        conversation_id, member = target.conversation_id, target.member
+        assert conversation_id is not None
         if item.conversation_id is None:  # a user-targeted item waits in the user's 1:1 chat
             await self._store.retarget(row_id, conversation_id)
         if item.subject:
-            superseded = await self._store.supersede(conversation_id, item.subject, keep=row_id)
+            superseded = await self._store.supersede(conversation_id, item.subject, keep=row_id,
+                                                     user_id=item.target_user_id)
             self.counts["superseded"] += superseded
-        if await self._scheduler.get(key=hold_key(conversation_id)) is None:
+        key = hold_key(conversation_id, member)
+        if await self._scheduler.get(key=key) is None:
             await self._scheduler.schedule_in(
-                self._hold_max, RELEASE_OVERDUE, {"conversation_id": conversation_id}, key=hold_key(conversation_id)
+                self._hold_max, RELEASE_OVERDUE, {"conversation_id": conversation_id, "user_id": member}, key=key
             )
 
-    async def release(self, conversation_id: str, *, resume_prompt: str | None = None) -> int:
-        """Send what was held for a conversation: one item as is, several as one digest. Returns rows released."""
-        await self._scheduler.cancel(key=hold_key(conversation_id))
-        held = await self._store.held(conversation_id)
+    async def release(self, conversation_id: str, user_id: str | None = None, *,
+                      resume_prompt: str | None = None) -> int:
+        """Send what was held in a conversation (`user_id`: only what was held for that member of a group chat
+        or channel): one item as is, several as one digest. Returns rows released."""
+        await self._scheduler.cancel(key=hold_key(conversation_id, user_id))
+        held = await self._store.held(conversation_id, user_id=user_id)
         if not held:
             return 0
         if len(held) == 1 and resume_prompt is None:
@@ -145,28 +172,36 @@ class ProactiveMessages:
             first = held[0]
             [digest] = await self._store.enqueue([OutboxItem(
                 payload=digest_payload(held, resume_prompt=resume_prompt), conversation_id=conversation_id,
-                tenant_id=first.tenant_id, category="digest", priority=max(r.priority for r in held),
+                target_user_id=user_id, tenant_id=first.tenant_id, category="digest",
+                priority=max(r.priority for r in held),
             )])
             await self._store.set_status([r.id for r in held], "merged", only_from=["held"],
                                          note=f"delivered in digest {digest.id}")
             self._worker.submit(await self._store.get_many([digest.id]))
         self.counts["released"] += len(held)
-        log.info("released %d held item(s) in %s", len(held), conversation_id)
+        log.info("released %d held item(s) in %s%s", len(held), conversation_id, f" for {user_id}" if user_id else "")
         return len(held)
 
     async def _release_overdue(self, job: object) -> None:
         """HOLD_MAX_SECONDS passed mid-topic: deliver, then re-ask the pending question."""
-        conversation_id = str(getattr(job, "payload", {}).get("conversation_id", ""))
+        payload = getattr(job, "payload", {})
+        conversation_id, user_id = str(payload.get("conversation_id", "")), payload.get("user_id")
         if not conversation_id:
             return
-        prompt = await self._engagement.pending_prompt(conversation_id)
-        in_topic = await self._engagement.state(conversation_id) == "in_topic"
-        await self.release(conversation_id, resume_prompt=prompt if in_topic else None)
+        if user_id:
+            user_id = str(user_id)
+            prompt = await self._engagement.member_prompt(conversation_id, user_id)
+            in_topic = await self._engagement.member_in_topic(conversation_id, user_id)
+        else:
+            prompt = await self._engagement.pending_prompt(conversation_id)
+            in_topic = await self._engagement.state(conversation_id) == "in_topic"
+        await self.release(conversation_id, user_id, resume_prompt=prompt if in_topic else None)
 
     async def conversation_removed(self, conversation_id: str) -> None:
         """The bot was uninstalled: nothing more goes there until it is installed again."""
         await self._engagement.fire(conversation_id, "removed")
         await self._engagement.forget_welcome(conversation_id)
+        await self._engagement.forget_members(conversation_id)
         await self._scheduler.cancel(key=hold_key(conversation_id))
         cancelled = await self._store.cancel_conversation(conversation_id, "the bot was removed")
         self._worker.cancel(cancelled)

@@ -2,7 +2,9 @@
 
 Quotes come from polling (a PriceSource) or from `POST /api/prices`. Each new quote is recorded and an
 evaluation is scheduled a few seconds later (only if none is pending), so rapid moves coalesce into one
-alert carrying the latest price. Alerts go through the interjection policy and the outbox.
+alert carrying the latest price. Alerts go through the interjection policy and the outbox, addressed to
+the watch's owner in the conversation where the watch was made (in a group chat or channel: @mentioning
+them, and held only while they are mid-topic there).
 """
 
 from __future__ import annotations
@@ -15,9 +17,19 @@ from dialogs.alert_card import Alert, alert_payload
 from scheduler.clock import Clock
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
-from state.model import Condition, Observation, UserRef, WatchResult, WatchView, evaluate_key, poll_key, product_key
+from state.model import (
+    GROUP_SCOPES,
+    Condition,
+    Observation,
+    UserRef,
+    WatchResult,
+    WatchView,
+    evaluate_key,
+    poll_key,
+    product_key,
+)
 from state.outbox import OutboxItem
-from state.prices import PriceLog, triggers
+from state.prices import PriceLog, WatchRow, triggers
 from state.references import ConversationReferences
 from state.watches import WatchStore
 
@@ -124,8 +136,10 @@ class PriceWatcher:
                 record = await self._references.get(watch.conversation_id)
                 alert = Alert(watch.id, watch.product, watch.last_price, latest.price, latest.currency,
                               latest.source, latest.url, watch.condition, latest.observed_at)
+                group = record is not None and record.conversation_type in GROUP_SCOPES
                 items.append(OutboxItem(
-                    payload=alert_payload(alert), conversation_id=watch.conversation_id,
+                    payload=alert_payload(alert, await self._owner(watch) if group else None),
+                    conversation_id=watch.conversation_id, target_user_id=watch.user_id,
                     tenant_id=record.tenant_id if record else None, category="notification",
                     subject=f"price:{product}", dedup_key=f"alert:{watch.id}:{latest.price}",
                 ))
@@ -133,6 +147,11 @@ class PriceWatcher:
         if items:
             await self._proactive.enqueue(items)
             log.info("price of %s is %s: %d alert(s)", product, latest.price, len(items))
+
+    async def _owner(self, watch: WatchRow) -> UserRef:
+        """Who to @mention: the watch's owner, by the name they had when they made it (or were last seen with)."""
+        name = watch.user_name or await self._references.member_name(watch.conversation_id, watch.user_id)
+        return UserRef(watch.user_id, name=name)
 
     async def snooze(self, watch_id: int, user_id: str, hours: float) -> str:
         """Snooze the presser's own watch."""
