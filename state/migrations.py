@@ -304,6 +304,9 @@ def _v7(engine: str) -> str:
     members_key = f"{channel('conversation_id')}, user_id"
     subject_key = channel("subject")
     greatest = "MAX" if sqlite else "GREATEST"
+    # Group chats and channels hold only what is addressed to one member now: what an older release held
+    # there for everyone goes out, and no conversation-wide topic is left open.
+    groups = "SELECT conversation_id FROM conversation_refs WHERE conversation_type IN ('groupChat', 'channel')"
     return f"""
     ALTER TABLE conversation_refs ADD COLUMN team_id TEXT;
     ALTER TABLE conversation_refs ADD COLUMN team_name TEXT;
@@ -339,7 +342,11 @@ def _v7(engine: str) -> str:
         ON CONFLICT (subject) DO NOTHING;
     DELETE FROM preferences WHERE subject LIKE 'conversation:%' AND {is_thread("subject")};
     UPDATE watches SET conversation_id = {channel("conversation_id")} WHERE {is_thread("conversation_id")};
-    UPDATE analyses SET conversation_id = {channel("conversation_id")} WHERE {is_thread("conversation_id")}
+    UPDATE analyses SET conversation_id = {channel("conversation_id")} WHERE {is_thread("conversation_id")};
+    UPDATE outbox SET status = 'pending' WHERE status = 'held' AND ({is_thread("conversation_id")}
+        OR conversation_id IN ({groups}));
+    UPDATE engagement SET state = 'idle', pending_prompt = NULL WHERE state = 'in_topic'
+        AND conversation_id IN ({groups})
     """
 
 
