@@ -98,6 +98,17 @@ def mentioned(activity: dict[str, Any]) -> str | None:
 # ---- a group chat with two people ----------------------------------------------------------------------
 
 
+async def test_group_chat_welcome_says_who_added_the_bot_only_when_teams_says(
+    app: BotApplication, http: aiohttp.ClientSession, double: ConnectorDouble
+) -> None:
+    ada, _ = people(http, app, double, GROUP, "groupChat")
+    ada.user_name = ""  # Teams often leaves the installer's name out
+    await ada.install()
+    await settle(app)
+    [welcome] = posts(double, GROUP)
+    assert "Price Watch was added to this group chat" in str(welcome)
+
+
 async def test_group_chat_one_persons_open_question_holds_only_their_own_alert(
     app: BotApplication, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock
 ) -> None:

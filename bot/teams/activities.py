@@ -78,10 +78,10 @@ def activity_from_json(payload: dict[str, Any]) -> Activity:
     """An outbox payload as an SDK Activity. Mention entities become `Mention`s: a plain `Entity` would
     serialise as `{"type": "mention"}` alone, and Teams would not render the @mention."""
     activity = Activity().deserialize(payload)
-    if activity.entities:
-        activity.entities = [Mention().deserialize(raw) if isinstance(raw, dict) and raw.get("type") == "mention"
-                             else entity for raw, entity in zip(payload.get("entities") or [], activity.entities,
-                                                                strict=False)]
+    raw = payload.get("entities")
+    if isinstance(raw, list) and activity.entities and len(raw) == len(activity.entities):
+        activity.entities = [Mention().deserialize(given) if isinstance(given, dict) and given.get("type") == "mention"
+                             else entity for given, entity in zip(raw, activity.entities, strict=True)]
     return activity
 
 
