@@ -4,7 +4,7 @@
 - `conditions`, `durations`: pure parsing of what people type (`below 10`, `5%`, `2h`);
 - `ports` (+ `memory` for tests): what the dialogs need from the rest of the bot;
 - `main_dialog`, `watch_dialog`, `interrupting`, `user_input`, `cards`, `replies`: the dialogs;
-- `welcome_card`, `alert_card`: the JSON of the welcome and alert messages;
+- `welcome_card`, `alert_card`: the JSON of the welcome and alert messages; `mentions`: @mentions in them;
 - `runner.run_main_dialog`: what the Teams handler calls each turn.
 
 May import botbuilder, `state.model` and `scheduler.clock`; never `bot/`. Nothing is imported here, so

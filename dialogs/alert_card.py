@@ -1,4 +1,6 @@
-"""The price alert: what happened, to what, who/what caused it, what you can do, how to opt out."""
+"""The price alert: what happened, to what, who/what caused it, what you can do, how to opt out.
+
+In a group chat or channel the alert @mentions the watch's owner (only they can use its buttons)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from state.model import DEFAULT_TIMEZONE, Condition, format_price, local_time
+from state.model import DEFAULT_TIMEZONE, Condition, UserRef, format_price, local_time
 
 from .cards import SCHEMA
+from .mentions import with_mention
 
 CARD = "application/vnd.microsoft.card.adaptive"
 
@@ -54,14 +57,15 @@ def alert_text(alert: Alert) -> str:
             f"({sign}{abs(change):.1f}%)")
 
 
-def alert_payload(alert: Alert) -> dict[str, Any]:
-    """The activity JSON of one alert (Adaptive Card 1.5)."""
+def alert_payload(alert: Alert, owner: UserRef | None = None) -> dict[str, Any]:
+    """The activity JSON of one alert (Adaptive Card 1.5); `owner` given: @mentioning the watch's owner."""
     product = f"[{alert.product}]({alert.url})" if alert.url else alert.product
+    who = owner.name if owner is not None and owner.name else "You"
     body: list[dict[str, Any]] = [
         {"type": "TextBlock", "text": "Price alert", "weight": "Bolder", "size": "Medium", "wrap": True},
         {"type": "TextBlock", "wrap": True, "text": alert_text(alert).replace(alert.product, product, 1)},
         {"type": "FactSet", "facts": [
-            {"title": "Why", "value": f"You asked to hear when {alert.product} {alert.condition.describe()}."},
+            {"title": "Why", "value": f"{who} asked to hear when {alert.product} {alert.condition.describe()}."},
             {"title": "Reported by", "value": alert.source},
             {"title": "Seen at", "value": local_time(alert.observed_at, alert.timezone)},
         ]},
@@ -77,7 +81,8 @@ def alert_payload(alert: Alert) -> dict[str, Any]:
         _button("Mute notifications", "mute", alert),
     ]
     card = {"type": "AdaptiveCard", "$schema": SCHEMA, "version": "1.5", "body": body, "actions": actions}
-    return {"type": "message", "summary": alert_text(alert), "attachments": [{"contentType": CARD, "content": card}]}
+    payload = {"type": "message", "summary": alert_text(alert), "attachments": [{"contentType": CARD, "content": card}]}
+    return payload if owner is None else with_mention(payload, owner, ", your price alert:")
 
 
 def acknowledged_payload(alert_summary: str, outcome: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from state.model import UserRef, conversation_subject, user_subject
+from state.model import GROUP_SCOPES, UserRef, conversation_key, conversation_subject, user_subject
 
 from .commands import parse_command
 
@@ -60,12 +60,14 @@ def user_ref(activity: Any) -> UserRef:
 
 
 def conversation_id(activity: Any) -> str:
-    return str(activity.conversation.id)
+    """Where later messages about this request go: the conversation, or for a channel thread the channel
+    (proactive messages there start a new post)."""
+    return conversation_key(str(activity.conversation.id))
 
 
 def mute_subject(activity: Any) -> str:
-    """Who a `mute` applies to: the user in a 1:1 chat, the whole conversation in a group chat or channel."""
+    """Who a `mute` applies to: the user in a 1:1 chat, the whole group chat or channel (every thread) there."""
     conversation = activity.conversation
-    if getattr(conversation, "conversation_type", None) in ("groupChat", "channel"):
-        return conversation_subject(str(conversation.id))
+    if getattr(conversation, "conversation_type", None) in GROUP_SCOPES:
+        return conversation_subject(conversation_key(str(conversation.id)))
     return user_subject(str(activity.from_property.id))

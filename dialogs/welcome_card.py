@@ -21,16 +21,16 @@ class InstallContext:
 
 
 def _why(bot_name: str, where: InstallContext) -> str:
-    who = where.installer or "Someone"
+    added = f"{where.installer} added {bot_name}" if where.installer else f"{bot_name} was added"
     if where.scope == "team":
         place = f"the **{where.team}** team" if where.team else "this team"
         channel = f" (channel **{where.channel}**)" if where.channel else ""
-        return f"{who} added {bot_name} to {place}{channel}, so I'm introducing myself here."
+        return f"{added} to {place}{channel}, so I'm introducing myself here."
     if where.scope == "groupChat":
-        return f"{who} added {bot_name} to this group chat, so I'm introducing myself."
+        return f"{added} to this group chat, so I'm introducing myself."
     if where.scope == "member":
         place = f"the **{where.team}** team" if where.team else "a team you're in"
-        return f"{who} added {bot_name} to {place}; I'm saying hello once, here in our 1:1 chat."
+        return f"{added} to {place}; I'm saying hello once, here in our 1:1 chat."
     return f"You installed {bot_name}. Here's what I can do for you."
 
 

@@ -1,10 +1,14 @@
-"""Is the user mid-topic? The per-conversation engagement state machine and the interjection policy.
+"""Is the user mid-topic? The engagement state machine and the interjection policy.
 
-States (persisted in the `engagement` table, one row per conversation):
+States (persisted; the machine is `transitions`' AsyncMachine):
   idle      nothing pending: proactive items go out now;
   in_topic  a dialog is active / a question is pending: items are held and released when it ends;
   inactive  the bot was removed or blocked: items are dropped.
-The machine is `transitions`' AsyncMachine; its callbacks (e.g. "release what was held when the topic
+A personal chat has one person, so the conversation itself is idle or in_topic (`engagement` table, one
+row per conversation). A group chat or channel is only ever idle or inactive as a whole: there, each
+member is idle or in_topic on their own (`engagement_members`, one row per member per thread; a member is
+mid-topic in a channel while a question of theirs is open in any of its threads), and only items
+addressed to that member wait for them. The callbacks (e.g. "release what was held when the topic
 ends") are injected, so this module stays free of the SDK.
 """
 
@@ -20,6 +24,7 @@ from transitions.extensions.asyncio import AsyncMachine
 from scheduler.clock import Clock
 
 from .db import Database, chunks, marks
+from .model import conversation_key
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +67,21 @@ def decide(state: str, *, category: str, urgent: bool, muted: bool, deferred: st
     return Decision("deliver", "the user is idle")
 
 
+Released = Callable[[str, str | None], Awaitable[object]]
+"""Called when a topic ends: (conversation id, None) for a personal chat, (conversation id, member's user id)
+for one member of a group chat or channel (the conversation id is the channel's, not the thread's)."""
+
+
 class Conversation:
-    """The machine's model for one conversation; `released` is the topic-ended hook."""
+    """The machine's model for one conversation (or one member of one); `released` is the topic-ended hook."""
 
     state: str
 
-    def __init__(self, conversation_id: str, on_released: Callable[[str], Awaitable[object]]) -> None:
-        self.conversation_id = conversation_id
+    def __init__(self, on_released: Callable[[], Awaitable[object]]) -> None:
         self._on_released = on_released
 
     async def released(self) -> None:
-        await self._on_released(self.conversation_id)
+        await self._on_released()
 
     # triggers added by the machine
     topic_started: Callable[[], Awaitable[bool]]
@@ -91,11 +100,11 @@ class Engagement:
             model=None, states=STATES, transitions=TRANSITIONS, initial="idle",
             auto_transitions=False,
         )
-        self._on_released: Callable[[str], Awaitable[object]] = _nothing
+        self._on_released: Released = _nothing
         self._states: dict[str, str] = {}  # write-through cache: this process is the only writer
 
-    def on_topic_ended(self, callback: Callable[[str], Awaitable[object]]) -> None:
-        """What to do when a conversation's topic ends (release held items)."""
+    def on_topic_ended(self, callback: Released) -> None:
+        """What to do when a topic ends (release held items): see `Released`."""
         self._on_released = callback
 
     async def state(self, conversation_id: str) -> str:
@@ -132,27 +141,95 @@ class Engagement:
 
     async def fire(self, conversation_id: str, trigger: str, *, prompt: str | None = None) -> str:
         """Run `trigger` for a conversation; returns the new state. Unknown-in-state triggers are ignored."""
-        model = Conversation(conversation_id, self._on_released)
-        self._machine.add_model(model, initial=await self.state(conversation_id))
+
+        async def released() -> None:
+            await self._on_released(conversation_id, None)
+
+        before, after = await self._run(Conversation(released), await self.state(conversation_id), trigger)
+        if after != before or trigger == "topic_started":
+            await self._save(conversation_id, after, prompt if after == "in_topic" else None)
+        if after != before:
+            log.debug("conversation %s: %s → %s (%s)", conversation_id, before, after, trigger)
+        return after
+
+    async def fire_member(self, conversation_id: str, user_id: str, trigger: str, *, prompt: str | None = None) -> str:
+        """Run `topic_started` / `topic_ended` for one member of a group chat or channel, in one thread
+        (`conversation_id` as the activity names it). The member's held items are released when their last
+        open topic in the conversation ends."""
+        key = conversation_key(conversation_id)
+
+        async def released() -> None:
+            if not await self.member_in_topic(key, user_id, besides=conversation_id):
+                await self._on_released(key, user_id)
+
+        row = await self._db.fetchone(
+            "SELECT state FROM engagement_members WHERE conversation_id = ? AND user_id = ?", (conversation_id, user_id)
+        )
+        before, after = await self._run(Conversation(released), str(row["state"]) if row else "idle", trigger)
+        if after != before or trigger == "topic_started":
+            await self._db.execute(
+                "INSERT INTO engagement_members (conversation_id, user_id, conversation_key, state, pending_prompt, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (conversation_id, user_id) DO UPDATE SET "
+                "state = excluded.state, pending_prompt = excluded.pending_prompt, updated_at = excluded.updated_at",
+                (conversation_id, user_id, key, after, prompt if after == "in_topic" else None,
+                 self._clock.now().timestamp()),
+            )
+        return after
+
+    async def _run(self, model: Conversation, state: str, trigger: str) -> tuple[str, str]:
+        """Move `model` from `state` by `trigger` (its callbacks run); returns (before, after)."""
+        self._machine.add_model(model, initial=state)
         try:
-            before = model.state
             await getattr(model, trigger)()
-            after = model.state
-            if after != before or trigger == "topic_started":
-                await self._save(conversation_id, after, prompt if after == "in_topic" else None)
-            if after != before:
-                log.debug("conversation %s: %s → %s (%s)", conversation_id, before, after, trigger)
-            return after
+            return state, model.state
         finally:
             self._machine.remove_model(model)
 
-    async def after_turn(self, conversation_id: str, *, mid_topic: bool, prompt: str | None) -> str:
+    async def after_turn(self, conversation_id: str, *, mid_topic: bool, prompt: str | None,
+                         user_id: str | None = None) -> str:
         """Called at the end of every message turn with whether a dialog is still waiting for the user.
 
-        A message from a conversation the bot had lost (removed, blocked) shows it is reachable again."""
-        if await self.state(conversation_id) == "inactive":
-            await self.fire(conversation_id, "installed")
-        return await self.fire(conversation_id, "topic_started" if mid_topic else "topic_ended", prompt=prompt)
+        `user_id` is given in group chats and channels (each member has their own topic there) and not in
+        personal chats. A message from a conversation the bot had lost (removed, blocked) shows it is
+        reachable again."""
+        key = conversation_key(conversation_id)
+        if await self.state(key) == "inactive":
+            await self.fire(key, "installed")
+        trigger = "topic_started" if mid_topic else "topic_ended"
+        if user_id is None:
+            return await self.fire(key, trigger, prompt=prompt)
+        return await self.fire_member(conversation_id, user_id, trigger, prompt=prompt)
+
+    async def member_in_topic(self, conversation_id: str, user_id: str, *, besides: str | None = None) -> bool:
+        """Whether a member has an open topic in any thread of a group chat or channel (`besides`: not counting
+        that thread)."""
+        row = await self._db.fetchone(
+            "SELECT 1 AS open FROM engagement_members WHERE conversation_key = ? AND user_id = ? "
+            "AND state = 'in_topic' AND conversation_id != ? LIMIT 1",
+            (conversation_id, user_id, besides or ""),
+        )
+        return row is not None
+
+    async def members_in_topic(self, members: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (conversation id, user id) pairs are mid-topic; one query per 500 conversations."""
+        wanted = set(members)
+        found: set[tuple[str, str]] = set()
+        for chunk in chunks(sorted({c for c, _ in wanted})):
+            rows = await self._db.fetchall(
+                "SELECT DISTINCT conversation_key, user_id FROM engagement_members "
+                f"WHERE state = 'in_topic' AND conversation_key IN ({marks(len(chunk))})", chunk
+            )
+            found.update((r["conversation_key"], r["user_id"]) for r in rows)
+        return found & wanted
+
+    async def member_prompt(self, conversation_id: str, user_id: str) -> str | None:
+        """The question a member of a group chat or channel left open most recently, if any."""
+        row = await self._db.fetchone(
+            "SELECT pending_prompt FROM engagement_members WHERE conversation_key = ? AND user_id = ? "
+            "AND state = 'in_topic' ORDER BY updated_at DESC LIMIT 1",
+            (conversation_id, user_id),
+        )
+        return str(row["pending_prompt"]) if row and row["pending_prompt"] else None
 
     async def mark_welcomed(self, conversation_id: str) -> bool:
         """Record the welcome; False if this conversation was already welcomed (since its last install)."""
@@ -168,6 +245,10 @@ class Engagement:
         """After a removal, a re-install welcomes again."""
         await self._db.execute("UPDATE engagement SET welcomed = 0 WHERE conversation_id = ?", (conversation_id,))
 
+    async def forget_members(self, conversation_id: str) -> None:
+        """After a removal, no member's old topic in the conversation holds anything."""
+        await self._db.execute("DELETE FROM engagement_members WHERE conversation_key = ?", (conversation_id,))
+
     async def _save(self, conversation_id: str, state: str, prompt: str | None) -> None:
         self._states.pop(conversation_id, None)
         await self._db.execute(
@@ -178,5 +259,5 @@ class Engagement:
         )
 
 
-async def _nothing(conversation_id: str) -> None:
+async def _nothing(conversation_id: str, user_id: str | None) -> None:
     return None

@@ -279,6 +279,86 @@ ALTER TABLE preferences ADD COLUMN digest_at TEXT
 """
 
 
+# ---- version 8: one record per channel (threads fold into it), engagement per member -----------------
+# A thread's id is its channel's id plus ";messageid=<root>". The statement splitter cuts at ";", so the
+# migration spells that character as char(59) / chr(59).
+
+_REFS_COLUMNS = ("channel_id, service_url, tenant_id, conversation_type, user_id, user_aad_id, user_name, bot_id, "
+                 "bot_name, reference, active, inactive_reason, first_seen, last_seen")
+
+
+def _v8(engine: str) -> str:
+    """Migration 8 in one engine's dialect (only the string functions and the "first row wins" differ)."""
+    sqlite = engine == "sqlite"
+
+    def is_thread(column: str) -> str:
+        function = "instr" if sqlite else "strpos"
+        return f"{function}({column}, {'char' if sqlite else 'chr'}(59) || 'messageid=') > 0"
+
+    def channel(column: str) -> str:
+        if sqlite:
+            return f"substr({column}, 1, instr({column}, char(59) || 'messageid=') - 1)"
+        return f"split_part({column}, chr(59) || 'messageid=', 1)"
+
+    def newest_first(key: str) -> str:
+        """With `order`: one row per `key`, the newest. SQLite inserts in ORDER BY order and ON CONFLICT DO
+        NOTHING keeps the first; PostgreSQL picks it with DISTINCT ON."""
+        return "SELECT" if sqlite else f"SELECT DISTINCT ON ({key})"
+
+    def order(key: str, column: str) -> str:
+        return f"ORDER BY {column} DESC" if sqlite else f"ORDER BY {key}, {column} DESC"
+
+    real = "REAL" if sqlite else "DOUBLE PRECISION"
+    refs_key = channel("conversation_id")
+    members_key = f"{channel('conversation_id')}, user_id"
+    subject_key = channel("subject")
+    greatest = "MAX" if sqlite else "GREATEST"
+    # Group chats and channels hold only what is addressed to one member now: what an older release held
+    # there for everyone goes out, and no conversation-wide topic is left open.
+    groups = "SELECT conversation_id FROM conversation_refs WHERE conversation_type IN ('groupChat', 'channel')"
+    return f"""
+    ALTER TABLE conversation_refs ADD COLUMN team_id TEXT;
+    ALTER TABLE conversation_refs ADD COLUMN team_name TEXT;
+    ALTER TABLE conversation_refs ADD COLUMN channel_name TEXT;
+    CREATE TABLE engagement_members (
+        conversation_id  TEXT NOT NULL,
+        user_id          TEXT NOT NULL,
+        conversation_key TEXT NOT NULL,
+        state            TEXT NOT NULL DEFAULT 'idle',
+        pending_prompt   TEXT,
+        updated_at       {real} NOT NULL,
+        PRIMARY KEY (conversation_id, user_id)
+    );
+    CREATE INDEX engagement_members_key ON engagement_members (conversation_key, user_id);
+    INSERT INTO conversation_refs (conversation_id, {_REFS_COLUMNS})
+        {newest_first(refs_key)} {refs_key}, {_REFS_COLUMNS} FROM conversation_refs
+        WHERE {is_thread("conversation_id")} {order(refs_key, "last_seen")}
+        ON CONFLICT (conversation_id) DO NOTHING;
+    INSERT INTO conversation_members (conversation_id, user_id, user_aad_id, user_name, last_seen)
+        {newest_first(members_key)} {channel("conversation_id")}, user_id, user_aad_id, user_name,
+        last_seen FROM conversation_members WHERE {is_thread("conversation_id")} {order(members_key, "last_seen")}
+        ON CONFLICT (conversation_id, user_id) DO NOTHING;
+    DELETE FROM conversation_members WHERE {is_thread("conversation_id")};
+    DELETE FROM conversation_refs WHERE {is_thread("conversation_id")};
+    INSERT INTO engagement (conversation_id, state, welcomed, updated_at)
+        SELECT {channel("conversation_id")}, 'idle', MAX(welcomed), MAX(updated_at) FROM engagement
+        WHERE {is_thread("conversation_id")} GROUP BY {channel("conversation_id")}
+        ON CONFLICT (conversation_id) DO UPDATE SET welcomed = {greatest}(engagement.welcomed, excluded.welcomed);
+    DELETE FROM engagement WHERE {is_thread("conversation_id")};
+    INSERT INTO preferences (subject, muted, muted_until, updated_at)
+        {newest_first(subject_key)} {subject_key}, muted, muted_until, updated_at FROM preferences
+        WHERE subject LIKE 'conversation:%' AND {is_thread("subject")} {order(subject_key, "updated_at")}
+        ON CONFLICT (subject) DO NOTHING;
+    DELETE FROM preferences WHERE subject LIKE 'conversation:%' AND {is_thread("subject")};
+    UPDATE watches SET conversation_id = {channel("conversation_id")} WHERE {is_thread("conversation_id")};
+    UPDATE analyses SET conversation_id = {channel("conversation_id")} WHERE {is_thread("conversation_id")};
+    UPDATE outbox SET status = 'pending' WHERE status = 'held' AND ({is_thread("conversation_id")}
+        OR conversation_id IN ({groups}));
+    UPDATE engagement SET state = 'idle', pending_prompt = NULL WHERE state = 'in_topic'
+        AND conversation_id IN ({groups})
+    """
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -459,4 +539,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(6, "epoch-second times in every table", _SQLITE_V6, ""),
     Migration(7, "time zones, quiet hours and the daily digest", _PREFERENCES_V7, _PREFERENCES_V7),
+    Migration(8, "one record per channel; engagement per member of group chats and channels",
+              _v8("sqlite"), _v8("postgresql")),
 )

@@ -1,11 +1,11 @@
 """The domain's shared vocabulary: pure types and key formats every layer agrees on.
 
 Imports nothing from the SDK, aiohttp or the database, so `state/`, `dialogs/`, `scheduler/` users and
-`bot/` can all share it: watch conditions, product keys, who a preference is about (`user:`,
-`conversation:`), the scheduler keys of per-product and per-conversation jobs (`poll:`, `evaluate:`,
-`hold:`, `deferred:`), the small records that cross layers (UserRef, WatchView, WatchResult, Observation), and
-local time: each user's IANA time zone, quiet hours and the daily digest (`NotificationSettings`), computed
-with `zoneinfo` so daylight saving changes are handled.
+`bot/` can all share it: watch conditions, product keys, the conversation a channel thread belongs to,
+who a preference is about (`user:`, `conversation:`), the scheduler keys of per-product and
+per-conversation jobs (`poll:`, `evaluate:`, `hold:`, `deferred:`), the small records that cross layers
+(UserRef, WatchView, WatchResult, Observation), and local time: each user's IANA time zone, quiet hours and
+the daily digest (`NotificationSettings`), computed with `zoneinfo` so daylight saving changes are handled.
 """
 
 from __future__ import annotations
@@ -95,6 +95,19 @@ def product_key(product: str) -> str:
     return " ".join(product.split()).casefold()
 
 
+THREAD_MARK = ";messageid="
+"""What Teams appends to a channel's id to name one thread (`19:…@thread.tacv2;messageid=<root id>`)."""
+GROUP_SCOPES = ("groupChat", "channel")
+"""Conversation types with several people in them (Teams' `conversationType`; `personal` is a 1:1 chat)."""
+
+
+def conversation_key(conversation_id: str) -> str:
+    """The conversation a message belongs to: for a channel thread, the channel (its id without
+    `;messageid=…`); any other id as is. Records, mutes, welcomes, engagement, rate limits and
+    proactive posts all address this key; only turn replies go to the thread itself."""
+    return conversation_id.partition(THREAD_MARK)[0]
+
+
 def user_subject(user_id: str) -> str:
     """The preference subject of one person (what `mute` in a 1:1 chat sets)."""
     return f"user:{user_id}"
@@ -115,9 +128,10 @@ def evaluate_key(product: str) -> str:
     return f"evaluate:{product_key(product)}"
 
 
-def hold_key(conversation_id: str) -> str:
-    """The scheduler key of the job that releases a conversation's held items after HOLD_MAX_SECONDS."""
-    return f"hold:{conversation_id}"
+def hold_key(conversation_id: str, user_id: str | None = None) -> str:
+    """The scheduler key of the job that releases a conversation's held items after HOLD_MAX_SECONDS
+    (in a group chat or channel: those held for one member)."""
+    return f"hold:{conversation_id}" if user_id is None else f"hold:{conversation_id}|{user_id}"
 
 
 def deferred_key(conversation_id: str) -> str:

@@ -22,8 +22,9 @@ PRIORITIES = {"normal": 0, "urgent": 1}
 
 @dataclass
 class OutboxItem:
-    """What a caller asks to send. Exactly one of `conversation_id` / `target_user_id` is usually set:
-    a user alone means "open (or reuse) a 1:1 chat with this user"."""
+    """What a caller asks to send: to a conversation, to a user (alone: "open, or reuse, a 1:1 chat with
+    this user"), or both: to a conversation, addressed to one person in it (their alert, their result; in a
+    group chat or channel only that person's open topic holds it)."""
 
     payload: dict[str, Any]
     conversation_id: str | None = None
@@ -217,12 +218,18 @@ class OutboxStore:
         rows = await self._db.fetchall(f"{_SELECT} WHERE status = 'pending' ORDER BY id")
         return [OutboxRow.from_row(r) for r in rows]
 
-    async def held(self, conversation_id: str | None = None) -> list[OutboxRow]:
+    async def held(self, conversation_id: str | None = None, *, user_id: str | None = None) -> list[OutboxRow]:
+        """Held rows, oldest first: all, a conversation's, or those addressed to one user in a conversation."""
         if conversation_id is None:
             rows = await self._db.fetchall(f"{_SELECT} WHERE status = 'held' ORDER BY id")
-        else:
+        elif user_id is None:
             rows = await self._db.fetchall(
                 f"{_SELECT} WHERE status = 'held' AND conversation_id = ? ORDER BY id", (conversation_id,)
+            )
+        else:
+            rows = await self._db.fetchall(
+                f"{_SELECT} WHERE status = 'held' AND conversation_id = ? AND target_user_id = ? ORDER BY id",
+                (conversation_id, user_id),
             )
         return [OutboxRow.from_row(r) for r in rows]
 
@@ -274,12 +281,14 @@ class OutboxStore:
         """Pin a user-targeted row to the conversation it will be delivered in."""
         await self._db.execute("UPDATE outbox SET conversation_id = ? WHERE id = ?", (conversation_id, row_id))
 
-    async def supersede(self, conversation_id: str, subject: str, *, keep: int) -> int:
-        """Older held rows about `subject` in a conversation give way to row `keep`; returns how many."""
+    async def supersede(self, conversation_id: str, subject: str, *, keep: int, user_id: str | None = None) -> int:
+        """Older held rows about `subject` in a conversation, addressed to the same user (or to nobody),
+        give way to row `keep`; returns how many."""
         return await self._db.execute(
             "UPDATE outbox SET status = 'superseded', last_error = ?, updated_at = ? "
-            "WHERE conversation_id = ? AND subject = ? AND status = 'held' AND id != ?",
-            (f"superseded by {keep}", self._clock.now().timestamp(), conversation_id, subject, keep),
+            "WHERE conversation_id = ? AND subject = ? AND COALESCE(target_user_id, '') = ? AND status = 'held' "
+            "AND id != ?",
+            (f"superseded by {keep}", self._clock.now().timestamp(), conversation_id, subject, user_id or "", keep),
         )
 
     async def cancel_conversation(self, conversation_id: str, reason: str) -> list[int]:

@@ -23,6 +23,7 @@ class WatchRow:
     last_price: Decimal | None
     last_alert_price: Decimal | None
     snoozed_until: float | None
+    user_name: str | None = None
 
 
 def _decimal(value: str | None) -> Decimal | None:
@@ -71,7 +72,7 @@ class PriceLog:
         return [
             WatchRow(r["id"], r["user_id"], r["conversation_id"], r["product"],
                      Condition.from_json(json.loads(r["condition"])), _decimal(r["last_price"]),
-                     _decimal(r["last_alert_price"]), r["snoozed_until"])
+                     _decimal(r["last_alert_price"]), r["snoozed_until"], r["user_name"])
             for r in rows
         ]
 

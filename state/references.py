@@ -1,7 +1,9 @@
 """Conversation references: where and how to reach every conversation the bot has seen.
 
 SDK-free: the bot layer turns an inbound activity into a `ConversationRecord` (the SDK's
-ConversationReference is kept as a JSON dict) and back.
+ConversationReference is kept as a JSON dict) and back. A channel is one record, whichever of its threads
+the bot heard from: its `conversation_id` is the channel's (`state.model.conversation_key`), and it keeps
+the team's and the channel's names once Teams has sent them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from .db import Database, Row, chunks, marks
 
 @dataclass
 class ConversationRecord:
-    """One conversation as last seen. `user_*` is the member who spoke or acted last."""
+    """One conversation as last seen. `user_*` is the member who spoke or acted last; `team_*` and
+    `channel_name` are set for channels (from channelData; a name, once seen, is kept)."""
 
     conversation_id: str
     channel_id: str
@@ -31,6 +34,9 @@ class ConversationRecord:
     user_name: str | None = None
     bot_id: str | None = None
     bot_name: str | None = None
+    team_id: str | None = None
+    team_name: str | None = None
+    channel_name: str | None = None
     active: bool = True
     inactive_reason: str | None = None
     first_seen: float = 0.0
@@ -50,6 +56,9 @@ class ConversationRecord:
             user_name=row["user_name"],
             bot_id=row["bot_id"],
             bot_name=row["bot_name"],
+            team_id=row["team_id"],
+            team_name=row["team_name"],
+            channel_name=row["channel_name"],
             active=bool(row["active"]),
             inactive_reason=row["inactive_reason"],
             first_seen=row["first_seen"],
@@ -76,7 +85,8 @@ class ConversationReferences:
         record written less than a minute ago is not written again (last_seen is that coarse).
         """
         fingerprint = (record.service_url, record.tenant_id, record.user_id, record.user_aad_id, record.user_name,
-                       record.bot_id, json.dumps(record.reference, sort_keys=True), reactivate)
+                       record.bot_id, record.team_id, record.team_name, record.channel_name,
+                       json.dumps(record.reference, sort_keys=True), reactivate)
         seen = self._fresh.get(record.conversation_id)
         mono = self._clock.monotonic()
         if seen is not None and seen[0] == fingerprint and mono - seen[1] < self.REFRESH_SECONDS:
@@ -88,9 +98,9 @@ class ConversationReferences:
                 """
                 INSERT INTO conversation_refs (
                     conversation_id, channel_id, service_url, tenant_id, conversation_type,
-                    user_id, user_aad_id, user_name, bot_id, bot_name, reference,
+                    user_id, user_aad_id, user_name, bot_id, bot_name, team_id, team_name, channel_name, reference,
                     active, inactive_reason, first_seen, last_seen)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, NULL, ?, ?)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, NULL, ?, ?)
                 ON CONFLICT (conversation_id) DO UPDATE SET
                     channel_id = excluded.channel_id,
                     service_url = excluded.service_url,
@@ -101,6 +111,9 @@ class ConversationReferences:
                     user_name = COALESCE(excluded.user_name, conversation_refs.user_name),
                     bot_id = COALESCE(excluded.bot_id, conversation_refs.bot_id),
                     bot_name = COALESCE(excluded.bot_name, conversation_refs.bot_name),
+                    team_id = COALESCE(excluded.team_id, conversation_refs.team_id),
+                    team_name = COALESCE(excluded.team_name, conversation_refs.team_name),
+                    channel_name = COALESCE(excluded.channel_name, conversation_refs.channel_name),
                     reference = excluded.reference,
                     active = CASE WHEN ? = 1 THEN 1 ELSE conversation_refs.active END,
                     inactive_reason = CASE WHEN ? = 1 THEN NULL ELSE conversation_refs.inactive_reason END,
@@ -117,6 +130,9 @@ class ConversationReferences:
                     record.user_name,
                     record.bot_id,
                     record.bot_name,
+                    record.team_id,
+                    record.team_name,
+                    record.channel_name,
                     json.dumps(record.reference, separators=(",", ":")),
                     now,
                     now,
@@ -205,6 +221,14 @@ class ConversationReferences:
             (user_id, user_id),
         )
         return [ConversationRecord.from_row(r) for r in rows]
+
+    async def member_name(self, conversation_id: str, user_id: str) -> str | None:
+        """The display name a member of a conversation was last seen with, or None."""
+        row = await self._db.fetchone(
+            "SELECT user_name FROM conversation_members WHERE conversation_id = ? AND user_id = ?",
+            (conversation_id, user_id),
+        )
+        return str(row["user_name"]) if row and row["user_name"] else None
 
     async def teams_user_id(self, user_id: str) -> str | None:
         """The Teams user id ("29:…") of a member known by Teams id or AAD object id, or None."""

@@ -46,8 +46,9 @@ class WatchStore:
                 )
                 assert existing is not None
             await tx.execute(
-                "UPDATE watches SET condition = ?, conversation_id = ?, updated_at = ? WHERE id = ?",
-                (json.dumps(condition.to_json()), conversation_id, now, existing["id"]),
+                "UPDATE watches SET condition = ?, conversation_id = ?, user_name = COALESCE(?, user_name), "
+                "updated_at = ? WHERE id = ?",
+                (json.dumps(condition.to_json()), conversation_id, user.name, now, existing["id"]),
             )
             last = Decimal(existing["last_price"]) if existing["last_price"] else None
             return WatchResult("updated", WatchView(product.strip(), condition, last))

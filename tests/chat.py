@@ -20,9 +20,11 @@ class Chat:
     def __init__(self, http: aiohttp.ClientSession, app: BotApplication, double: ConnectorDouble,
                  conversation_id: str = "dm-ada", user_id: str = "29:ada", kind: str = "personal",
                  channel_data: dict[str, Any] | None = None,
-                 authorization: Callable[[dict[str, Any]], str] | None = None) -> None:
+                 authorization: Callable[[dict[str, Any]], str] | None = None,
+                 user_name: str = "Ada Lovelace") -> None:
         self.http, self.app, self.double = http, app, double
         self.conversation_id, self.user_id, self.kind = conversation_id, user_id, kind
+        self.user_name = user_name
         self.channel_data = channel_data or {"tenant": {"id": "t1"}}
         self.authorization = authorization  # activity → Authorization header (as the channel signs it)
 
@@ -30,7 +32,7 @@ class Chat:
         return {
             "type": type_, "id": f"act-{next(_ids)}", "channelId": "msteams", "serviceUrl": self.double.url,
             "conversation": {"id": self.conversation_id, "conversationType": self.kind},
-            "from": {"id": self.user_id, "name": "Ada Lovelace", "aadObjectId": f"aad-{self.user_id}"},
+            "from": {"id": self.user_id, "name": self.user_name, "aadObjectId": f"aad-{self.user_id}"},
             "recipient": {"id": "28:bot", "name": "Price Watch"},
             "channelData": self.channel_data, **fields,
         }

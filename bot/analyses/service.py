@@ -3,7 +3,9 @@ and finally "done", and the result (a chart of the price history next to its sta
 
 The acknowledgement is posted through the outbox (category `progress`, never held) so its Teams activity id is
 known and later updates replace it. An analysis is a row plus scheduler jobs (progress steps and the finish),
-so it survives restarts: after a crash the jobs run when the process is back, and it resumes on schedule.
+so it survives restarts: after a crash the jobs run when the process is back, and it resumes on schedule. The
+result is addressed to the person who asked (in a group chat or channel: @mentioning them, and held only
+while they are mid-topic there).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from collections.abc import Sequence
 
 from bot.delivery.proactive import ProactiveMessages
 from bot.prices.sources import PriceSource
+from dialogs.mentions import with_mention
 from scheduler.clock import Clock
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
 from state.analyses import AnalysisRow, AnalysisStore
-from state.model import UserRef, user_subject
+from state.model import GROUP_SCOPES, UserRef, user_subject
 from state.outbox import OutboxItem
 from state.preferences import Preferences
 from state.prices import PriceLog
@@ -123,10 +126,14 @@ class AnalysisService:
             if quote is not None:
                 history = [quote]
         timezone = await self._preferences.timezone(user_subject(row.user_id)) if self._preferences else "UTC"
+        payload = result_payload(summarize(row.product, history), timezone=timezone)
+        record = await self._references.get(row.conversation_id)
+        if record is not None and record.conversation_type in GROUP_SCOPES:
+            name = await self._references.member_name(row.conversation_id, row.user_id)
+            payload = with_mention(payload, UserRef(row.user_id, name=name), ", your analysis:")
         await self._proactive.enqueue([OutboxItem(
-            payload=result_payload(summarize(row.product, history), timezone=timezone),
-            conversation_id=row.conversation_id, tenant_id=row.tenant_id, category="result",
-            dedup_key=f"analysis-result:{row.id}",
+            payload=payload, conversation_id=row.conversation_id, target_user_id=row.user_id,
+            tenant_id=row.tenant_id, category="result", dedup_key=f"analysis-result:{row.id}",
         )])
         await self._end(row.id, "done", "✅ Done: the result is in the next message.")
         log.info("analysis %s of %s finished (%d observations)", row.id, row.product, len(history))

@@ -2,6 +2,8 @@
 
 The request is validated field by field (400 naming the field), its targets resolved against the
 conversation references, and one outbox row queued per target; the delivery worker does the rest.
+A channel is one target (a new post in it), however many of its threads the bot has seen; a thread's
+own id (`…;messageid=…`) posts a reply in that thread.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.delivery.proactive import Admission
+from state.model import conversation_key
 from state.outbox import PRIORITIES, OutboxItem, OutboxStore
 from state.references import ConversationReferences
 
@@ -137,13 +140,13 @@ async def resolve_targets(note: Notification, references: ConversationReferences
     if note.target_all:
         out.items = [item(r.conversation_id, r.tenant_id) for r in await references.all()]
     for conversation_id in note.conversations:
-        record = await references.get(conversation_id)
+        record = await references.get(conversation_key(conversation_id))
         if record is None:
             out.unknown_conversations.append(conversation_id)
         elif not record.active:
             out.inactive_conversations.append(conversation_id)
         else:
-            out.items.append(item(record.conversation_id, record.tenant_id))
+            out.items.append(item(conversation_id, record.tenant_id))
     for user_id in note.users:
         known = await references.for_user(user_id, active_only=False)
         personal = [r for r in known if r.conversation_type == "personal" and r.active]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dialogs.mentions import mentioned, plain, with_mention
 from state.model import DAILY_DIGEST, QUIET_HOURS
 from state.outbox import OutboxRow
 
@@ -24,7 +25,7 @@ def _parts(row: OutboxRow) -> list[dict[str, Any]]:
     payload = row.payload
     elements: list[dict[str, Any]] = []
     if payload.get("text"):
-        elements.append({"type": "TextBlock", "text": str(payload["text"]), "wrap": True})
+        elements.append({"type": "TextBlock", "text": plain(str(payload["text"])), "wrap": True})
     for attachment in payload.get("attachments") or []:
         content = attachment.get("content") if isinstance(attachment, dict) else None
         if attachment.get("contentType") == CARD and isinstance(content, dict):
@@ -51,7 +52,7 @@ def _title(count: int, reason: str | None) -> str:
 
 def _summary(row: OutboxRow) -> str:
     payload = row.payload
-    return str(payload.get("summary") or payload.get("text") or "an update")[:80]
+    return plain(str(payload.get("summary") or payload.get("text") or "an update"))[:80]
 
 
 def _payload(rows: list[OutboxRow], title: str, resume_prompt: str | None) -> dict[str, Any]:
@@ -63,7 +64,10 @@ def _payload(rows: list[OutboxRow], title: str, resume_prompt: str | None) -> di
                      "text": f"Back to where we were: {resume_prompt}"})
     card = {"type": "AdaptiveCard", "$schema": SCHEMA, "version": "1.5", "body": body}
     summary = "; ".join(_summary(r) for r in rows)
-    return {"type": "message", "summary": summary, "attachments": [{"contentType": CARD, "content": card}]}
+    payload = {"type": "message", "summary": summary, "attachments": [{"contentType": CARD, "content": card}]}
+    # items held for one member of a group chat or channel @mention them: so does their digest
+    addressee = next((person for row in rows if (person := mentioned(row.payload)) is not None), None)
+    return payload if addressee is None else with_mention(payload, addressee)
 
 
 def _size(payload: dict[str, Any]) -> int:

@@ -1,10 +1,13 @@
 """The one door every proactive message goes through: policy, then the durable outbox, then the worker.
 
 Each item consults the engagement policy first (state/engagement.py): deliver now, hold, or drop (muted
-notifications, unreachable conversations). An item is held until the user's topic ends, or — for non-urgent
-notifications — until the user's quiet hours end or their daily digest is due (`NotificationSettings`): such a
-row keeps its release time in `not_before`, and one scheduler job per conversation (`deferred:` key) releases
-it. Held items about the same subject supersede each other; several released together go out as ONE digest.
+notifications, unreachable conversations). An item is held until the user's topic ends: in a personal chat
+the user's open topic holds everything; in a group chat or channel only items addressed to one person (their
+alert, their result) wait, and only for that person's topic, while items for the whole conversation go out at
+once. Non-urgent notifications also wait for the user's quiet hours to end or their daily digest
+(`NotificationSettings`): such a row keeps its release time in `not_before`, and one scheduler job per
+conversation (`deferred:` key) releases it. Held items about the same subject supersede each other; several
+released together go out as ONE digest.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -20,7 +23,9 @@ from scheduler.clock import Clock
 from scheduler.scheduler import Scheduler
 from state.engagement import Decision, Engagement, decide
 from state.model import (
+    GROUP_SCOPES,
     NotificationSettings,
+    conversation_key,
     conversation_subject,
     deferred_key,
     hold_key,
@@ -39,6 +44,17 @@ log = logging.getLogger(__name__)
 RELEASE_OVERDUE = "engagement.release_overdue"
 RELEASE_DEFERRED = "delivery.release_deferred"
 _STATUS: dict[str, Literal["pending", "held", "dropped"]] = {"deliver": "pending", "hold": "held", "drop": "dropped"}
+
+
+@dataclass
+class _Target:
+    """What the policy needs to know about one item's destination."""
+
+    conversation_id: str | None = None  # the conversation (a channel, never one of its threads), if known
+    subjects: list[str] = field(default_factory=list)  # whose mutes apply
+    schedule: list[str] = field(default_factory=list)  # whose quiet hours and digest apply (see `_schedule`)
+    group: bool = False  # a group chat or channel
+    member: str | None = None  # there: the one person the item is addressed to
 
 
 @dataclass(frozen=True)
@@ -80,42 +96,53 @@ class ProactiveMessages:
         scheduler.register(RELEASE_OVERDUE, self._release_overdue)
         scheduler.register(RELEASE_DEFERRED, self._release_deferred)
 
-    async def _decisions(self, items: Sequence[OutboxItem]) -> list[tuple[Decision, str | None, float | None]]:
-        """The policy's answer for each item, the conversation it concerns (if known), and for a deferred item
-        when it may go out; lookups batched."""
-        records = await self._references.get_many(i.conversation_id for i in items if i.conversation_id)
-        targets: list[tuple[str | None, list[str]]] = []
+    async def _decisions(self, items: Sequence[OutboxItem]) -> list[tuple[Decision, _Target, float | None]]:
+        """The policy's answer for each item, where it goes, and for a deferred item when it may go out;
+        lookups batched."""
+        records = await self._references.get_many(
+            conversation_key(i.conversation_id) for i in items if i.conversation_id)
+        targets: list[_Target] = []
         for item in items:
-            conversation_id, subjects = item.conversation_id, []
-            if conversation_id:
-                subjects.append(conversation_subject(conversation_id))
-                record = records.get(conversation_id)
+            target = _Target()
+            if item.conversation_id:
+                target.conversation_id = key = conversation_key(item.conversation_id)
+                target.subjects.append(conversation_subject(key))
+                record = records.get(key)
+                target.group = record is not None and record.conversation_type in GROUP_SCOPES
                 if record is not None and record.conversation_type == "personal" and record.user_id:
-                    subjects.append(user_subject(record.user_id))
-            if item.target_user_id:  # rare: a user without a known 1:1 chat
+                    target.subjects.append(user_subject(record.user_id))
+                target.schedule = list(target.subjects)  # a 1:1 chat: the person's; else the conversation's
+                if item.target_user_id:  # addressed to one person in this conversation
+                    target.subjects.append(user_subject(item.target_user_id))
+                    target.member = item.target_user_id if target.group else None
+            elif item.target_user_id:  # rare: a user without a known 1:1 chat
                 user_id = await self._references.teams_user_id(item.target_user_id) or item.target_user_id
-                subjects.append(user_subject(user_id))
+                target.subjects.append(user_subject(user_id))
+                target.schedule = list(target.subjects)
                 personal = [r for r in await self._references.for_user(user_id) if r.conversation_type == "personal"]
-                conversation_id = conversation_id or (personal[0].conversation_id if personal else None)
-            targets.append((conversation_id, subjects))
-        states = await self._engagement.states(c for c, _ in targets if c)
-        notifications = [subjects for (_, subjects), item in zip(targets, items, strict=True)
-                         if item.category == "notification"]
+                target.conversation_id = personal[0].conversation_id if personal else None
+            targets.append(target)
+        states = await self._engagement.states(t.conversation_id for t in targets if t.conversation_id)
+        in_topic = await self._engagement.members_in_topic(
+            (t.conversation_id, t.member) for t in targets if t.conversation_id and t.member)
+        notifications = [t.subjects for t, item in zip(targets, items, strict=True) if item.category == "notification"]
         muted = await self._preferences.muted(s for subjects in notifications for s in subjects)
         settings = await self._preferences.settings_of(s for subjects in notifications for s in subjects)
         now = self._clock.now()
-        out: list[tuple[Decision, str | None, float | None]] = []
-        for (conversation_id, subjects), item in zip(targets, items, strict=True):
+        decisions: list[tuple[Decision, _Target, float | None]] = []
+        for target, item in zip(targets, items, strict=True):
+            state = states.get(target.conversation_id, "idle") if target.conversation_id else "idle"
+            if target.group and state != "inactive":  # there, only the addressee's own topic holds an item
+                state = "in_topic" if (target.conversation_id, target.member) in in_topic else "idle"
+            muted_here = item.category == "notification" and any(s in muted for s in target.subjects)
             plan = None
             if item.category == "notification" and item.priority <= 0:
-                plan = release_time(now, _schedule(settings, subjects))
-            decision = decide(states.get(conversation_id, "idle") if conversation_id else "idle",
-                              category=item.category, urgent=item.priority > 0,
-                              muted=item.category == "notification" and any(s in muted for s in subjects),
+                plan = release_time(now, _schedule(settings, target.schedule))
+            decision = decide(state, category=item.category, urgent=item.priority > 0, muted=muted_here,
                               deferred=plan[1] if plan else None)
             deferred_until = plan[0].timestamp() if plan and decision.reason == plan[1] else None
-            out.append((decision, conversation_id, deferred_until))
-        return out
+            decisions.append((decision, target, deferred_until))
+        return decisions
 
     async def enqueue(self, items: Sequence[OutboxItem]) -> list[Admission]:
         """Apply the policy, commit the rows in one transaction, then wake the worker for those that may go now."""
@@ -129,38 +156,42 @@ class ProactiveMessages:
         results = await self._store.enqueue(decided)
         now = self._clock.now().timestamp()
         admissions, deliver = [], []
-        for item, (decision, conversation_id, until), result in zip(decided, decisions, results, strict=True):
+        for item, (decision, target, until), result in zip(decided, decisions, results, strict=True):
             admissions.append(Admission(result.id, result.created, decision))
             if not result.created:
                 continue
             self.counts[{"deliver": "admitted", "hold": "held", "drop": "dropped"}[decision.action]] += 1
             if decision.action == "deliver":
                 deliver.append(item.as_row(result.id, now))
-            elif decision.action == "hold" and conversation_id:
-                await self._hold(result.id, conversation_id, item, deferred_until=until)
+            elif decision.action == "hold" and target.conversation_id:
+                await self._hold(result.id, target, item, deferred_until=until)
             else:
-                log.info("dropped a %s for %s: %s", item.category, conversation_id or item.target_user_id,
+                log.info("dropped a %s for %s: %s", item.category, target.conversation_id or item.target_user_id,
                          decision.reason)
         self._worker.submit(deliver)
         return admissions
 
-    async def _hold(self, row_id: int, conversation_id: str, item: OutboxItem, *,
+    async def _hold(self, row_id: int, target: _Target, item: OutboxItem, *,
                     deferred_until: float | None = None) -> None:
+        conversation_id, member = target.conversation_id, target.member
+        assert conversation_id is not None
         if item.conversation_id is None:  # a user-targeted item waits in the user's 1:1 chat
             await self._store.retarget(row_id, conversation_id)
         if item.subject:
-            superseded = await self._store.supersede(conversation_id, item.subject, keep=row_id)
+            superseded = await self._store.supersede(conversation_id, item.subject, keep=row_id,
+                                                     user_id=item.target_user_id)
             self.counts["superseded"] += superseded
         if deferred_until is not None:
             await self._plan_release(conversation_id, deferred_until)
         else:
-            await self._hold_at_most(conversation_id)
+            await self._hold_at_most(conversation_id, member)
 
-    async def _hold_at_most(self, conversation_id: str) -> None:
-        """Mid-topic holds end after HOLD_MAX_SECONDS at the latest."""
-        if await self._scheduler.get(key=hold_key(conversation_id)) is None:
+    async def _hold_at_most(self, conversation_id: str, member: str | None = None) -> None:
+        """Mid-topic holds end after HOLD_MAX_SECONDS at the latest (in a group chat or channel: per member)."""
+        key = hold_key(conversation_id, member)
+        if await self._scheduler.get(key=key) is None:
             await self._scheduler.schedule_in(
-                self._hold_max, RELEASE_OVERDUE, {"conversation_id": conversation_id}, key=hold_key(conversation_id)
+                self._hold_max, RELEASE_OVERDUE, {"conversation_id": conversation_id, "user_id": member}, key=key
             )
 
     async def _plan_release(self, conversation_id: str, at: float) -> None:
@@ -171,16 +202,19 @@ class ProactiveMessages:
             await self._scheduler.schedule_at(datetime.fromtimestamp(at, UTC), RELEASE_DEFERRED,
                                               {"conversation_id": conversation_id}, key=key)
 
-    async def release(self, conversation_id: str, *, resume_prompt: str | None = None) -> int:
-        """The topic ended (or overran): send what was held for it and is due, one item as is, several as one
+    async def release(self, conversation_id: str, user_id: str | None = None, *,
+                      resume_prompt: str | None = None) -> int:
+        """The topic ended (or overran): send what was held in the conversation for it and is due (`user_id`:
+        only what was held for that member of a group chat or channel), one item as is, several as one
         digest. Items waiting for quiet hours to end or for the daily digest stay held. Returns rows released."""
-        await self._scheduler.cancel(key=hold_key(conversation_id))
+        await self._scheduler.cancel(key=hold_key(conversation_id, user_id))
         now = self._clock.now().timestamp()
-        held = [r for r in await self._store.held(conversation_id) if r.not_before <= now]
-        return await self._send_held(conversation_id, held, resume_prompt=resume_prompt)
+        held = [r for r in await self._store.held(conversation_id, user_id=user_id) if r.not_before <= now]
+        return await self._send_held(conversation_id, held, resume_prompt=resume_prompt, user_id=user_id)
 
     async def _send_held(self, conversation_id: str, held: list[OutboxRow], *,
-                         resume_prompt: str | None = None) -> int:
+                         resume_prompt: str | None = None, user_id: str | None = None) -> int:
+        """Send these held rows: one as is, several (or any a schedule held) as one digest."""
         if not held:
             return 0
         reason = reason_of(held)
@@ -192,14 +226,14 @@ class ProactiveMessages:
             first = held[0]
             payloads = digest_payloads(held, resume_prompt=resume_prompt, reason=reason, max_bytes=self._max_bytes)
             digests = await self._store.enqueue([OutboxItem(
-                payload=payload, conversation_id=conversation_id, tenant_id=first.tenant_id, category="digest",
-                priority=max(r.priority for r in held),
+                payload=payload, conversation_id=conversation_id, target_user_id=user_id,
+                tenant_id=first.tenant_id, category="digest", priority=max(r.priority for r in held),
             ) for payload in payloads])
             await self._store.set_status([r.id for r in held], "merged", only_from=["held"],
                                          note=f"delivered in digest {digests[0].id}")
             self._worker.submit(await self._store.get_many([d.id for d in digests]))
         self.counts["released"] += len(held)
-        log.info("released %d held item(s) in %s", len(held), conversation_id)
+        log.info("released %d held item(s) in %s%s", len(held), conversation_id, f" for {user_id}" if user_id else "")
         return len(held)
 
     async def _release_deferred(self, job: object) -> None:
@@ -230,10 +264,15 @@ class ProactiveMessages:
         if not due:
             return 0
         if await self._engagement.state(conversation_id) == "in_topic":
-            if due:
-                await self._hold_at_most(conversation_id)
+            await self._hold_at_most(conversation_id)
             return 0
-        return await self._send_held(conversation_id, due)
+        # in a group chat or channel, what is addressed to a member who is mid-topic waits for that topic
+        busy = await self._engagement.members_in_topic(
+            (conversation_id, r.target_user_id) for r in due if r.target_user_id)
+        for member in sorted({user for _, user in busy}):
+            await self._hold_at_most(conversation_id, member)
+        return await self._send_held(
+            conversation_id, [r for r in due if (conversation_id, r.target_user_id) not in busy])
 
     async def _settings_for(self, conversation_id: str) -> NotificationSettings:
         record = await self._references.get(conversation_id)
@@ -254,17 +293,24 @@ class ProactiveMessages:
 
     async def _release_overdue(self, job: object) -> None:
         """HOLD_MAX_SECONDS passed mid-topic: deliver, then re-ask the pending question."""
-        conversation_id = str(getattr(job, "payload", {}).get("conversation_id", ""))
+        payload = getattr(job, "payload", {})
+        conversation_id, user_id = str(payload.get("conversation_id", "")), payload.get("user_id")
         if not conversation_id:
             return
-        prompt = await self._engagement.pending_prompt(conversation_id)
-        in_topic = await self._engagement.state(conversation_id) == "in_topic"
-        await self.release(conversation_id, resume_prompt=prompt if in_topic else None)
+        if user_id:
+            user_id = str(user_id)
+            prompt = await self._engagement.member_prompt(conversation_id, user_id)
+            in_topic = await self._engagement.member_in_topic(conversation_id, user_id)
+        else:
+            prompt = await self._engagement.pending_prompt(conversation_id)
+            in_topic = await self._engagement.state(conversation_id) == "in_topic"
+        await self.release(conversation_id, user_id, resume_prompt=prompt if in_topic else None)
 
     async def conversation_removed(self, conversation_id: str) -> None:
         """The bot was uninstalled: nothing more goes there until it is installed again."""
         await self._engagement.fire(conversation_id, "removed")
         await self._engagement.forget_welcome(conversation_id)
+        await self._engagement.forget_members(conversation_id)
         await self._scheduler.cancel(key=hold_key(conversation_id))
         await self._scheduler.cancel(key=deferred_key(conversation_id))
         cancelled = await self._store.cancel_conversation(conversation_id, "the bot was removed")

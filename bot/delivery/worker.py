@@ -18,11 +18,12 @@ import logging
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from scheduler.clock import Clock
 from scheduler.sendqueue import SendQueue, Ticket
+from state.model import conversation_key as channel_of
 from state.outbox import OutboxRow, OutboxStore, Outcome
 from state.references import ConversationRecord, ConversationReferences
 
@@ -63,7 +64,9 @@ class RetryPolicy:
 
 
 def conversation_key(row: OutboxRow) -> str:
-    return row.conversation_id or f"user:{row.target_user_id}"
+    """Whose limits a send counts against: its conversation's (the threads of a channel share the channel's
+    budget, the conservative reading of Teams' per-thread limits), or a user's 1:1 chat still to be opened."""
+    return channel_of(row.conversation_id) if row.conversation_id else f"user:{row.target_user_id}"
 
 
 class DeliveryWorker:
@@ -294,11 +297,13 @@ class DeliveryWorker:
 
     async def _target(self, row: OutboxRow) -> ConversationRecord:
         if row.conversation_id:
-            record = await self._references.get(row.conversation_id)
+            record = await self._references.get(channel_of(row.conversation_id))
             if record is None:
                 raise SendFailure("gone", None, "UnknownConversation", "the bot has never seen this conversation")
             if not record.active:
                 raise SendFailure("gone", None, "ConversationInactive", record.inactive_reason or "inactive")
+            if record.conversation_id != row.conversation_id:  # one thread of the channel: post there
+                return replace(record, conversation_id=row.conversation_id)
             return record
         return await self._personal_chat(row)
 
@@ -376,9 +381,10 @@ class DeliveryWorker:
                                   not_before=self._clock.now().timestamp() + delay))
             ticket.ready_at = self._clock.monotonic() + delay
             return ticket
-        if failure.action == "gone" and row.conversation_id:
+        thread_gone = failure.status == 404 and row.conversation_id != channel_of(row.conversation_id or "")
+        if failure.action == "gone" and row.conversation_id and not thread_gone:  # (a lost thread: not its channel)
             try:
-                await self._conversation_gone(row.conversation_id, failure)
+                await self._conversation_gone(channel_of(row.conversation_id), failure)
             except Exception as exc:  # the database did not answer: decide again on a later attempt
                 log.warning("message %d: could not record that %s is unreachable (%s); retrying", row.id,
                             row.conversation_id, exc)

@@ -4,7 +4,9 @@ Quotes come from polling (a PriceSource) or from `POST /api/prices`. Each new qu
 evaluation is scheduled a few seconds later (only if none is pending), so rapid moves coalesce into one
 alert carrying the latest price. The evaluation job also carries the price from before the burst, so an
 alert says where the price came from ("12.00 → 9.50 USD") even for a watch that had not seen a price yet.
-Alerts go through the interjection policy and the outbox, with times in the watch owner's time zone.
+Alerts go through the interjection policy and the outbox, with times in the watch owner's time zone,
+addressed to the watch's owner in the conversation where the watch was made (in a group chat or channel:
+@mentioning them, and held only while they are mid-topic there).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from scheduler.clock import Clock
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
 from state.model import (
+    GROUP_SCOPES,
     Condition,
     Observation,
     UserRef,
@@ -32,7 +35,7 @@ from state.model import (
 )
 from state.outbox import OutboxItem
 from state.preferences import Preferences
-from state.prices import PriceLog, triggers
+from state.prices import PriceLog, WatchRow, triggers
 from state.references import ConversationReferences
 from state.watches import WatchStore
 
@@ -149,8 +152,10 @@ class PriceWatcher:
                 alert = Alert(watch.id, watch.product, previous, latest.price, latest.currency,
                               latest.source, latest.url, watch.condition, latest.observed_at,
                               timezone=await self._timezone(watch.user_id))
+                group = record is not None and record.conversation_type in GROUP_SCOPES
                 items.append(OutboxItem(
-                    payload=alert_payload(alert), conversation_id=watch.conversation_id,
+                    payload=alert_payload(alert, await self._owner(watch) if group else None),
+                    conversation_id=watch.conversation_id, target_user_id=watch.user_id,
                     tenant_id=record.tenant_id if record else None, category="notification",
                     subject=f"price:{product}", dedup_key=f"alert:{watch.id}:{latest.price}",
                 ))
@@ -158,6 +163,11 @@ class PriceWatcher:
         if items:
             await self._proactive.enqueue(items)
             log.info("price of %s is %s: %d alert(s)", product, latest.price, len(items))
+
+    async def _owner(self, watch: WatchRow) -> UserRef:
+        """Who to @mention: the watch's owner, by the name they had when they made it (or were last seen with)."""
+        name = watch.user_name or await self._references.member_name(watch.conversation_id, watch.user_id)
+        return UserRef(watch.user_id, name=name)
 
     async def snooze(self, watch_id: int, user_id: str, hours: float) -> str:
         """Snooze the presser's own watch."""

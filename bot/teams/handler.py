@@ -1,7 +1,9 @@
 """The Teams activity handler: records where every conversation lives, runs the dialogs, welcomes.
 
 It translates Teams events into calls on the domain. After each message turn it tells the engagement
-state machine whether the user is mid-topic, which is what decides if proactive items wait. It remembers
+state machine whether the user is mid-topic (in a personal chat: the conversation; in a group chat or
+channel: that member, in that thread), which is what decides if proactive items wait. A channel is one
+conversation for records, welcome, mute and removal, whichever thread an activity comes from. It remembers
 each user's time zone from the `localTimezone` Teams puts on their activities (invalid names are ignored).
 """
 
@@ -32,7 +34,7 @@ from dialogs.runner import mid_topic as mid_topic_of
 from dialogs.welcome_card import welcome_payload
 from scheduler.scheduler import Scheduler
 from state.engagement import Engagement
-from state.model import timezone_name, user_subject
+from state.model import GROUP_SCOPES, conversation_key, timezone_name, user_subject
 from state.outbox import OutboxItem
 from state.preferences import Preferences
 from state.references import ConversationReferences
@@ -100,7 +102,8 @@ class ProactiveBot(TeamsActivityHandler):
                 await state.save_changes(turn_context)
             topic = turn_context.turn_state.get(_TOPIC)
             if topic is not None:  # after saving, so a crash in between cannot replay the turn's answers
-                await self._engagement.after_turn(conversation_id, mid_topic=topic[0], prompt=topic[1])
+                await self._engagement.after_turn(conversation_id, mid_topic=topic[0], prompt=topic[1],
+                                                  user_id=_member(activity))
 
     async def _remember(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
@@ -160,7 +163,7 @@ class ProactiveBot(TeamsActivityHandler):
             await self._welcome(turn_context)
 
     async def on_installation_update_remove(self, turn_context: TurnContext) -> None:
-        conversation_id = turn_context.activity.conversation.id
+        conversation_id = conversation_key(turn_context.activity.conversation.id)
         await self._references.mark_inactive(conversation_id, "uninstalled")
         await self._proactive.conversation_removed(conversation_id)
         log.info("removed from conversation %s; marked inactive", conversation_id)
@@ -173,14 +176,16 @@ class ProactiveBot(TeamsActivityHandler):
             await self.on_installation_update_remove(turn_context)
 
     async def _welcome(self, turn_context: TurnContext) -> None:
-        """Welcome once per conversation (again after a removal), through the outbox like everything else."""
+        """Welcome once per conversation (a channel, not each thread; again after a removal), through the
+        outbox like everything else."""
         activity = turn_context.activity
-        conversation_id = activity.conversation.id
+        conversation_id = conversation_key(activity.conversation.id)
         await self._engagement.fire(conversation_id, "installed")
         if not await self._engagement.mark_welcomed(conversation_id):
             return
+        known = await self._references.get(conversation_id)
         where = install_context(activity.channel_data, activity.conversation.conversation_type,
-                                activity.from_property.name if activity.from_property else None)
+                                activity.from_property.name if activity.from_property else None, known)
         await self._proactive.enqueue([OutboxItem(
             payload=welcome_payload(self._bot_name, where), conversation_id=conversation_id,
             tenant_id=tenant_of(activity), category="welcome",
@@ -190,6 +195,14 @@ class ProactiveBot(TeamsActivityHandler):
             await self._scheduler.schedule_in(
                 0, WELCOME_TEAM_MEMBERS,
                 {"conversation_id": conversation_id, "team": where.team, "installer": where.installer,
-                 "team_id": team_id_of(activity.channel_data)},
+                 "team_id": team_id_of(activity.channel_data) or (known.team_id if known else None)},
                 key=f"welcome-members:{conversation_id}",
             )
+
+
+def _member(activity: Activity) -> str | None:
+    """Who has a topic of their own here: the sender in a group chat or channel, nobody in a personal chat."""
+    conversation_type = activity.conversation.conversation_type if activity.conversation else None
+    if conversation_type in GROUP_SCOPES and activity.from_property is not None and activity.from_property.id:
+        return str(activity.from_property.id)
+    return None

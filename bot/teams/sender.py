@@ -10,13 +10,14 @@ import asyncio
 from typing import Any
 
 import aiohttp
-from botbuilder.schema import Activity, ChannelAccount, ConversationParameters, ErrorResponseException
+from botbuilder.schema import ChannelAccount, ConversationParameters, ErrorResponseException
 from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import AuthenticationConstants, ClaimsIdentity
 from msrest.exceptions import ClientRequestError
 
 from bot.delivery.failures import SendFailure
 
+from .activities import activity_from_json
 from .adapter import ReusingAuthentication
 from .tokens import token_unavailable_in
 
@@ -75,7 +76,7 @@ class TeamsSender:
     async def send(self, service_url: str, conversation_id: str, payload: dict[str, Any]) -> str:
         """Post a new activity; returns the id Teams gave it."""
         client = await self._client(service_url)
-        activity = Activity().deserialize(payload)
+        activity = activity_from_json(payload)
         try:
             async with asyncio.timeout(self._timeout):
                 response = await client.conversations.send_to_conversation(conversation_id, activity)
@@ -86,7 +87,7 @@ class TeamsSender:
     async def update(self, service_url: str, conversation_id: str, activity_id: str, payload: dict[str, Any]) -> str:
         """Replace an activity in place (e.g. a progress message)."""
         client = await self._client(service_url)
-        activity = Activity().deserialize(payload)
+        activity = activity_from_json(payload)
         activity.id = activity_id
         try:
             async with asyncio.timeout(self._timeout):

@@ -61,7 +61,8 @@ def test_quiet_hours_and_digest_defer_only_non_urgent_notifications(
 async def test_topic_end_releases_once_and_state_persists(open_database: OpenDatabase) -> None:
     released: list[str] = []
 
-    async def release(conversation_id: str) -> None:
+    async def release(conversation_id: str, user_id: str | None) -> None:
+        assert user_id is None, "a personal chat's topic is the conversation's"
         released.append(conversation_id)
 
     db = await open_database()
@@ -93,3 +94,47 @@ async def test_removed_then_message_or_install_reactivates(db: Database) -> None
     assert await engagement.mark_welcomed("c") is False
     await engagement.forget_welcome("c")
     assert await engagement.mark_welcomed("c") is True
+
+
+async def test_members_of_a_channel_have_topics_of_their_own_across_threads(open_database: OpenDatabase) -> None:
+    """Ada's open question holds nothing of Bob's; Ada's items wait until her last open thread is done."""
+    channel = "19:c@thread.tacv2"
+    thread1, thread2 = f"{channel};messageid=1", f"{channel};messageid=2"
+    released: list[tuple[str, str | None]] = []
+
+    async def release(conversation_id: str, user_id: str | None) -> None:
+        released.append((conversation_id, user_id))
+
+    clock = FakeClock()
+    db = await open_database()
+    engagement = Engagement(db, clock)
+    engagement.on_topic_ended(release)
+    assert await engagement.after_turn(thread1, mid_topic=True, prompt="Which product?", user_id="29:ada") == "in_topic"
+    clock.advance(1)
+    assert await engagement.after_turn(thread2, mid_topic=True, prompt="Which condition?",
+                                       user_id="29:ada") == "in_topic"
+    assert await engagement.after_turn(thread2, mid_topic=False, prompt=None, user_id="29:bob") == "idle"
+    assert await engagement.state(channel) == "idle", "the channel as a whole is never mid-topic"
+    wanted = {(channel, "29:ada"), (channel, "29:bob"), ("19:other", "29:ada")}
+    assert await engagement.members_in_topic(wanted) == {(channel, "29:ada")}
+    assert await engagement.member_prompt(channel, "29:ada") == "Which condition?"
+    await db.close()
+
+    db = await open_database()  # a restart in the middle of both topics
+    engagement = Engagement(db, clock)
+    engagement.on_topic_ended(release)
+    assert await engagement.after_turn(thread1, mid_topic=False, prompt=None, user_id="29:ada") == "idle"
+    assert released == [], "Ada's question in thread 2 is still open"
+    assert await engagement.member_in_topic(channel, "29:ada")
+    assert await engagement.after_turn(thread2, mid_topic=False, prompt=None, user_id="29:ada") == "idle"
+    assert released == [(channel, "29:ada")]
+    assert not await engagement.member_in_topic(channel, "29:ada")
+    assert await engagement.member_prompt(channel, "29:ada") is None
+
+    await engagement.after_turn(thread1, mid_topic=True, prompt="Which product?", user_id="29:bob")
+    await engagement.fire(channel, "removed")
+    await engagement.forget_members(channel)
+    assert await engagement.members_in_topic({(channel, "29:bob")}) == set(), "a removal forgets open topics"
+    assert await engagement.after_turn(thread1, mid_topic=False, prompt=None, user_id="29:bob") == "idle"
+    assert await engagement.state(channel) == "idle", "a message in a thread reactivates the channel"
+    await db.close()

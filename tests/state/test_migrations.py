@@ -1,4 +1,5 @@
-"""Migrations on both engines: equivalent schemas, SQLite's move to epoch times, concurrent start-ups."""
+"""Migrations on both engines: equivalent schemas, SQLite's move to epoch times, channel threads folded into
+their channel, concurrent start-ups."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from state.db import Database, connect
-from state.migrations import MIGRATIONS
+from state.migrations import MIGRATIONS, Migration
+from state.postgres import PostgresDatabase
 from state.sqlite import SqliteDatabase
 from tests.pg_server import PostgresServer
 
@@ -96,3 +98,73 @@ async def test_processes_starting_together_on_postgresql_migrate_once(postgres_s
     finally:
         for db in replicas:
             await db.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+async def test_channel_threads_fold_into_one_record_per_channel(engine: str, request: pytest.FixtureRequest,
+                                                                 tmp_path: Path) -> None:
+    """Version 7: a release that kept one record per thread is migrated to one per channel, losing nothing."""
+    def open_at(migrations: tuple[Migration, ...]) -> Database:
+        if engine == "sqlite":
+            return SqliteDatabase(str(tmp_path / "v6.sqlite3"), migrations)
+        return PostgresDatabase(url, migrations)
+
+    url = request.getfixturevalue("postgres_server").create_database() if engine == "postgresql" else ""
+    channel, thread1, thread2 = "19:c@thread.tacv2", "19:c@thread.tacv2;messageid=1", "19:c@thread.tacv2;messageid=2"
+    old = open_at(MIGRATIONS[:6])
+    await old.open()
+    kinds = {"dm": "personal", "group": "groupChat"}
+    for conversation_id, user, seen in ((thread1, "29:ada", 100.0), (thread2, "29:bob", 200.0), ("dm", "29:ada", 50.0),
+                                        ("group", "29:bob", 20.0)):
+        kind = kinds.get(conversation_id, "channel")
+        await old.execute(
+            "INSERT INTO conversation_refs (conversation_id, channel_id, service_url, conversation_type, user_id, "
+            "reference, first_seen, last_seen) VALUES (?, 'msteams', ?, ?, ?, '{}', ?, ?)",
+            (conversation_id, f"https://s{int(seen)}/", kind, user, seen, seen))
+        await old.execute("INSERT INTO conversation_members VALUES (?, ?, NULL, ?, ?)",
+                          (conversation_id, user, user.upper(), seen))
+    await old.execute("INSERT INTO conversation_members VALUES (?, '29:ada', NULL, 'ADA', 150)", (thread2,))
+    for conversation_id, state, welcomed in ((thread1, "in_topic", 1), (thread2, "idle", 0), ("group", "in_topic", 1),
+                                             ("dm", "in_topic", 1)):
+        await old.execute("INSERT INTO engagement (conversation_id, state, welcomed, updated_at) VALUES (?, ?, ?, 1)",
+                          (conversation_id, state, welcomed))
+    await old.execute("INSERT INTO preferences (subject, muted, updated_at) VALUES (?, 1, 5)",
+                      (f"conversation:{thread2}",))
+    await old.execute("INSERT INTO preferences (subject, muted, updated_at) VALUES ('user:29:ada', 1, 5)")
+    await old.execute("INSERT INTO watches (user_id, conversation_id, product, product_key, condition, created_at, "
+                      "updated_at) VALUES ('29:ada', ?, 'gadget', 'gadget', '{}', 1, 1)", (thread1,))
+    await old.execute("INSERT INTO analyses (id, user_id, conversation_id, product, product_key, status, "
+                      "started_at, due_at, updated_at) VALUES ('a1', '29:bob', ?, 'gizmo', 'gizmo', 'running', "
+                      "1, 2, 1)", (thread2,))
+    for conversation_id, status in ((thread1, "held"), ("dm", "held"), (thread2, "sent")):
+        await old.execute("INSERT INTO outbox (conversation_id, payload, status, not_before, created_at, updated_at) "
+                          "VALUES (?, '{}', ?, 1, 1, 1)", (conversation_id, status))
+    await old.close()
+
+    db = open_at(MIGRATIONS)
+    await db.open()
+    try:
+        refs = await db.fetchall("SELECT conversation_id, service_url, user_id FROM conversation_refs "
+                                 "ORDER BY conversation_id")
+        assert [(r["conversation_id"], r["service_url"], r["user_id"]) for r in refs] == [
+            (channel, "https://s200/", "29:bob"), ("dm", "https://s50/", "29:ada"),
+            ("group", "https://s20/", "29:bob")], "the newest thread row wins"
+        members = await db.fetchall("SELECT conversation_id, user_id, last_seen FROM conversation_members "
+                                    "ORDER BY conversation_id, user_id")
+        assert [(m["conversation_id"], m["user_id"], m["last_seen"]) for m in members] == [
+            (channel, "29:ada", 150.0), (channel, "29:bob", 200.0), ("dm", "29:ada", 50.0), ("group", "29:bob", 20.0)]
+        engagement = await db.fetchall(
+            "SELECT conversation_id, state, welcomed FROM engagement ORDER BY conversation_id")
+        assert [(e["conversation_id"], e["state"], e["welcomed"]) for e in engagement] == [
+            (channel, "idle", 1), ("dm", "in_topic", 1), ("group", "idle", 1)], "a group chat has no topic of its own"
+        subjects = await db.fetchall("SELECT subject FROM preferences ORDER BY subject")
+        assert [s["subject"] for s in subjects] == [f"conversation:{channel}", "user:29:ada"]
+        watch = await db.fetchone("SELECT conversation_id FROM watches")
+        analysis = await db.fetchone("SELECT conversation_id FROM analyses")
+        assert watch is not None and analysis is not None
+        assert watch["conversation_id"] == analysis["conversation_id"] == channel
+        outbox = await db.fetchall("SELECT conversation_id, status FROM outbox ORDER BY id")
+        assert [(r["conversation_id"], r["status"]) for r in outbox] == [
+            (thread1, "pending"), ("dm", "held"), (thread2, "sent")], "only a personal chat's topic holds for everyone"
+    finally:
+        await db.close()

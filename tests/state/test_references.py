@@ -42,6 +42,20 @@ async def test_upsert_refreshes_service_url_and_keeps_known_fields(refs: Convers
     assert got.user_aad_id == "aad-1"
 
 
+async def test_a_channel_keeps_its_team_and_names_once_seen(db: Database) -> None:
+    refs, channel = ConversationReferences(db, FakeClock()), "19:deals@thread.tacv2"
+    await refs.upsert(record(channel, conversation_type="channel", team_id="19:team", team_name="Pricing",
+                             channel_name="Deals"), reactivate=True)
+    await refs.upsert(record(channel, conversation_type="channel", team_id="19:team", user_id="29:u2",
+                             user_name="Bob"), reactivate=True)  # a later activity without the names
+    got = await ConversationReferences(db, FakeClock()).get(channel)  # a fresh reader: no cache
+    assert got is not None and (got.team_id, got.team_name, got.channel_name, got.user_id) == (
+        "19:team", "Pricing", "Deals", "29:u2")
+    assert await refs.member_name(channel, "29:u1") == "Ada"
+    assert await refs.member_name(channel, "29:u2") == "Bob"
+    assert await refs.member_name(channel, "29:nobody") is None
+
+
 async def test_lookup_by_teams_id_or_aad_id_personal_first(refs: ConversationReferences) -> None:
     await refs.upsert(record("group", conversation_type="groupChat"), reactivate=True)
     await refs.upsert(record("dm"), reactivate=True)

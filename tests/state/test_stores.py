@@ -71,6 +71,20 @@ async def test_outbox_supersede_and_cancel_touch_only_their_conversation(db: Dat
     assert [r.id for r in await store.held()] == [ids[3]]
 
 
+async def test_outbox_rows_held_for_one_member_supersede_and_release_only_theirs(db: Database) -> None:
+    store = OutboxStore(db, FakeClock())
+    ids = [r.id for r in await store.enqueue([
+        note("ada old", status="held", subject="price:x", target_user_id="29:ada"),
+        note("bob", status="held", subject="price:x", target_user_id="29:bob"),
+        note("ada new", status="held", subject="price:x", target_user_id="29:ada"),
+        note("everyone", status="held", subject="price:x")])]
+    assert await store.supersede("c1", "price:x", keep=ids[2], user_id="29:ada") == 1
+    assert [r.id for r in await store.held("c1", user_id="29:ada")] == [ids[2]]
+    assert [r.id for r in await store.held("c1", user_id="29:bob")] == [ids[1]]
+    assert await store.supersede("c1", "price:x", keep=ids[3]) == 0, "an item for everyone replaces nobody's own"
+    assert [r.id for r in await store.held("c1")] == [ids[1], ids[2], ids[3]]
+
+
 async def test_one_dedup_key_in_one_batch_is_one_row(db: Database) -> None:
     store = OutboxStore(db, FakeClock())
     first, again = await store.enqueue([note("x", dedup_key="k"), note("x", dedup_key="k")])
