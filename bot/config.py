@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,12 @@ from state.db import DatabaseUrlError, sqlite_path_from_url
 
 APP_TYPES = ("MultiTenant", "SingleTenant", "UserAssignedMSI")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+
+
+def default_replica_id() -> str:
+    """hostname:pid, unique per process on a host (REPLICA_ID overrides it)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class ConfigError(ValueError):
@@ -30,6 +38,9 @@ class Config:
     app_tenant_id: str = ""
     notify_token: str = field(default="", repr=False)
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_token: str = field(default="", repr=False)
+    replica_id: str = field(default_factory=default_replica_id)
     bot_name: str = "Price Watch"
     tenant_rps: float = 50.0
     hold_max_seconds: float = 600.0
@@ -156,6 +167,9 @@ def load_config(
         app_tenant_id=get("MicrosoftAppTenantId", ""),
         notify_token=get("NOTIFY_TOKEN", ""),
         log_level=log_level,
+        log_format=_choice("LOG_FORMAT", get("LOG_FORMAT", defaults.log_format).lower(), LOG_FORMATS),
+        metrics_token=get("METRICS_TOKEN", ""),
+        replica_id=get("REPLICA_ID", "") or defaults.replica_id,
         bot_name=get("BOT_NAME", defaults.bot_name) or defaults.bot_name,
         tenant_rps=_positive("TEAMS_TENANT_RPS", get("TEAMS_TENANT_RPS", str(defaults.tenant_rps))),
         hold_max_seconds=_positive("HOLD_MAX_SECONDS", get("HOLD_MAX_SECONDS", str(defaults.hold_max_seconds))),

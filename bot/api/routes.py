@@ -8,6 +8,7 @@ from .errors import json_errors
 from .health import HealthReport, health_endpoint
 from .messages import MAX_BODY_BYTES, MessagesEndpoint
 from .notify import NotifyEndpoints
+from .openapi import load_spec, openapi_endpoint
 from .prices import PricesEndpoint
 
 
@@ -20,4 +21,5 @@ def build_web_app(
     app.router.add_post("/api/notify", notify.post)
     app.router.add_get("/api/notify/{id}", notify.get)
     app.router.add_post("/api/prices", prices.post)
+    app.router.add_get("/openapi.json", openapi_endpoint(load_spec()))
     return app
