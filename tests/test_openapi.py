@@ -5,14 +5,12 @@ disagree with the description."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from bot.api.openapi import load_spec
@@ -49,9 +47,9 @@ def _ground(case: Any, live: LiveBot) -> None:
         return
     if case.operation.path == "/api/messages" and "serviceUrl" in case.body:
         case.body["serviceUrl"] = live.double.url
-    if case.operation.path == "/api/notify" and "expiresAt" in case.body and case.body["expiresAt"] is not None:
-        if case.meta is None or case.meta.generation.mode is GenerationMode.POSITIVE:
-            case.body["expiresAt"] = "2100-01-01T00:00:00Z"
+    positive = case.meta is None or case.meta.generation.mode is GenerationMode.POSITIVE
+    if case.operation.path == "/api/notify" and case.body.get("expiresAt") is not None and positive:
+        case.body["expiresAt"] = "2100-01-01T00:00:00Z"
 
 
 def _has_input(operation: Any) -> bool:

@@ -51,7 +51,7 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ValueError(f"body is not UTF-8: {exc}") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("body is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and integers over Python's digit limit
@@ -59,6 +59,10 @@ def parse_json(raw: bytes) -> Any:
     if _SURROGATE_ESCAPE.search(raw) and not _encodable(value):
         raise ValueError("body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _encodable(value: Any) -> bool:

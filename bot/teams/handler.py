@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 _REACTIVATING = {ActivityTypes.message, ActivityTypes.invoke, ActivityTypes.message_reaction}
 _TOPIC = "engagement.topic"  # turn_state key: (mid_topic, pending prompt) of a message turn
 CARD_ACTION = "adaptiveCard/action"
+# What the SDK's Teams invoke defaults raise for a value that does not fit the invoke's schema.
+_MALFORMED = (DeserializationError, AttributeError, TypeError, KeyError, ValueError)
 ERROR_TYPE = "application/vnd.microsoft.error"
 
 
@@ -161,9 +163,13 @@ class ProactiveBot(TeamsActivityHandler):
             if problem is not None:
                 log.info("refused an %s invoke: %s", CARD_ACTION, problem[1])
                 return card_action_error(*problem)
-        try:
+            answer = await self.on_adaptive_card_invoke(turn_context, AdaptiveCardInvokeValue(**activity.value))
+            # As plain JSON: msrest cannot serialise a text `value` (an activity.message answer)
+            return InvokeResponse(status=200, body={"statusCode": answer.status_code, "type": answer.type,
+                                                    "value": answer.value})
+        try:  # the bot implements no other invoke: the SDK's defaults parse the value, then answer 501 (or 200)
             return await super().on_invoke_activity(turn_context)
-        except DeserializationError as exc:
+        except _MALFORMED as exc:
             log.info("refused a %r invoke whose value does not fit its schema: %s", activity.name, exc)
             return InvokeResponse(status=400, body={"error": {
                 "code": "BadRequest", "message": f"the value of a {activity.name!r} invoke is not properly formed"}})

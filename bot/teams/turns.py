@@ -40,6 +40,8 @@ class SdkTurns:
         invoke_response = await self._adapter.process_activity(auth, activity, self._bot.on_turn)
         if not invoke_response:
             return TurnAnswer()
+        if invoke_response.body is None:  # e.g. 501 for an invoke nobody handles: a status, no body
+            return TurnAnswer(invoke_response.status)
         answer = invoke_response.body
         if not isinstance(answer, dict | list | str | int | float | type(None)):
             answer = serializer_helper(answer)  # handlers usually hand over already-serialised bodies
