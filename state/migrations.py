@@ -185,4 +185,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX analyses_user ON analyses (user_id, status)
         """,
     ),
+    Migration(
+        6,
+        "notify batches: which outbox rows one POST /api/notify queued",
+        """
+        ALTER TABLE outbox ADD COLUMN batch_id TEXT;
+        CREATE INDEX outbox_batch ON outbox (batch_id, status);
+        CREATE TABLE notify_batches (
+            id          TEXT PRIMARY KEY,
+            created_at  DOUBLE PRECISION NOT NULL,
+            requested   INTEGER NOT NULL
+        )
+        """,
+    ),
 )

@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from bot.metrics import Metrics
+
 log = logging.getLogger(__name__)
 
+METRICS = web.AppKey("metrics", Metrics)
 SQLITE_MAX_INTEGER = 2**63 - 1  # the largest id a database row can have
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -119,6 +123,8 @@ async def json_errors(
         if exc.status < 400:
             raise
         return error(exc.status, exc.reason.replace(" ", ""), exc.reason)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, sqlite3.Error) and METRICS in request.app:
+            request.app[METRICS].database_error("http")
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error(500, "InternalError", "the bot failed to handle this request; see its log")

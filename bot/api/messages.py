@@ -8,6 +8,7 @@ side, bot/teams/turns.py), which authenticates and runs the turn.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Protocol
@@ -15,6 +16,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError
+
+from bot.metrics import Metrics
 
 from .errors import describe, error, parse_json
 
@@ -148,11 +151,25 @@ class TurnProcessor(Protocol):
     async def process(self, body: dict[str, Any], auth_header: str) -> TurnAnswer: ...
 
 
+def _outcome(status: int) -> str:
+    if status < 300:
+        return "ok"
+    return {401: "unauthorized", 501: "not_implemented"}.get(status, "refused" if status < 500 else "error")
+
+
 class MessagesEndpoint:
-    def __init__(self, turns: TurnProcessor) -> None:
+    def __init__(self, turns: TurnProcessor, metrics: Metrics | None = None) -> None:
         self._turns = turns
+        self._metrics = metrics or Metrics()
 
     async def __call__(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        kind = ["unknown"]  # the activity's type, once the body is read (for the metrics)
+        response = await self._process(request, kind)
+        self._metrics.turn(kind[0], _outcome(response.status), time.perf_counter() - started)
+        return response
+
+    async def _process(self, request: web.Request, kind: list[str]) -> web.Response:
         if request.content_type != "application/json":
             return error(415, "UnsupportedMediaType", "Content-Type must be application/json")
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
@@ -165,6 +182,8 @@ class MessagesEndpoint:
             body = parse_json(raw)
         except ValueError as exc:
             return error(400, "BadJson", str(exc))
+        if isinstance(body, dict) and isinstance(body.get("type"), str):
+            kind[0] = body["type"]
         problem = check_activity(body)
         if problem is not None:
             return web.json_response(

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -33,6 +35,7 @@ from .errors import JsonBody, describe, error, field_error, row_id
 
 MAX_TARGETS = 10_000
 MAX_MESSAGE_BYTES = 28_000  # Teams caps a message at about 28 KB
+BATCH_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class BadRequest(Exception):
@@ -219,9 +222,14 @@ class NotifyEndpoints:
         except BadRequest as exc:
             return field_error(exc.field, str(exc))
         resolved = await resolve_targets(note, self._references)
+        batch_id = uuid.uuid4().hex
+        await self._store.open_batch(batch_id, len(resolved.items))
+        for item in resolved.items:
+            item.batch_id = batch_id
         results = await self._enqueue(resolved.items)
         return web.json_response(
             {
+                "batchId": batch_id,
                 "queued": sum(1 for r in results if r.created and r.decision.action == "deliver"),
                 "held": sum(1 for r in results if r.created and r.decision.action == "hold"),
                 "muted": sum(1 for r in results if r.created and r.decision.action == "drop"),
@@ -244,3 +252,28 @@ class NotifyEndpoints:
         if row is None:
             return error(404, "NotFound", f"no message {wanted}")
         return web.json_response(row.public())
+
+    async def batch(self, request: web.Request) -> web.Response:
+        """GET /api/notify/batches/{batchId}: how far one POST /api/notify got."""
+        refused = self.refuse(request)
+        if refused is not None:
+            return refused
+        batch_id = request.match_info["batchId"]
+        if not BATCH_ID.fullmatch(batch_id):
+            return error(400, "BadRequest", "batchId must be the 32 hexadecimal digits POST /api/notify returned")
+        batch = await self._store.batch(batch_id)
+        if batch is None:
+            return error(404, "NotFound", f"no batch {batch_id}")
+        return web.json_response({
+            "batchId": batch.id,
+            "requested": batch.requested,
+            "targets": batch.targets,
+            "counts": batch.counts,
+            "startedAt": _iso(batch.created_at),
+            "finishedAt": _iso(batch.last_change) if batch.finished else None,
+            "finished": batch.finished,
+        })
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")

@@ -8,11 +8,11 @@ supersede each other; several released together go out as ONE digest message.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from bot.metrics import Metrics
 from scheduler.clock import Clock
 from scheduler.scheduler import Scheduler
 from state.engagement import Decision, Engagement, decide
@@ -53,6 +53,7 @@ class ProactiveMessages:
         clock: Clock,
         *,
         hold_max_seconds: float = 600.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._worker = worker
@@ -62,7 +63,7 @@ class ProactiveMessages:
         self._scheduler = scheduler
         self._clock = clock
         self._hold_max = hold_max_seconds
-        self.counts: Counter[str] = Counter()
+        self._metrics = metrics or worker.metrics
         engagement.on_topic_ended(self.release)
         scheduler.register(RELEASE_OVERDUE, self._release_overdue)
 
@@ -109,7 +110,8 @@ class ProactiveMessages:
             admissions.append(Admission(result.id, result.created, decision))
             if not result.created:
                 continue
-            self.counts[{"deliver": "admitted", "hold": "held", "drop": "dropped"}[decision.action]] += 1
+            if decision.action != "deliver":  # delivered ones are counted as queued by the worker
+                self._metrics.message(item.category, "held" if decision.action == "hold" else "dropped")
             if decision.action == "deliver":
                 deliver.append(item.as_row(result.id, now))
             elif decision.action == "hold" and conversation_id:
@@ -125,7 +127,7 @@ class ProactiveMessages:
             await self._store.retarget(row_id, conversation_id)
         if item.subject:
             superseded = await self._store.supersede(conversation_id, item.subject, keep=row_id)
-            self.counts["superseded"] += superseded
+            self._metrics.message(item.category, "superseded", superseded)
         if await self._scheduler.get(key=hold_key(conversation_id)) is None:
             await self._scheduler.schedule_in(
                 self._hold_max, RELEASE_OVERDUE, {"conversation_id": conversation_id}, key=hold_key(conversation_id)
@@ -150,7 +152,8 @@ class ProactiveMessages:
             await self._store.set_status([r.id for r in held], "merged", only_from=["held"],
                                          note=f"delivered in digest {digest.id}")
             self._worker.submit(await self._store.get_many([digest.id]))
-        self.counts["released"] += len(held)
+        for row in held:
+            self._metrics.message(row.category, "released")
         log.info("released %d held item(s) in %s", len(held), conversation_id)
         return len(held)
 
@@ -169,4 +172,6 @@ class ProactiveMessages:
         await self._engagement.forget_welcome(conversation_id)
         await self._scheduler.cancel(key=hold_key(conversation_id))
         cancelled = await self._store.cancel_conversation(conversation_id, "the bot was removed")
-        self._worker.cancel(cancelled)
+        self._worker.cancel(list(cancelled))
+        for category in cancelled.values():
+            self._metrics.message(category, "cancelled")

@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import Counter, OrderedDict
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bot.logs import log_context
+from bot.metrics import Metrics
 from scheduler.clock import Clock
 from scheduler.sendqueue import SendQueue, Ticket
 from state.outbox import OutboxRow, OutboxStore, Outcome
@@ -76,6 +79,7 @@ class DeliveryWorker:
         flush_every: int = 256,
         flush_interval_s: float = 0.05,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._references = references
@@ -96,7 +100,12 @@ class DeliveryWorker:
         self._loop_task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
         self._stopping = False
-        self.counts: Counter[str] = Counter()
+        self.metrics = metrics or Metrics()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Messages per outcome since start (from the metrics: one bookkeeping)."""
+        return self.metrics.delivery_totals()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -139,7 +148,7 @@ class DeliveryWorker:
                 row_id=row.id, conversation=conversation_key(row), tenant=row.tenant_id, priority=row.priority,
                 ready_at=now + max(0.0, row.not_before - now_wall),
             ))
-            self.counts["queued"] += 1
+            self.metrics.message(row.category, "queued")
         self._wake.set()
 
     def cancel(self, row_ids: Sequence[int]) -> None:
@@ -204,12 +213,20 @@ class DeliveryWorker:
         if row is None:  # cancelled meanwhile
             self._queue.done(ticket.conversation, ticket.tenant)
             return
+        with log_context(conversation_id=row.conversation_id, tenant_id=row.tenant_id, outbox_id=row.id):
+            await self._deliver_row(row, ticket)
+
+    async def _deliver_row(self, row: OutboxRow, ticket: Ticket) -> None:
         retry: Ticket | None = None
         try:
             if row.expires_at is not None and row.expires_at <= self._clock.now().timestamp():
                 self._finish(row, Outcome(row.id, "expired", last_error="expired before it could be sent"))
                 return
-            activity_id = await self._send(row)
+            started = time.perf_counter()
+            try:
+                activity_id = await self._send(row)
+            finally:
+                self.metrics.send_latency(time.perf_counter() - started)
             self._finish(row, Outcome(row.id, "sent", attempts=row.attempts + 1, activity_id=activity_id,
                                       conversation_id=row.conversation_id, sent_at=self._clock.now().timestamp()))
         except SendFailure as failure:
@@ -290,27 +307,28 @@ class DeliveryWorker:
                 self._sent_ids.popitem(last=False)
         row.status = outcome.status
         self._outcomes.append(outcome)
-        self.counts[outcome.status] += 1
+        self.metrics.message(row.category, outcome.status)
         if len(self._outcomes) >= self._flush_every:
             self._wake.set()
 
     async def _failed(self, row: OutboxRow, ticket: Ticket, failure: SendFailure) -> Ticket | None:
         attempts = row.attempts + 1
         if failure.status == 429:
-            self.counts["throttled"] += 1
+            self.metrics.message(row.category, "throttled")
+            self.metrics.throttled(failure.retry_after)
             if self._limiter is not None:
                 self._limiter.penalize(ticket.conversation, ticket.tenant, failure.retry_after or self._retry.base_s)
         if failure.action == "retry" and attempts < self._retry.max_attempts:
             delay = self._retry.delay(attempts, failure.retry_after, self._rng)
             row.attempts = attempts
-            self.counts["retried"] += 1
+            self.metrics.message(row.category, "retried")
             self._outcomes.append(Outcome(row.id, "pending", attempts=attempts, last_error=str(failure),
                                           not_before=self._clock.now().timestamp() + delay))
             ticket.ready_at = self._clock.monotonic() + delay
             return ticket
         if failure.action == "gone" and row.conversation_id:
-            await self._conversation_gone(row.conversation_id, failure)
             self._finish(row, Outcome(row.id, "cancelled", attempts=attempts, last_error=str(failure)))
+            await self._conversation_gone(row.conversation_id, failure)
             return None
         if failure.status == 401:
             log.error("Teams refused the bot's credentials (%s): check MicrosoftAppId/MicrosoftAppPassword", failure)
@@ -326,6 +344,7 @@ class DeliveryWorker:
         cancelled = await self._store.cancel_conversation(conversation_id, str(failure))
         dropped = self._queue.drop_conversation(conversation_id)
         self.cancel(dropped)
-        self.counts["cancelled"] += len(cancelled)
+        for category in cancelled.values():
+            self.metrics.message(category, "cancelled")
         log.warning("conversation %s is unreachable (%s); marked inactive, %d pending message(s) cancelled",
                     conversation_id, failure, len(cancelled))

@@ -232,7 +232,7 @@ class DemoCatalog:
     async def fetch(self, product: str) -> PriceQuote | None:
         if (key := " ".join(product.split()).casefold()) in _CATALOG:
             return self._quote(key)
-        log.info("demo: unknown product %r", product)
+        log.debug("demo: unknown product %r", product)  # what a user typed: not at INFO
         return None
 
     async def close(self) -> None:

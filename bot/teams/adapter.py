@@ -45,7 +45,8 @@ class ReusingConnectorFactory(ConnectorFactory):
         key = (service_url, audience)
         client = self._clients.get(key)
         if client is None:
-            client = pooled_client(await self._inner.create(service_url, audience), self._session)
+            client = pooled_client(await self._inner.create(service_url, audience), self._session,
+                                   self._session.on_token)
             self._clients[key] = client
             if len(self._clients) > self._max:
                 self._clients.popitem(last=False)

@@ -8,6 +8,7 @@ on the event loop over pooled connections. Tokens still come from the SDK's own 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,7 @@ class SharedSession:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self.on_token: Callable[[bool], None] | None = None  # told of each token acquisition (metrics)
 
     def get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -85,24 +87,35 @@ class CredentialsPolicy(SansIOHTTPPolicy):
     refresh reaches the network. Anonymous credentials (no app id, local Playground) add nothing.
     """
 
-    def __init__(self, credentials: Any) -> None:
+    def __init__(self, credentials: Any, on_token: Callable[[bool], None] | None = None) -> None:
         self._credentials = credentials
         self._signing = requests.Session()  # holds the header the credentials set
         self._anonymous = not getattr(credentials, "microsoft_app_id", None)
+        self._on_token = on_token  # metrics: a new token (ok) or a failed acquisition; cache hits are not counted
+        self._last_header: str | None = None
 
     def on_request(self, request: Request, **kwargs: Any) -> None:
         if self._anonymous:
             return
-        self._credentials.signed_session(self._signing)
+        try:
+            self._credentials.signed_session(self._signing)
+        except Exception:
+            if self._on_token is not None:
+                self._on_token(False)
+            raise
         header = self._signing.headers.get("Authorization")
+        if header and header != self._last_header and self._on_token is not None:
+            self._last_header = str(header)
+            self._on_token(True)
         if header:
             request.http_request.headers["Authorization"] = str(header)
 
 
-def pooled_client(template: ConnectorClient, session: SharedSession) -> ConnectorClient:
+def pooled_client(template: ConnectorClient, session: SharedSession,
+                  on_token: Callable[[bool], None] | None = None) -> ConnectorClient:
     """A client for the same service URL and credentials as `template`, sending over `session`."""
     client = ConnectorClient(
-        CredentialsPolicy(template.config.credentials),
+        CredentialsPolicy(template.config.credentials, on_token),
         base_url=template.config.base_url,
         pipeline_type=AsyncBfPipeline,
         sender=AiohttpSender(session),

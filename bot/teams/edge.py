@@ -21,6 +21,7 @@ from botbuilder.dialogs import Dialog
 
 from bot.config import Config
 from bot.delivery.proactive import ProactiveMessages
+from bot.metrics import Metrics
 from bot.prices.alert_actions import AlertActions
 from scheduler.scheduler import Scheduler
 from state.engagement import Engagement
@@ -39,10 +40,12 @@ log = logging.getLogger(__name__)
 class TeamsConnection:
     """Authentication, the CloudAdapter, and the outbound calls the rest of the bot uses."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.authentication = build_authentication(config)
+        self.authentication.session.on_token = self.metrics.token_acquired
         self.adapter = build_adapter(self.authentication)
-        self.adapter.on_turn_error = _on_turn_error
+        self.adapter.on_turn_error = self._on_turn_error
         self.sender = TeamsSender(self.authentication, config.app_id)
         self.roster = TeamsRoster(self.adapter, config.app_id)
 
@@ -77,6 +80,10 @@ class TeamsConnection:
 
     async def close(self) -> None:
         await self.authentication.session.close()
+
+    async def _on_turn_error(self, turn_context: TurnContext, exc: Exception) -> None:
+        self.metrics.turn_failed(str(turn_context.activity.type or ""))
+        await _on_turn_error(turn_context, exc)
 
 
 async def _on_turn_error(turn_context: TurnContext, exc: Exception) -> None:
