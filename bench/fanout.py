@@ -1,6 +1,6 @@
 """Proactive fan-out: ours (durable outbox + rate-limited worker) vs. the SDK samples' loop, and ours' ceiling.
 
-    python bench/fanout.py [--conversations 2000] [--tenant-rps 50] [--tenants 20] [--per-tenant 500]
+    python bench/fanout.py [--conversations 2000] [--tenant-rps 50] [--tenants 20] [--per-tenant 500] [--metrics]
 
 (a) One message to each of N conversations in one tenant, against the connector double enforcing Teams'
     windows and `--tenant-rps` requests/s per tenant, a fresh double process per side:
@@ -13,6 +13,8 @@
     high: sends/s (messages / time from the POST to the last accepted) and the bot's CPU seconds per 1,000.
     A second row measures the delivery worker alone: the same rows written to the outbox before the bot
     starts, due a few seconds later, timed from that due time (no POST, no policy, no enqueue).
+
+`--metrics` prints the bot's GET /metrics of (a) (ours) at the end, before the JSON line.
 
 Every party is its own process (the doubles and the sample are this file with `--role`); this process only
 drives and observes (it polls the double's counters every 100 ms). The last line is JSON.
@@ -168,6 +170,7 @@ class Side:
     bot_cpu_s: float | None = None
     double_cpu_s: float | None = None
     post_s: float | None = None  # how long POST /api/notify took to answer 202
+    metrics: str = ""  # the bot's GET /metrics at the end
 
     @property
     def rate(self) -> float | None:
@@ -307,6 +310,9 @@ async def ours_side(
             bot_cpu, double_cpu = cpu_seconds(bot_process) - bot_cpu, cpu_seconds(double_process) - double_cpu
             side = await observe(session, double_url, messages, started_at)
             health = await get_json(session, bot_url + "healthz")
+            async with session.get(bot_url + "metrics") as response:
+                scrape = await response.text()
+        side.metrics = scrape
         side.bot_cpu_s, side.double_cpu_s, side.post_s = bot_cpu, double_cpu, post_s
         side.sender_429s = int(health["delivery"]["throttled"])
         return side
@@ -370,6 +376,10 @@ async def run(args: argparse.Namespace) -> Json:
                              double_rps=None, timeout=CEILING_TIMEOUT_S, preload=True)
     figures = report(args, sample, ours, ceiling, worker)
     print(f"  processes' logs: {workdir}")
+    if args.metrics:
+        print("GET /metrics of (a) ours, at the end (histogram buckets left out):")
+        print("\n".join(line for line in ours.metrics.splitlines()
+                        if line and not line.startswith("#") and "_bucket{" not in line))
     return figures
 
 
@@ -381,6 +391,7 @@ def main() -> None:
     parser.add_argument("--per-tenant", type=int, default=500, help="(b): conversations per tenant")
     parser.add_argument("--ceiling-rps", type=float, default=100_000, help="(b): TEAMS_TENANT_RPS")
     parser.add_argument("--sample-timeout", type=float, default=120, help="(a): give up on the samples' loop")
+    parser.add_argument("--metrics", action="store_true", help="print the bot's /metrics of (a) at the end")
     parser.add_argument("--role", choices=("bench", "double", "sample"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--throttle", action="store_true", help=argparse.SUPPRESS)

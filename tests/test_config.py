@@ -82,3 +82,14 @@ def test_a_setting_refused_by_a_component_is_also_one_line_and_exit_2(tmp_path: 
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("configuration error: PRICE_FIELD")
+
+
+def test_operator_settings() -> None:
+    defaults = load_config({}, env_file=None)
+    assert defaults.log_format == "text" and defaults.metrics_token == ""
+    assert defaults.replica_id == f"{__import__('socket').gethostname()}:{os.getpid()}"
+    config = load_config({"LOG_FORMAT": "JSON", "METRICS_TOKEN": "m-tok", "REPLICA_ID": "bot-2"}, env_file=None)
+    assert (config.log_format, config.metrics_token, config.replica_id) == ("json", "m-tok", "bot-2")
+    assert "m-tok" not in repr(config)
+    with pytest.raises(ConfigError, match="LOG_FORMAT"):
+        load_config({"LOG_FORMAT": "xml"}, env_file=None)

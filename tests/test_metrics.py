@@ -245,3 +245,31 @@ def test_metrics_objects_are_independent() -> None:
     text = first.exposition().decode()
     assert 'bot_token_acquisitions_total{result="ok"} 1.0' in text
     assert 'bot_token_acquisitions_total{result="failed"} 1.0' in text
+
+
+def test_token_acquisitions_are_counted_by_the_credentials_policy() -> None:
+    """The current outbound path (bot/teams/connector.py): a new token is one acquisition, a cached one none."""
+    from msrest.pipeline import Request as PipelineRequest
+    from msrest.universal_http import ClientRequest
+
+    from bot.teams.connector import CredentialsPolicy
+
+    class Credentials:
+        microsoft_app_id = "app"
+        tokens = ["t1", "t1", "t2", PermissionError("AADSTS7000215: invalid client secret")]
+
+        def signed_session(self, session: Any) -> None:
+            token = self.tokens.pop(0)
+            if isinstance(token, Exception):
+                raise token
+            session.headers["Authorization"] = f"Bearer {token}"
+
+    metrics = Metrics()
+    policy = CredentialsPolicy(Credentials(), metrics.token_acquired)
+    for _ in range(3):
+        policy.on_request(PipelineRequest(ClientRequest("POST", "http://127.0.0.1/")))
+    with pytest.raises(PermissionError):
+        policy.on_request(PipelineRequest(ClientRequest("POST", "http://127.0.0.1/")))
+    text = metrics.exposition().decode()
+    assert 'bot_token_acquisitions_total{result="ok"} 2.0' in text
+    assert 'bot_token_acquisitions_total{result="failed"} 1.0' in text
