@@ -203,3 +203,18 @@ async def test_other_invokes_answer_as_the_protocol_says(start_bot: StartBot, ht
         assert r.status == status, await r.text()
         if status == 501:
             assert await r.read() == b""
+
+
+async def test_teams_shaped_activity_is_accepted(start_bot: StartBot, http: aiohttp.ClientSession) -> None:
+    """The envelope checks accept what Teams really sends: 7-digit fractions, extra fields everywhere."""
+    app = await start_bot()
+    activity = {**ACTIVITY, "timestamp": "2021-04-05T18:37:29.2436011Z",
+                "localTimestamp": "2021-04-05T11:37:29.2436011-07:00", "localTimezone": "America/Los_Angeles",
+                "from": {"id": "29:u1", "name": "Ada", "aadObjectId": "aad-1", "role": "user"},
+                "conversation": {"id": "c1", "conversationType": "personal", "tenantId": "t1", "isGroup": False},
+                "channelData": {"tenant": {"id": "t1"}, "notification": {"alert": True}, "source": {"name": "x"}},
+                "entities": [{"type": "clientInfo", "locale": "en-US"}], "textFormat": "plain", "locale": "en-US"}
+    async with http.post(bot_url(app), json=activity) as response:
+        assert response.status == 200, await response.text()
+    record = await app.references.get("c1")
+    assert record is not None and record.tenant_id == "t1"
