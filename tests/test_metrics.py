@@ -273,3 +273,15 @@ def test_token_acquisitions_are_counted_by_the_credentials_policy() -> None:
     text = metrics.exposition().decode()
     assert 'bot_token_acquisitions_total{result="ok"} 2.0' in text
     assert 'bot_token_acquisitions_total{result="failed"} 1.0' in text
+
+
+async def test_database_errors_are_counted(start_bot: StartBot, http: aiohttp.ClientSession) -> None:
+    app = await start_bot(notify_token=TOKEN)
+    await app.db.close()  # every statement now fails
+    async with http.get(bot_url(app, "/healthz")) as response:
+        assert response.status == 503
+    async with http.get(bot_url(app, "/metrics")) as response:
+        assert response.status == 200  # the counters are still served; the gauges that need the database are not
+        text = await response.text()
+    assert 'bot_database_errors_total{where="healthz"} 1.0' in text
+    assert 'bot_database_errors_total{where="metrics"} 1.0' in text
