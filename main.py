@@ -21,9 +21,9 @@ def main() -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    from bot.logs import configure_logging
+
+    configure_logging(config.log_level, config.log_format, config.replica_id)
     # azure-core logs every identity request at INFO; bot.teams.tokens logs what matters about tokens
     logging.getLogger("azure").setLevel(logging.WARNING)
     logging.getLogger("azure.identity").setLevel(logging.ERROR)

@@ -1,6 +1,6 @@
 """Proactive fan-out: ours (durable outbox + rate-limited worker) vs. the SDK samples' loop, and ours' ceiling.
 
-    python bench/fanout.py [--conversations 2000] [--tenant-rps 50] [--tenants 20] [--per-tenant 500]
+    python bench/fanout.py [--conversations 2000] [--tenant-rps 50] [--tenants 20] [--per-tenant 500] [--metrics]
                            [--engines sqlite,postgresql] [--postgres-url postgresql://user@host/db]
 
 (a) One message to each of N conversations in one tenant, against the connector double enforcing Teams'
@@ -14,6 +14,8 @@
     high: sends/s (messages / time from the POST to the last accepted) and the bot's CPU seconds per 1,000.
     A second row measures the delivery worker alone: the same rows written to the outbox before the bot
     starts, due a few seconds later, timed from that due time (no POST, no policy, no enqueue).
+
+`--metrics` prints the bot's GET /metrics of (a) (ours, on the first engine) at the end, before the JSON line.
 
 Ours runs once per database engine (SQLite file; PostgreSQL on `--postgres-url`'s server or on a throwaway
 server started from the machine's binaries), side by side in one run. Every party is its own process (the
@@ -171,6 +173,7 @@ class Side:
     bot_cpu_s: float | None = None
     double_cpu_s: float | None = None
     post_s: float | None = None  # how long POST /api/notify took to answer 202
+    metrics: str = ""  # the bot's GET /metrics at the end
 
     @property
     def rate(self) -> float | None:
@@ -309,6 +312,9 @@ async def ours_side(
             bot_cpu, double_cpu = cpu_seconds(bot_process) - bot_cpu, cpu_seconds(double_process) - double_cpu
             side = await observe(session, double_url, messages, started_at)
             health = await get_json(session, bot_url + "healthz")
+            async with session.get(bot_url + "metrics") as response:
+                scrape = await response.text()
+        side.metrics = scrape
         side.bot_cpu_s, side.double_cpu_s, side.post_s = bot_cpu, double_cpu, post_s
         side.sender_429s = int(health["delivery"]["throttled"])
         return side
@@ -406,6 +412,10 @@ async def run(args: argparse.Namespace) -> Json:
     finally:
         databases.close()
     print(f"  processes' logs: {workdir}")
+    if args.metrics and runs:
+        print(f"GET /metrics of (a) ours on {LABELS[runs[0].engine]}, at the end (histogram buckets left out):")
+        print("\n".join(line for line in runs[0].ours.metrics.splitlines()
+                        if line and not line.startswith("#") and "_bucket{" not in line))
     return figures
 
 
@@ -420,6 +430,7 @@ def main() -> None:
     parser.add_argument("--engines", default="sqlite,postgresql", help="database engines to run ours on")
     parser.add_argument("--postgres-url", help="a PostgreSQL server to create the benchmark databases on "
                                                "(default: a throwaway server from the machine's binaries)")
+    parser.add_argument("--metrics", action="store_true", help="print the bot's /metrics of (a) at the end")
     parser.add_argument("--role", choices=("bench", "double", "sample"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--throttle", action="store_true", help=argparse.SUPPRESS)

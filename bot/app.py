@@ -29,6 +29,7 @@ from state.watches import WatchStore
 
 from .analyses.service import AnalysisService
 from .api.messages import MessagesEndpoint
+from .api.metrics import MetricsEndpoint
 from .api.notify import MAX_MESSAGE_BYTES, NotifyEndpoints
 from .api.prices import PricesEndpoint
 from .api.routes import build_web_app
@@ -36,6 +37,7 @@ from .config import Config
 from .delivery.proactive import ProactiveMessages
 from .delivery.settings import NotificationPreferences
 from .delivery.worker import DeliveryWorker
+from .metrics import Metrics, TenantQueue
 from .onboarding.team_members import WELCOME_TEAM_MEMBERS, TeamMemberWelcome
 from .prices.alert_actions import AlertActions
 from .prices.sources import build_price_source
@@ -51,11 +53,12 @@ class BotApplication:
     def __init__(self, config: Config, clock: Clock | None = None, *, shutdown_timeout: float = 15.0) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        self.metrics = Metrics()
         self.db = connect(config.database_url, startup_timeout_s=config.database_startup_timeout,
                           pool_size=config.database_pool_size)
         self.storage = DatabaseStorage(self.db, self.clock)
         self.references = ConversationReferences(self.db, self.clock)
-        self.teams = TeamsConnection(config, self.clock)
+        self.teams = TeamsConnection(config, self.clock, self.metrics)
         self.outbox = OutboxStore(self.db, self.clock)
         self.limiter = TeamsRateLimiter(self.clock, tenant_rps=config.tenant_rps)
         self.worker = DeliveryWorker(
@@ -65,8 +68,9 @@ class BotApplication:
             SendQueue(self.clock, self.limiter),
             self.clock,
             limiter=self.limiter,
+            metrics=self.metrics,
         )
-        self.scheduler = Scheduler(self.db, self.clock)
+        self.scheduler = Scheduler(self.db, self.clock, on_job_start=self.metrics.scheduler_lag)
         self.engagement = Engagement(self.db, self.clock)
         self.preferences = Preferences(self.db, self.clock)
         self.proactive = ProactiveMessages(
@@ -109,19 +113,28 @@ class BotApplication:
             config.notify_token, self.references, self.outbox, self.proactive.enqueue,
             lambda: self.clock.now().timestamp(),
         )
-        self.web_app = build_web_app(MessagesEndpoint(turns), self.health, notify,
-                                     PricesEndpoint(notify.refuse, self.watcher.observe, self.clock))
+        self.web_app = build_web_app(
+            MessagesEndpoint(turns, self.metrics), self.health, notify,
+            PricesEndpoint(notify.refuse, self.watcher.observe, self.clock),
+            MetricsEndpoint(config.metrics_token, self.metrics, self._refresh_gauges), self.metrics,
+        )
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self._last_counts: dict[str, int] = {}
         self.port: int | None = None
 
     def delivery_counts(self) -> dict[str, int]:
-        counts = {k: self.worker.counts.get(k, 0)
-                  for k in ("queued", "sent", "retried", "throttled", "failed", "cancelled", "expired")}
-        counts["dropped"] = self.proactive.counts.get("dropped", 0)  # muted / unreachable, by the policy
-        counts["held"] = self.proactive.counts.get("held", 0)
-        return counts
+        """Proactive messages per outcome since start, from the metrics (the same numbers /metrics shows)."""
+        return self.metrics.delivery_totals()
+
+    async def _refresh_gauges(self) -> None:
+        async def queues() -> list[TenantQueue]:
+            return [TenantQueue(*row) for row in await self.outbox.pending_by_tenant()]
+
+        async def dead() -> int:
+            return len(await self.scheduler.dead_jobs())
+
+        await self.metrics.collect(self.outbox.counts, queues, dead, self.clock.now().timestamp())
 
     async def _log_counts(self, job: object) -> None:
         """Every minute: trim the rate limiter's idle keys, and log the delivery counters if they moved."""
@@ -134,6 +147,8 @@ class BotApplication:
     async def health(self) -> dict[str, Any]:
         """Ready to serve: the database answers and delivery is not stuck (else `ok` False and `reasons`)."""
         database_ok = await self.db.ping()
+        if not database_ok:
+            self.metrics.database_error("healthz")
         delivery = self.worker.health()
         reasons = ([] if database_ok else ["the database does not answer"]) + (
             [] if delivery["ok"] else [str(delivery["reason"])])
@@ -146,6 +161,7 @@ class BotApplication:
             try:
                 report["outbox"] = await self.outbox.counts()
             except Exception:  # the ping just passed; a failure here is reported, not raised
+                self.metrics.database_error("healthz")
                 log.warning("could not count outbox rows for /healthz", exc_info=True)
         return report
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,12 @@ PUBLIC_LOGIN_HOST = "https://login.microsoftonline.com"
 MULTI_TENANT_LOGIN_TENANT = "botframework.com"
 PUBLIC_OAUTH_SCOPE = "https://api.botframework.com"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+
+
+def default_replica_id() -> str:
+    """hostname:pid, unique per process on a host (REPLICA_ID overrides it)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class ConfigError(ValueError):
@@ -46,6 +54,9 @@ class Config:
     allow_unauthenticated: bool = False
     notify_token: str = field(default="", repr=False)
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_token: str = field(default="", repr=False)
+    replica_id: str = field(default_factory=default_replica_id)
     bot_name: str = "Price Watch"
     tenant_rps: float = 50.0
     hold_max_seconds: float = 600.0
@@ -242,6 +253,9 @@ def load_config(
         allow_unauthenticated=_flag("ALLOW_UNAUTHENTICATED", get("ALLOW_UNAUTHENTICATED", "false")),
         notify_token=get("NOTIFY_TOKEN", ""),
         log_level=log_level,
+        log_format=_choice("LOG_FORMAT", get("LOG_FORMAT", defaults.log_format).lower(), LOG_FORMATS),
+        metrics_token=get("METRICS_TOKEN", ""),
+        replica_id=get("REPLICA_ID", "") or defaults.replica_id,
         bot_name=get("BOT_NAME", defaults.bot_name) or defaults.bot_name,
         tenant_rps=_positive("TEAMS_TENANT_RPS", get("TEAMS_TENANT_RPS", str(defaults.tenant_rps))),
         hold_max_seconds=_positive("HOLD_MAX_SECONDS", get("HOLD_MAX_SECONDS", str(defaults.hold_max_seconds))),

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from .clock import Clock
 from .heap import DueHeap
-from .jobs import Handler, Job
+from .jobs import CURRENT_JOB_ID, Handler, Job
 from .outcomes import Outcomes
 from .store import JobStore
 
@@ -37,6 +37,7 @@ class Dispatcher:
         *,
         max_concurrency: int,
         lease: timedelta,
+        on_job_start: Callable[[str, float], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -44,6 +45,7 @@ class Dispatcher:
         self._handlers = handlers
         self._max_concurrency = max_concurrency
         self._lease = lease
+        self._on_job_start = on_job_start
         self._heap = DueHeap()
         self._running: dict[asyncio.Task[None], Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -205,6 +207,11 @@ class Dispatcher:
             self.push(job.id, requeue)
         if not run:
             return False
+        if self._on_job_start is not None:
+            try:
+                self._on_job_start(job.handler, (now - job.due_at).total_seconds())
+            except Exception:  # an observer must never stop a job
+                log.exception("scheduler: on_job_start hook failed")
         assert self._loop is not None
         task = self._loop.create_task(self._run(job), name=f"job {job.handler} {job.id}")
         self._running[task] = job
@@ -212,6 +219,7 @@ class Dispatcher:
         return True
 
     async def _run(self, job: Job) -> None:
+        CURRENT_JOB_ID.set(job.id)  # this task's own context: logs of the handler can name the job
         try:
             await self._handlers[job.handler](job)
         except Exception as exc:

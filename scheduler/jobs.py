@@ -6,10 +6,14 @@ import math
 import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+CURRENT_JOB_ID: ContextVar[str | None] = ContextVar("scheduler_job_id", default=None)
+"""The id of the job whose handler runs in the current task (None outside handlers); logs read it."""
 
 
 class Misfire(StrEnum):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,9 @@ class Scheduler:
         retry_max_s: float = 3600.0,
         misfire_grace_s: float = 60.0,
         rng: random.Random | None = None,
+        on_job_start: Callable[[str, float], None] | None = None,
     ) -> None:
+        """`on_job_start(handler, lag_seconds)` is called as each job starts (lag: due time to start)."""
         if max_concurrency < 1 or max_attempts < 1:
             raise ValueError("max_concurrency and max_attempts must be at least 1")
         self._store = JobStore(db)
@@ -74,7 +76,8 @@ class Scheduler:
         )
         self._handlers: dict[str, Handler] = {}
         self._dispatcher = Dispatcher(
-            self._store, clock, outcomes, self._handlers, max_concurrency=max_concurrency, lease=lease
+            self._store, clock, outcomes, self._handlers, max_concurrency=max_concurrency, lease=lease,
+            on_job_start=on_job_start,
         )
 
     # -- handlers -----------------------------------------------------------------------------------

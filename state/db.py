@@ -86,6 +86,15 @@ class Database(Connection, Protocol):
     async def schema_version(self) -> int: ...
 
 
+def is_database_error(exc: BaseException) -> bool:
+    """Whether `exc` came from the database (either engine's driver), e.g. to count it."""
+    import sqlite3
+
+    import asyncpg
+
+    return isinstance(exc, sqlite3.Error | asyncpg.PostgresError | asyncpg.InterfaceError)
+
+
 def marks(count: int) -> str:
     """`?, ?, ?` for an `IN (…)` list of `count` values."""
     return ", ".join("?" * count)

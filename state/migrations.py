@@ -359,6 +359,17 @@ def _v8(engine: str) -> str:
     """
 
 
+_BATCHES_V9 = """
+ALTER TABLE outbox ADD COLUMN batch_id TEXT;
+CREATE INDEX outbox_batch ON outbox (batch_id, status);
+CREATE TABLE notify_batches (
+    id          TEXT PRIMARY KEY,
+    created_at  DOUBLE PRECISION NOT NULL,
+    requested   INTEGER NOT NULL
+)
+"""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -541,4 +552,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "time zones, quiet hours and the daily digest", _PREFERENCES_V7, _PREFERENCES_V7),
     Migration(8, "one record per channel; engagement per member of group chats and channels",
               _v8("sqlite"), _v8("postgresql")),
+    Migration(9, "notify batches: which outbox rows one POST /api/notify queued", _BATCHES_V9, _BATCHES_V9),
 )

@@ -40,6 +40,7 @@ class OutboxItem:
     update_of: int | None = None
     status: Literal["pending", "held", "dropped"] = "pending"
     note: str | None = None  # kept as the row's last_error, e.g. why it was dropped
+    batch_id: str | None = None  # the POST /api/notify that queued it
 
     def as_row(self, row_id: int, now: float) -> OutboxRow:
         """The row this item became (saves reading it back)."""
@@ -49,6 +50,7 @@ class OutboxItem:
             category=self.category, subject=self.subject, priority=self.priority, status=self.status,
             not_before=self.not_before if self.not_before is not None else now, expires_at=self.expires_at,
             attempts=0, last_error=self.note, activity_id=None, dedup_key=self.dedup_key, created_at=now,
+            batch_id=self.batch_id,
         )
 
 
@@ -73,6 +75,7 @@ class OutboxRow:
     dedup_key: str | None
     created_at: float
     sent_at: float | None = None
+    batch_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> OutboxRow:
@@ -96,12 +99,14 @@ class OutboxRow:
             dedup_key=row["dedup_key"],
             created_at=row["created_at"],
             sent_at=row["sent_at"],
+            batch_id=row["batch_id"],
         )
 
     def public(self) -> dict[str, Any]:
         """The view `GET /api/notify/{id}` returns."""
         return {
             "id": self.id,
+            "batchId": self.batch_id,
             "status": self.status,
             "conversationId": self.conversation_id,
             "userId": self.target_user_id,
@@ -138,10 +143,10 @@ class Outcome:
 _SELECT = "SELECT * FROM outbox"
 _INSERT = (
     "INSERT INTO outbox (dedup_key, conversation_id, target_user_id, tenant_id, kind, update_of, payload, category, "
-    "subject, priority, status, not_before, expires_at, created_at, updated_at, last_error)"
+    "subject, priority, status, not_before, expires_at, created_at, updated_at, last_error, batch_id)"
 )
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_BATCH = 500  # rows per INSERT: 8,000 parameters, within both engines' limits
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_BATCH = 500  # rows per INSERT: 8,500 parameters, within both engines' limits
 
 
 class OutboxStore:
@@ -168,7 +173,7 @@ class OutboxStore:
                         item.update_of, json.dumps(item.payload, separators=(",", ":")), item.category,
                         item.subject, item.priority, item.status,
                         item.not_before if item.not_before is not None else now, item.expires_at, now, now,
-                        item.note or (reason if item.status == "dropped" else None),
+                        item.note or (reason if item.status == "dropped" else None), item.batch_id,
                     )
                 inserted = await tx.fetchall(
                     f"{_INSERT} VALUES {', '.join([_ROW] * len(batch))} ON CONFLICT (dedup_key) DO NOTHING "
@@ -291,17 +296,63 @@ class OutboxStore:
             (f"superseded by {keep}", self._clock.now().timestamp(), conversation_id, subject, user_id or "", keep),
         )
 
-    async def cancel_conversation(self, conversation_id: str, reason: str) -> list[int]:
-        """Cancel every pending or held row of a conversation; returns their ids."""
+    async def cancel_conversation(self, conversation_id: str, reason: str) -> dict[int, str]:
+        """Cancel every pending or held row of a conversation; returns their ids and categories."""
         now = self._clock.now().timestamp()
         async with self._db.transaction() as tx:
             rows = await tx.fetchall(
                 "UPDATE outbox SET status = 'cancelled', last_error = ?, updated_at = ? "
-                "WHERE conversation_id = ? AND status IN ('pending', 'held') RETURNING id",
+                "WHERE conversation_id = ? AND status IN ('pending', 'held') RETURNING id, category",
                 (reason, now, conversation_id),
             )
-        return [int(r["id"]) for r in rows]
+        return {int(r["id"]): str(r["category"]) for r in rows}
 
     async def counts(self) -> dict[str, int]:
         rows = await self._db.fetchall("SELECT status, COUNT(*) AS n FROM outbox GROUP BY status")
         return {r["status"]: int(r["n"]) for r in rows}
+
+    async def pending_by_tenant(self) -> list[tuple[str | None, int, float]]:
+        """(tenant id, pending rows, oldest created_at) per tenant: the queue gauges."""
+        rows = await self._db.fetchall(
+            "SELECT tenant_id, COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE status = 'pending' "
+            "GROUP BY tenant_id"
+        )
+        return [(r["tenant_id"], int(r["n"]), float(r["oldest"])) for r in rows]
+
+    async def open_batch(self, batch_id: str, requested: int) -> None:
+        """Record a notify batch before its rows are queued (`requested`: targets resolved)."""
+        await self._db.execute("INSERT INTO notify_batches (id, created_at, requested) VALUES (?, ?, ?)",
+                               (batch_id, self._clock.now().timestamp(), requested))
+
+    async def batch(self, batch_id: str) -> Batch | None:
+        """A notify batch with its rows counted by status; None when unknown."""
+        head = await self._db.fetchone("SELECT created_at, requested FROM notify_batches WHERE id = ?", (batch_id,))
+        if head is None:
+            return None
+        rows = await self._db.fetchall(
+            "SELECT status, COUNT(*) AS n, MAX(updated_at) AS last FROM outbox WHERE batch_id = ? GROUP BY status",
+            (batch_id,),
+        )
+        return Batch(batch_id, float(head["created_at"]), int(head["requested"]),
+                     {r["status"]: int(r["n"]) for r in rows},
+                     max((float(r["last"]) for r in rows), default=float(head["created_at"])))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one POST /api/notify queued, and where its rows are now."""
+
+    id: str
+    created_at: float
+    requested: int
+    counts: dict[str, int]
+    last_change: float
+
+    @property
+    def finished(self) -> bool:
+        """No row waits any more: every one was sent, failed, or was dropped, expired, cancelled, merged..."""
+        return not any(self.counts.get(status) for status in ("pending", "held"))
+
+    @property
+    def targets(self) -> int:
+        return sum(self.counts.values())

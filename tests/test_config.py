@@ -187,3 +187,12 @@ def test_unreachable_postgresql_is_retried_then_one_line_and_exit_2(tmp_path: Pa
     assert "Traceback" not in result.stderr and "pw@" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"database unavailable: cannot connect to postgresql://bot@127.0.0.1:{port}/bot after")
+def test_operator_settings() -> None:
+    defaults = load_config({}, env_file=None)
+    assert defaults.log_format == "text" and defaults.metrics_token == ""
+    assert defaults.replica_id == f"{__import__('socket').gethostname()}:{os.getpid()}"
+    config = load_config({"LOG_FORMAT": "JSON", "METRICS_TOKEN": "m-tok", "REPLICA_ID": "bot-2"}, env_file=None)
+    assert (config.log_format, config.metrics_token, config.replica_id) == ("json", "m-tok", "bot-2")
+    assert "m-tok" not in repr(config)
+    with pytest.raises(ConfigError, match="LOG_FORMAT"):
+        load_config({"LOG_FORMAT": "xml"}, env_file=None)

@@ -71,7 +71,21 @@ BAD_BODIES = [
     ({"to": {"all": True, "users": ["a"]}, "text": "x"}, "to"),
     ({"to": {"all": False}, "text": "x"}, "to.all"),
     ({"to": {"users": []}, "text": "x"}, "to.users"),
-    ({"to": {"users": ["ok", 3]}, "text": "x"}, "to.users"),
+    ({"to": {"users": ["ok", 3]}, "text": "x"}, "to.users.1"),
+    ({"to": {"users": ["x" * 1025]}, "text": "x"}, "to.users.0"),
+    ({"to": None, "text": "x"}, "to"),
+    ({"to": {}, "text": "x"}, "to"),
+    ({"to": {"everyone": True}, "text": "x"}, "to.everyone"),
+    ({"to": {"all": True}, "text": 5}, "text"),
+    ({"to": {"all": True}, "text": ["x"]}, "text"),
+    ({"to": {"all": True}, "card": "AdaptiveCard"}, "card"),
+    # regression (issue #12): an unhashable priority was looked up in a dict and answered 500
+    ({"to": {"all": True}, "text": "x", "priority": []}, "priority"),
+    ({"to": {"all": True}, "text": "x", "priority": {}}, "priority"),
+    ({"to": {"all": True}, "text": "x", "priority": 1}, "priority"),
+    ({"to": {"all": True}, "text": "x", "expiresAt": 1893456000}, "expiresAt"),
+    ({"to": {"all": True}, "text": "x", "dedupKey": ["k"]}, "dedupKey"),
+    ({"to": {"all": True}, "text": "x", "dedupKey": "k" * 201}, "dedupKey"),
     ({"to": {"conversations": "c1"}, "text": "x"}, "to.conversations"),
     ({"to": {"all": True}}, "text"),
     ({"to": {"all": True}, "text": "  "}, "text"),
@@ -146,12 +160,45 @@ async def test_conversations_unknown_and_inactive_are_reported(start_bot: StartB
     assert body["unknown"]["conversations"] == ["c-x"] and body["inactive"]["conversations"] == ["c-off"]
 
 
-async def test_status_of_unknown_id(start_bot: StartBot, http: aiohttp.ClientSession) -> None:
+@pytest.mark.parametrize(("path", "status"), [
+    ("999", 404), ("9223372036854775807", 404), ("abc", 400), ("0", 400), ("-1", 400), ("+1", 400), ("1.0", 400),
+    ("%D9%A3", 400),  # an Arabic-Indic digit three: int() would take it
+    ("99999999999999999999", 400),  # regression (issue #12): over SQLite's INTEGER range, answered 500
+    ("9223372036854775808", 400),
+])
+async def test_status_of_unknown_or_malformed_id(start_bot: StartBot, http: aiohttp.ClientSession, path: str,
+                                                 status: int) -> None:
     app = await start_bot(notify_token=TOKEN)
-    async with http.get(bot_url(app, "/api/notify/999"), headers=AUTH) as response:
-        assert response.status == 404
-    async with http.get(bot_url(app, "/api/notify/abc"), headers=AUTH) as response:
-        assert response.status == 400
+    async with http.get(bot_url(app, f"/api/notify/{path}"), headers=AUTH) as response:
+        assert response.status == status, await response.text()
+        assert (await response.json())["error"]["code"] == ("NotFound" if status == 404 else "BadRequest")
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b'{"to": {"all": true}, "text": "\\ud800"}', "surrogate"),  # regression: SQLite cannot store it (500)
+    (b"[" * 100_000 + b"]" * 100_000, "nested"),  # regression: RecursionError answered 500
+    (b'{"to": {"all": true}, "text": "x", "n": ' + b"9" * 5000 + b"}", "JSON"),  # over int's digit limit: was 500
+    (b"\xff\xfe{}", "UTF-8"),
+])
+async def test_hostile_json_is_400(start_bot: StartBot, http: aiohttp.ClientSession, raw: bytes,
+                                   reason: str) -> None:
+    app = await start_bot(notify_token=TOKEN)
+    async with http.post(bot_url(app, "/api/notify"), data=raw,
+                         headers={**AUTH, "Content-Type": "application/json"}) as response:
+        body = await response.json()
+        assert response.status == 400 and body["error"]["code"] == "BadJson" and reason in body["error"]["message"]
+    assert await app.outbox.counts() == {}
+
+
+async def test_paired_surrogates_are_fine(start_bot: StartBot, http: aiohttp.ClientSession,
+                                          double: ConnectorDouble) -> None:
+    app = await start_bot(notify_token=TOKEN)
+    await say_hello(http, app, double, "c1", "29:a")
+    async with http.post(bot_url(app, "/api/notify"), data=b'{"to": {"all": true}, "text": "\\ud83d\\ude00 up"}',
+                         headers={**AUTH, "Content-Type": "application/json"}) as response:
+        assert response.status == 202
+    await settle(app)
+    assert [a["text"] for a in double.sent_activities("c1")] == ["\U0001f600 up"]
 
 
 async def test_healthz_shows_delivery_counts(start_bot: StartBot, http: aiohttp.ClientSession,

@@ -10,10 +10,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot.config import Config
+from bot.metrics import Metrics
 from bot.teams.connector import SharedSession
 from bot.teams.tokens import ChannelTokens, TokenUnavailable, credential_factory, split_login_url
 from bot.tls import trust_context
@@ -39,7 +41,7 @@ async def session(identity: IdentityDouble) -> AsyncIterator[SharedSession]:
 
 
 def tokens_for(identity: IdentityDouble, session: SharedSession, clock: FakeClock, secret: str = SECRET,
-               **options: float) -> ChannelTokens:
+               **options: Any) -> ChannelTokens:
     config = Config(app_id=APP_ID, app_password=secret, login_url=identity.login_url("botframework.com"))
     return ChannelTokens(credential_factory(config, session), SCOPE, clock, **options)
 
@@ -122,3 +124,21 @@ async def test_concurrent_sends_share_one_request(
         assert set(values) == {identity.issued[0]} and identity.counts["token"] == 1
     finally:
         await tokens.close()
+
+
+async def test_token_acquisitions_are_counted_once_per_request_to_the_identity_service(
+    identity: IdentityDouble, session: SharedSession, fake_clock: FakeClock,
+) -> None:
+    metrics = Metrics()
+    good = tokens_for(identity, session, fake_clock, on_acquired=metrics.token_acquired)
+    bad = tokens_for(identity, session, fake_clock, secret="wrong", on_acquired=metrics.token_acquired)
+    try:
+        assert await good.token() == await good.token()  # the second is the cached one: no request
+        with pytest.raises(TokenUnavailable):
+            await bad.token()
+    finally:
+        await good.close()
+        await bad.close()
+    text = metrics.exposition().decode()
+    assert 'bot_token_acquisitions_total{result="ok"} 1.0' in text
+    assert 'bot_token_acquisitions_total{result="failed"} 1.0' in text

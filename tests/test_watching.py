@@ -117,6 +117,20 @@ async def test_push_api_validates_and_requires_the_token(chat: Chat) -> None:
         assert response.status == 401
 
 
+@pytest.mark.parametrize(("price", "extra", "field"), [
+    ("1e-999999999999", {}, "price"),  # regression: a positive Decimal far below a cent was recorded
+    ("1_000", {}, "price"), ("\uff19", {}, "price"),  # Decimal reads underscores and fullwidth digits
+    (True, {}, "price"), ([5], {}, "price"), ({"amount": 5}, {}, "price"), ("9" * 41, {}, "price"),
+    (5, {"currency": ["USD"]}, "currency"), (5, {"url": "javascript:alert(1)"}, "url"),
+    (5, {"url": "http://[::1"}, "url"), (5, {"source": 7}, "source"), (5, {"extra": 1}, "extra"),
+])
+async def test_hostile_price_pushes_are_refused_and_not_recorded(chat: Chat, price: Any, extra: dict[str, Any],
+                                                                 field: str) -> None:
+    status, body = await push(chat, price, **extra)
+    assert status == 400 and body["error"]["field"] == field, body
+    assert await chat.app.prices.latest("gadget") is None
+
+
 async def test_analysis_acknowledges_updates_in_place_and_delivers(chat: Chat, fake_clock: FakeClock,
                                                                    double: ConnectorDouble) -> None:
     """At most two messages: the acknowledgement (updated in place with progress, then "done"), and the result."""

@@ -1,21 +1,131 @@
 """POST /api/messages: Teams (or the Playground) delivers activities here.
 
 A thin translator in the spirit of bolt-python's aiohttp adapter: check the HTTP envelope (content type,
-size, a JSON object with a `type`), then hand the raw activity and the Authorization header to a
-`TurnProcessor` (the Bot Framework side, bot/teams/turns.py), which authenticates and runs the turn.
+size, strict JSON) and the fields of the activity the bot relies on (`ActivityEnvelope`: a 400 names the
+field), then hand the raw activity and the Authorization header to a `TurnProcessor` (the Bot Framework
+side, bot/teams/turns.py), which authenticates and runs the turn.
 """
 
 from __future__ import annotations
 
-import json
+import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Annotated, Any, Protocol
+from urllib.parse import urlsplit
 
 from aiohttp import web
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
-from .errors import error
+from bot.metrics import Metrics
+
+from .errors import describe, error, parse_json
 
 MAX_BODY_BYTES = 256 * 1024
+MAX_URL_CHARS = 2048
+
+
+def service_url(value: str) -> str:
+    """An absolute http(s) URL of printable ASCII without user info: where replies to this activity go."""
+    if len(value) > MAX_URL_CHARS or not value.isascii() or not value.isprintable() or " " in value:
+        raise ValueError(f"must be an absolute http(s) URL of at most {MAX_URL_CHARS} printable ASCII characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValueError("must be an absolute http(s) URL") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        raise ValueError("must be an absolute http(s) URL without user info, e.g. https://smba.trafficmanager.net/amer/")
+    return value
+
+
+def iso_datetime(value: str) -> str:
+    """An ISO-8601 date-time, as the SDK parses `timestamp`, `localTimestamp` and `expiration`."""
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an ISO-8601 date-time such as 2026-01-31T09:00:00.000Z") from None
+    return value
+
+
+NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+DateTime = Annotated[StrictStr, AfterValidator(iso_datetime)]
+
+
+class _Open(BaseModel):
+    """Fields the bot reads are typed; anything else an activity carries passes through untouched."""
+
+    model_config = ConfigDict(extra="allow", strict=True, populate_by_name=False)
+
+
+class Account(_Open):
+    id: NonEmpty
+    name: StrictStr | None = None
+    aadObjectId: StrictStr | None = None
+
+
+class Conversation(_Open):
+    id: NonEmpty
+    conversationType: StrictStr | None = None
+    tenantId: StrictStr | None = None
+    isGroup: bool | None = None
+
+
+class NamedId(_Open):
+    id: StrictStr | None = None
+    name: StrictStr | None = None
+
+
+class TeamsChannelData(_Open):
+    """Teams' channelData: tenant, team, channel and event type (read by the bot and the SDK)."""
+
+    tenant: NamedId | None = None
+    team: NamedId | None = None
+    channel: NamedId | None = None
+    eventType: StrictStr | None = None
+    settings: dict[str, Any] | None = None
+
+
+class ActivityEnvelope(_Open):
+    """What every inbound activity must be before the SDK sees it. Wrong types in these fields would fail
+    the turn (or be stored and replied to) instead of being refused."""
+
+    type: NonEmpty
+    id: StrictStr | None = None
+    serviceUrl: Annotated[StrictStr, AfterValidator(service_url)]
+    channelId: StrictStr | None = None
+    conversation: Conversation
+    from_: Account = Field(alias="from")
+    recipient: Account | None = None
+    name: StrictStr | None = None
+    text: StrictStr | None = None
+    action: StrictStr | None = None
+    replyToId: StrictStr | None = None
+    locale: StrictStr | None = None
+    localTimezone: StrictStr | None = None
+    timestamp: DateTime | None = None
+    localTimestamp: DateTime | None = None
+    expiration: DateTime | None = None
+    textFormat: StrictStr | None = None
+    channelData: TeamsChannelData | None = None
+    membersAdded: list[Account] | None = None
+    membersRemoved: list[Account] | None = None
+    attachments: list[dict[str, Any]] | None = None
+    entities: list[dict[str, Any]] | None = None
+    reactionsAdded: list[dict[str, Any]] | None = None
+    reactionsRemoved: list[dict[str, Any]] | None = None
+
+
+def check_activity(body: Any) -> tuple[str, str] | None:
+    """None when `body` is an activity the bot can process; else (field, message)."""
+    if not isinstance(body, dict):
+        return "body", "body must be a JSON object (an activity)"
+    try:
+        ActivityEnvelope.model_validate(body)
+    except ValidationError as exc:
+        field, message = describe(exc)
+        return field, f"activity {message}" if message != "unknown field" else message
+    return None
 
 
 @dataclass(frozen=True)
@@ -41,11 +151,25 @@ class TurnProcessor(Protocol):
     async def process(self, body: dict[str, Any], auth_header: str) -> TurnAnswer: ...
 
 
+def _outcome(status: int) -> str:
+    if status < 300:
+        return "ok"
+    return {401: "unauthorized", 501: "not_implemented"}.get(status, "refused" if status < 500 else "error")
+
+
 class MessagesEndpoint:
-    def __init__(self, turns: TurnProcessor) -> None:
+    def __init__(self, turns: TurnProcessor, metrics: Metrics | None = None) -> None:
         self._turns = turns
+        self._metrics = metrics or Metrics()
 
     async def __call__(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        kind = ["unknown"]  # the activity's type, once the body is read (for the metrics)
+        response = await self._process(request, kind)
+        self._metrics.turn(kind[0], _outcome(response.status), time.perf_counter() - started)
+        return response
+
+    async def _process(self, request: web.Request, kind: list[str]) -> web.Response:
         if request.content_type != "application/json":
             return error(415, "UnsupportedMediaType", "Content-Type must be application/json")
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
@@ -55,13 +179,15 @@ class MessagesEndpoint:
         except web.HTTPRequestEntityTooLarge:
             return error(413, "PayloadTooLarge", f"activity body is over {MAX_BODY_BYTES} bytes")
         try:
-            body: Any = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return error(400, "BadJson", f"body is not valid JSON: {exc}")
-        if not isinstance(body, dict):
-            return error(400, "BadActivity", "body must be a JSON object (an activity)")
-        if not isinstance(body.get("type"), str) or not body["type"]:
-            return error(400, "BadActivity", "activity is missing 'type'")
+            body = parse_json(raw)
+        except ValueError as exc:
+            return error(400, "BadJson", str(exc))
+        if isinstance(body, dict) and isinstance(body.get("type"), str):
+            kind[0] = body["type"]
+        problem = check_activity(body)
+        if problem is not None:
+            return web.json_response(
+                {"error": {"code": "BadActivity", "field": problem[0], "message": problem[1]}}, status=400)
         try:
             answer = await self._turns.process(body, request.headers.get("Authorization", ""))
         except TurnRefused as refused:

@@ -10,29 +10,92 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+)
 
 from bot.delivery.proactive import Admission
 from state.model import conversation_key
 from state.outbox import PRIORITIES, OutboxItem, OutboxStore
 from state.references import ConversationReferences
 
-from .errors import JsonBody, error, field_error
+from .errors import JsonBody, describe, error, field_error, row_id
 
 MAX_TARGETS = 10_000
 MAX_MESSAGE_BYTES = 28_000  # Teams caps a message at about 28 KB
-_FIELDS = {"to", "text", "card", "dedupKey", "priority", "expiresAt"}
+BATCH_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class BadRequest(Exception):
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be blank")
+    return text
+
+
+def _adaptive_card(card: dict[str, Any]) -> dict[str, Any]:
+    if card.get("type") != "AdaptiveCard":
+        raise ValueError('must be an Adaptive Card object with "type": "AdaptiveCard"')
+    return card
+
+
+def _aware_datetime(text: Any) -> datetime:
+    if not isinstance(text, str):
+        raise ValueError("must be an ISO-8601 date-time string, e.g. 2026-12-01T09:00:00Z")
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an ISO-8601 date-time, e.g. 2026-12-01T09:00:00Z") from None
+    if when.tzinfo is None:
+        raise ValueError("must include a time zone, e.g. 2026-12-01T09:00:00Z")
+    return when
+
+
+Id = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
+Ids = Annotated[list[Id], Field(min_length=1, max_length=MAX_TARGETS)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Recipients(_Strict):
+    """`to`: exactly one of everyone, some users, some conversations."""
+
+    all: Literal[True] | None = None
+    users: Ids | None = None
+    conversations: Ids | None = None
+
+
+class NotifyRequest(_Strict):
+    """The body of POST /api/notify, as typed values (field names as in the JSON)."""
+
+    to: Recipients
+    text: Annotated[StrictStr, AfterValidator(_not_blank)] | None = None
+    card: Annotated[dict[str, Any], AfterValidator(_adaptive_card)] | None = None
+    dedupKey: Annotated[StrictStr, StringConstraints(max_length=200), AfterValidator(_not_blank)] | None = None
+    priority: Literal["normal", "urgent"] = "normal"
+    expiresAt: Annotated[datetime, PlainValidator(_aware_datetime)] | None = None
 
 
 @dataclass
@@ -48,72 +111,38 @@ class Notification:
     expires_at: float | None = None
 
 
-def _id_list(value: Any, name: str) -> list[str]:
-    if not isinstance(value, list) or not value:
-        raise BadRequest(name, "must be a non-empty list of ids")
-    if len(value) > MAX_TARGETS:
-        raise BadRequest(name, f"at most {MAX_TARGETS} ids per request")
-    if not all(isinstance(v, str) and v.strip() for v in value):
-        raise BadRequest(name, "every id must be a non-empty string")
-    return list(dict.fromkeys(v.strip() for v in value))
-
-
 def parse_notification(body: Any, now: float) -> Notification:
     """Validate a notify request body; raises BadRequest naming the offending field."""
     if not isinstance(body, dict):
         raise BadRequest("body", "must be a JSON object")
-    unknown = sorted(set(body) - _FIELDS)
-    if unknown:
-        raise BadRequest(unknown[0], f"unknown field; allowed: {', '.join(sorted(_FIELDS))}")
-    to = body.get("to")
-    if not isinstance(to, dict) or len(to) != 1 or next(iter(to)) not in ("all", "users", "conversations"):
+    try:
+        request = NotifyRequest.model_validate(body)
+    except ValidationError as exc:
+        raise BadRequest(*describe(exc)) from None
+    to = request.to
+    if sum(x is not None for x in (to.all, to.users, to.conversations)) != 1:
         raise BadRequest("to", 'must be exactly one of {"all": true}, {"users": [...]}, {"conversations": [...]}')
-    note = Notification(payload={})
-    if "all" in to:
-        if to["all"] is not True:
-            raise BadRequest("to.all", "must be true")
-        note.target_all = True
-    elif "users" in to:
-        note.users = _id_list(to["users"], "to.users")
-    else:
-        note.conversations = _id_list(to["conversations"], "to.conversations")
-
-    text, card = body.get("text"), body.get("card")
-    if text is None and card is None:
+    note = Notification(payload={}, target_all=to.all is True, users=list(dict.fromkeys(to.users or ())),
+                        conversations=list(dict.fromkeys(to.conversations or ())))
+    if request.text is None and request.card is None:
         raise BadRequest("text", "give a text, a card, or both")
     payload: dict[str, Any] = {"type": "message"}
-    if text is not None:
-        if not isinstance(text, str) or not text.strip():
-            raise BadRequest("text", "must be a non-empty string")
-        payload["text"] = text
+    if request.text is not None:
+        payload["text"] = request.text
         payload["textFormat"] = "markdown"
-    if card is not None:
-        if not isinstance(card, dict) or card.get("type") != "AdaptiveCard":
-            raise BadRequest("card", 'must be an Adaptive Card object with "type": "AdaptiveCard"')
-        payload["attachments"] = [{"contentType": "application/vnd.microsoft.card.adaptive", "content": card}]
+    if request.card is not None:
+        payload["attachments"] = [{"contentType": "application/vnd.microsoft.card.adaptive", "content": request.card}]
     if len(json.dumps(payload).encode()) > MAX_MESSAGE_BYTES:
-        raise BadRequest("text" if card is None else "card", f"message is over Teams' {MAX_MESSAGE_BYTES} bytes")
+        raise BadRequest("text" if request.card is None else "card",
+                         f"message is over Teams' {MAX_MESSAGE_BYTES} bytes")
     note.payload = payload
-
-    dedup = body.get("dedupKey")
-    if dedup is not None and (not isinstance(dedup, str) or not dedup.strip() or len(dedup) > 200):
-        raise BadRequest("dedupKey", "must be a non-empty string of at most 200 characters")
-    note.dedup_key = dedup
-    priority = body.get("priority", "normal")
-    if priority not in PRIORITIES:
-        raise BadRequest("priority", 'must be "normal" or "urgent"')
-    note.priority = PRIORITIES[priority]
-    expires = body.get("expiresAt")
-    if expires is not None:
-        try:
-            when = datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRequest("expiresAt", "must be an ISO-8601 date-time, e.g. 2026-12-01T09:00:00Z") from None
-        if when.tzinfo is None:
-            raise BadRequest("expiresAt", "must include a time zone, e.g. 2026-12-01T09:00:00Z")
-        if when.timestamp() <= now:
+    note.dedup_key = request.dedupKey
+    note.priority = PRIORITIES[request.priority]
+    if request.expiresAt is not None:
+        expires = request.expiresAt.timestamp()
+        if expires <= now:
             raise BadRequest("expiresAt", "is already in the past")
-        note.expires_at = when.timestamp()
+        note.expires_at = expires
     return note
 
 
@@ -196,9 +225,14 @@ class NotifyEndpoints:
         except BadRequest as exc:
             return field_error(exc.field, str(exc))
         resolved = await resolve_targets(note, self._references)
+        batch_id = uuid.uuid4().hex
+        await self._store.open_batch(batch_id, len(resolved.items))
+        for item in resolved.items:
+            item.batch_id = batch_id
         results = await self._enqueue(resolved.items)
         return web.json_response(
             {
+                "batchId": batch_id,
                 "queued": sum(1 for r in results if r.created and r.decision.action == "deliver"),
                 "held": sum(1 for r in results if r.created and r.decision.action == "hold"),
                 "muted": sum(1 for r in results if r.created and r.decision.action == "drop"),
@@ -214,11 +248,35 @@ class NotifyEndpoints:
         refused = self.refuse(request)
         if refused is not None:
             return refused
-        try:
-            row_id = int(request.match_info["id"])
-        except ValueError:
-            return error(400, "BadRequest", "id must be a number")
-        row = await self._store.get(row_id)
+        wanted = row_id(request.match_info["id"])
+        if wanted is None:
+            return error(400, "BadRequest", "id must be a whole number from 1 to 9223372036854775807")
+        row = await self._store.get(wanted)
         if row is None:
-            return error(404, "NotFound", f"no message {row_id}")
+            return error(404, "NotFound", f"no message {wanted}")
         return web.json_response(row.public())
+
+    async def batch(self, request: web.Request) -> web.Response:
+        """GET /api/notify/batches/{batchId}: how far one POST /api/notify got."""
+        refused = self.refuse(request)
+        if refused is not None:
+            return refused
+        batch_id = request.match_info["batchId"]
+        if not BATCH_ID.fullmatch(batch_id):
+            return error(400, "BadRequest", "batchId must be the 32 hexadecimal digits POST /api/notify returned")
+        batch = await self._store.batch(batch_id)
+        if batch is None:
+            return error(404, "NotFound", f"no batch {batch_id}")
+        return web.json_response({
+            "batchId": batch.id,
+            "requested": batch.requested,
+            "targets": batch.targets,
+            "counts": batch.counts,
+            "startedAt": _iso(batch.created_at),
+            "finishedAt": _iso(batch.last_change) if batch.finished else None,
+            "finished": batch.finished,
+        })
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")

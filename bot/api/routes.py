@@ -4,21 +4,30 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .errors import json_errors
+from bot.metrics import Metrics
+
+from .errors import METRICS, json_errors
 from .health import HealthReport, health_endpoint, livez
 from .messages import MAX_BODY_BYTES, MessagesEndpoint
+from .metrics import MetricsEndpoint
 from .notify import NotifyEndpoints
+from .openapi import load_spec, openapi_endpoint
 from .prices import PricesEndpoint
 
 
 def build_web_app(
-    messages: MessagesEndpoint, health: HealthReport, notify: NotifyEndpoints, prices: PricesEndpoint
+    messages: MessagesEndpoint, health: HealthReport, notify: NotifyEndpoints, prices: PricesEndpoint,
+    metrics: MetricsEndpoint, registry: Metrics,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    app[METRICS] = registry
     app.router.add_post("/api/messages", messages)
     app.router.add_get("/healthz", health_endpoint(health))
     app.router.add_get("/livez", livez)
     app.router.add_post("/api/notify", notify.post)
     app.router.add_get("/api/notify/{id}", notify.get)
+    app.router.add_get("/api/notify/batches/{batchId}", notify.batch)
     app.router.add_post("/api/prices", prices.post)
+    app.router.add_get("/metrics", metrics.get)
+    app.router.add_get("/openapi.json", openapi_endpoint(load_spec()))
     return app

@@ -13,12 +13,12 @@ released together go out as ONE digest.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
+from bot.metrics import Metrics
 from scheduler.clock import Clock
 from scheduler.scheduler import Scheduler
 from state.engagement import Decision, Engagement, decide
@@ -81,6 +81,7 @@ class ProactiveMessages:
         *,
         hold_max_seconds: float = 600.0,
         max_message_bytes: int = DEFAULT_MAX_BYTES,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._worker = worker
@@ -91,7 +92,7 @@ class ProactiveMessages:
         self._clock = clock
         self._hold_max = hold_max_seconds
         self._max_bytes = max_message_bytes
-        self.counts: Counter[str] = Counter()
+        self._metrics = metrics or worker.metrics
         engagement.on_topic_ended(self.release)
         scheduler.register(RELEASE_OVERDUE, self._release_overdue)
         scheduler.register(RELEASE_DEFERRED, self._release_deferred)
@@ -160,7 +161,8 @@ class ProactiveMessages:
             admissions.append(Admission(result.id, result.created, decision))
             if not result.created:
                 continue
-            self.counts[{"deliver": "admitted", "hold": "held", "drop": "dropped"}[decision.action]] += 1
+            if decision.action != "deliver":  # delivered ones are counted as queued by the worker
+                self._metrics.message(item.category, "held" if decision.action == "hold" else "dropped")
             if decision.action == "deliver":
                 deliver.append(item.as_row(result.id, now))
             elif decision.action == "hold" and target.conversation_id:
@@ -180,7 +182,7 @@ class ProactiveMessages:
         if item.subject:
             superseded = await self._store.supersede(conversation_id, item.subject, keep=row_id,
                                                      user_id=item.target_user_id)
-            self.counts["superseded"] += superseded
+            self._metrics.message(item.category, "superseded", superseded)
         if deferred_until is not None:
             await self._plan_release(conversation_id, deferred_until)
         else:
@@ -232,7 +234,8 @@ class ProactiveMessages:
             await self._store.set_status([r.id for r in held], "merged", only_from=["held"],
                                          note=f"delivered in digest {digests[0].id}")
             self._worker.submit(await self._store.get_many([d.id for d in digests]))
-        self.counts["released"] += len(held)
+        for row in held:
+            self._metrics.message(row.category, "released")
         log.info("released %d held item(s) in %s%s", len(held), conversation_id, f" for {user_id}" if user_id else "")
         return len(held)
 
@@ -314,7 +317,9 @@ class ProactiveMessages:
         await self._scheduler.cancel(key=hold_key(conversation_id))
         await self._scheduler.cancel(key=deferred_key(conversation_id))
         cancelled = await self._store.cancel_conversation(conversation_id, "the bot was removed")
-        self._worker.cancel(cancelled)
+        self._worker.cancel(list(cancelled))
+        for category in cancelled.values():
+            self._metrics.message(category, "cancelled")
 
 
 def _schedule(settings: dict[str, NotificationSettings], subjects: Sequence[str]) -> NotificationSettings:

@@ -16,11 +16,14 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import Counter, OrderedDict
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from bot.logs import log_context
+from bot.metrics import Metrics
 from scheduler.clock import Clock
 from scheduler.sendqueue import SendQueue, Ticket
 from state.model import conversation_key as channel_of
@@ -85,6 +88,7 @@ class DeliveryWorker:
         flush_interval_s: float = 0.05,
         stuck_after_s: float = 30.0,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._references = references
@@ -110,7 +114,12 @@ class DeliveryWorker:
         self._flush_failures = 0
         self._flush_retry_at = 0.0
         self._last_error: str | None = None
-        self.counts: Counter[str] = Counter()
+        self.metrics = metrics or Metrics()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Messages per outcome since start (from the metrics: one bookkeeping)."""
+        return self.metrics.delivery_totals()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -155,7 +164,7 @@ class DeliveryWorker:
                 row_id=row.id, conversation=conversation_key(row), tenant=row.tenant_id, priority=row.priority,
                 ready_at=now + max(0.0, row.not_before - now_wall),
             ))
-            self.counts["queued"] += 1
+            self.metrics.message(row.category, "queued")
         self._wake.set()
 
     def cancel(self, row_ids: Sequence[int]) -> None:
@@ -227,6 +236,7 @@ class DeliveryWorker:
             try:
                 await self._store.apply(outcomes)
             except Exception as exc:  # database locked, disk full, connection lost: keep them, in order
+                self.metrics.database_error("worker")
                 self._outcomes[:0] = outcomes
                 self._flush_failures += 1
                 delay = min(30.0, 0.5 * 2 ** (self._flush_failures - 1))
@@ -266,12 +276,20 @@ class DeliveryWorker:
         if row is None:  # cancelled meanwhile
             self._queue.done(ticket.conversation, ticket.tenant)
             return
+        with log_context(conversation_id=row.conversation_id, tenant_id=row.tenant_id, outbox_id=row.id):
+            await self._deliver_row(row, ticket)
+
+    async def _deliver_row(self, row: OutboxRow, ticket: Ticket) -> None:
         retry: Ticket | None = None
         try:
             if row.expires_at is not None and row.expires_at <= self._clock.now().timestamp():
                 self._finish(row, Outcome(row.id, "expired", last_error="expired before it could be sent"))
                 return
-            activity_id = await self._send(row)
+            started = time.perf_counter()
+            try:
+                activity_id = await self._send(row)
+            finally:
+                self.metrics.send_latency(time.perf_counter() - started)
             self._finish(row, Outcome(row.id, "sent", attempts=row.attempts + 1, activity_id=activity_id,
                                       conversation_id=row.conversation_id, sent_at=self._clock.now().timestamp()))
         except SendFailure as failure:
@@ -289,6 +307,7 @@ class DeliveryWorker:
         except SendFailure:
             raise
         except Exception as exc:  # the database did not answer: nothing was sent, try again later
+            self.metrics.database_error("worker")
             raise SendFailure("retry", None, "DatabaseUnavailable", f"{type(exc).__name__}: {exc}",
                               attempted=False) from exc
         if row.kind == "update":
@@ -363,35 +382,33 @@ class DeliveryWorker:
                 self._sent_ids.popitem(last=False)
         row.status = outcome.status
         self._outcome(outcome)
-        self.counts[outcome.status] += 1
+        self.metrics.message(row.category, outcome.status)
         if len(self._outcomes) >= self._flush_every:
             self._wake.set()
 
     async def _failed(self, row: OutboxRow, ticket: Ticket, failure: SendFailure) -> Ticket | None:
         attempts = row.attempts + 1 if failure.attempted else row.attempts
         if failure.status == 429:
-            self.counts["throttled"] += 1
+            self.metrics.message(row.category, "throttled")
+            self.metrics.throttled(failure.retry_after)
             if self._limiter is not None:
                 self._limiter.penalize(ticket.conversation, ticket.tenant, failure.retry_after or self._retry.base_s)
         if failure.action == "retry" and (attempts < self._retry.max_attempts or not failure.attempted):
             delay = self._retry.delay(max(1, attempts), failure.retry_after, self._rng)
             row.attempts = attempts
-            self.counts["retried"] += 1
+            self.metrics.message(row.category, "retried")
             self._outcome(Outcome(row.id, "pending", attempts=attempts, last_error=str(failure),
                                   not_before=self._clock.now().timestamp() + delay))
             ticket.ready_at = self._clock.monotonic() + delay
             return ticket
         thread_gone = failure.status == 404 and row.conversation_id != channel_of(row.conversation_id or "")
         if failure.action == "gone" and row.conversation_id and not thread_gone:  # (a lost thread: not its channel)
+            self._finish(row, Outcome(row.id, "cancelled", attempts=attempts, last_error=str(failure)))
             try:
                 await self._conversation_gone(channel_of(row.conversation_id), failure)
-            except Exception as exc:  # the database did not answer: decide again on a later attempt
-                log.warning("message %d: could not record that %s is unreachable (%s); retrying", row.id,
-                            row.conversation_id, exc)
-                delay = self._retry.delay(max(1, attempts), None, self._rng)
-                ticket.ready_at = self._clock.monotonic() + delay
-                return ticket
-            self._finish(row, Outcome(row.id, "cancelled", attempts=attempts, last_error=str(failure)))
+            except Exception as exc:  # the database did not answer: the conversation's next send finds out again
+                self.metrics.database_error("worker")
+                log.warning("could not record that %s is unreachable (%s)", row.conversation_id, exc)
             return None
         if failure.status == 401:
             log.error("Teams refused the bot's credentials (%s): check MicrosoftAppId/MicrosoftAppPassword", failure)
@@ -407,6 +424,7 @@ class DeliveryWorker:
         cancelled = await self._store.cancel_conversation(conversation_id, str(failure))
         dropped = self._queue.drop_conversation(conversation_id)
         self.cancel(dropped)
-        self.counts["cancelled"] += len(cancelled)
+        for category in cancelled.values():
+            self.metrics.message(category, "cancelled")
         log.warning("conversation %s is unreachable (%s); marked inactive, %d pending message(s) cancelled",
                     conversation_id, failure, len(cancelled))

@@ -10,6 +10,16 @@ from state.preferences import Preferences
 from .watching import PriceWatcher
 
 SNOOZE_HOURS = {"1h": 1.0, "1d": 24.0}
+MAX_ROW_ID = 2**63 - 1
+
+
+def _watch_id(value: Any) -> int | None:
+    """A watch id as the card carries it (a number or its ASCII digits) within the database's range; else None."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if type(value) is not int or not 0 < value <= MAX_ROW_ID:
+        return None
+    return value
 
 
 class AlertActions:
@@ -20,9 +30,8 @@ class AlertActions:
     async def outcome(self, user_id: str, value: dict[str, Any]) -> str:
         """Do what the button says; the text to show the user."""
         action = value.get("action")
-        try:
-            watch_id = int(value.get("watchId", ""))
-        except (TypeError, ValueError):
+        watch_id = _watch_id(value.get("watchId"))
+        if watch_id is None:
             return "That button is out of date; type `list` to see your watches."
         if action == "snooze" and value.get("args") in SNOOZE_HOURS:
             return await self._watcher.snooze(watch_id, user_id, SNOOZE_HOURS[str(value["args"])])

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
@@ -21,7 +22,8 @@ from state.model import Observation
 
 log = logging.getLogger(__name__)
 
-MAX_PRICE, MAX_BODY_BYTES = Decimal("1e9"), 1_000_000
+MIN_PRICE, MAX_PRICE, MAX_BODY_BYTES = Decimal("0.000001"), Decimal("1e9"), 1_000_000
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)  # what Decimal reads, ASCII only
 DEMO_EPOCH = 1_000  # demo walks restart from base every this many steps, so catching up after idle time is cheap
 
 
@@ -41,12 +43,15 @@ class PriceSource(Protocol):
 
 
 def _price(value: Any) -> Decimal:
-    try:  # str() of anything but a number (true, null, lists, objects) is not numeric
-        price = Decimal(value.strip() if isinstance(value, str) else str(value))
+    text = value.strip() if isinstance(value, str) else str(value)  # str() of true, null, lists... is not numeric
+    if isinstance(value, bool) or len(text) > 40 or not _NUMBER.fullmatch(text):
+        raise ValueError(f"must be a finite number or a numeric string such as 19.99, not {str(value)[:60]!r}")
+    try:
+        price = Decimal(text)
     except InvalidOperation:
-        raise ValueError(f"must be a number or a numeric string, not {value!r}") from None
-    if not price.is_finite() or not 0 < price <= MAX_PRICE:
-        raise ValueError(f"must be a finite number greater than 0 and at most 1e9, not {value!r}")
+        raise ValueError(f"must be a finite number or a numeric string such as 19.99, not {value!r}") from None
+    if not price.is_finite() or not MIN_PRICE <= price <= MAX_PRICE:
+        raise ValueError(f"must be greater than 0 (at least 0.000001) and at most 1e9, not {value!r}")
     return price
 
 
@@ -227,7 +232,7 @@ class DemoCatalog:
     async def fetch(self, product: str) -> PriceQuote | None:
         if (key := " ".join(product.split()).casefold()) in _CATALOG:
             return self._quote(key)
-        log.info("demo: unknown product %r", product)
+        log.debug("demo: unknown product %r", product)  # what a user typed: not at INFO
         return None
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ from botbuilder.dialogs import Dialog
 
 from bot.config import Config
 from bot.delivery.proactive import ProactiveMessages
+from bot.metrics import Metrics
 from bot.prices.alert_actions import AlertActions
 from bot.tls import trust_context
 from scheduler.clock import Clock
@@ -48,16 +49,18 @@ log = logging.getLogger(__name__)
 class TeamsConnection:
     """Authentication, the CloudAdapter, and the outbound calls the rest of the bot uses."""
 
-    def __init__(self, config: Config, clock: Clock) -> None:
+    def __init__(self, config: Config, clock: Clock, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.session = SharedSession(ssl_context=trust_context(config.ca_files))
         self.tokens: ChannelTokens | None = None
         self.signing_keys: ChannelSigningKeys | None = None
         if config.auth_enabled:
-            self.tokens = ChannelTokens(credential_factory(config, self.session), config.oauth_scope, clock)
+            self.tokens = ChannelTokens(credential_factory(config, self.session), config.oauth_scope, clock,
+                                        on_acquired=self.metrics.token_acquired)
             self.signing_keys = ChannelSigningKeys(config.open_id_metadata_url, self.session, clock)
         self.authentication = build_authentication(config, self.session, self.tokens)
         self.adapter = TeamsAdapter(self.authentication)
-        self.adapter.on_turn_error = _on_turn_error
+        self.adapter.on_turn_error = self._on_turn_error
         self.sender = TeamsSender(self.authentication, config.app_id)
         self.roster = TeamsRoster(self.adapter, config.app_id)
 
@@ -112,6 +115,10 @@ class TeamsConnection:
         if self.tokens is not None:
             await self.tokens.close()
         await self.session.close()
+
+    async def _on_turn_error(self, turn_context: TurnContext, exc: Exception) -> None:
+        self.metrics.turn_failed(str(turn_context.activity.type or ""))
+        await _on_turn_error(turn_context, exc)
 
 
 async def _on_turn_error(turn_context: TurnContext, exc: Exception) -> None:

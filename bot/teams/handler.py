@@ -13,9 +13,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from weakref import WeakValueDictionary
 
-from botbuilder.core import BotState, ConversationState, TurnContext, UserState
+from botbuilder.core import BotState, ConversationState, InvokeResponse, TurnContext, UserState
 from botbuilder.core.teams import TeamsActivityHandler
 from botbuilder.dialogs import Dialog
 from botbuilder.schema import (
@@ -26,6 +27,7 @@ from botbuilder.schema import (
     ChannelAccount,
 )
 from botbuilder.schema.teams import TeamInfo
+from msrest.exceptions import DeserializationError
 
 from bot.delivery.proactive import ProactiveMessages
 from bot.onboarding.team_members import WELCOME_TEAM_MEMBERS
@@ -47,6 +49,38 @@ log = logging.getLogger(__name__)
 # Activities that prove the bot can talk in the conversation again (after a removal or a block).
 _REACTIVATING = {ActivityTypes.message, ActivityTypes.invoke, ActivityTypes.message_reaction}
 _TOPIC = "engagement.topic"  # turn_state key: (mid_topic, pending prompt) of a message turn
+CARD_ACTION = "adaptiveCard/action"
+# What the SDK's Teams invoke defaults raise for a value that does not fit the invoke's schema.
+_MALFORMED = (DeserializationError, AttributeError, TypeError, KeyError, ValueError)
+ERROR_TYPE = "application/vnd.microsoft.error"
+
+
+def card_action_problem(value: Any) -> tuple[str, str] | None:
+    """Why an `adaptiveCard/action` invoke value is not a Universal Action we can run: (code, message), or None.
+
+    The same checks as the SDK's `_get_adaptive_card_invoke_value`, plus the shapes it assumes (objects)."""
+    if value is None:
+        return "BadRequest", "Missing value property"
+    if not isinstance(value, dict):
+        return "BadRequest", "Value property is not properly formed: it must be an object"
+    action = value.get("action")
+    if action is None:
+        return "BadRequest", "Missing action property"
+    if not isinstance(action, dict):
+        return "BadRequest", "action must be an object"
+    if action.get("type") != "Action.Execute":
+        kind = action.get("type")
+        named = kind if isinstance(kind, str) else type(kind).__name__
+        return "NotSupported", f"The action '{named}' is not supported."
+    if not isinstance(action.get("verb"), str | None):
+        return "BadRequest", "action.verb must be a string"
+    return None
+
+
+def card_action_error(code: str, message: str) -> InvokeResponse:
+    """The Universal Actions error answer: HTTP 400 with an `application/vnd.microsoft.error` body."""
+    return InvokeResponse(status=400, body={"statusCode": 400, "type": ERROR_TYPE,
+                                            "value": {"code": code, "message": message}})
 
 
 class ProactiveBot(TeamsActivityHandler):
@@ -137,6 +171,26 @@ class ProactiveBot(TeamsActivityHandler):
             mid_topic = await run_main_dialog(self._dialog, turn_context, self._dialog_accessor)
         prompt = pending_prompt(await self._dialog_accessor.get(turn_context)) if mid_topic else None
         turn_context.turn_state[_TOPIC] = (mid_topic, prompt)  # on_turn tells the engagement machine
+
+    async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse:
+        """Invokes as the protocol says: a malformed Universal Action gets 400 with an error body, an invoke
+        whose value does not fit its Teams schema 400, an invoke nobody handles 501 (the SDK's answer)."""
+        activity = turn_context.activity
+        if activity.name == CARD_ACTION:
+            problem = card_action_problem(activity.value)
+            if problem is not None:
+                log.info("refused an %s invoke: %s", CARD_ACTION, problem[1])
+                return card_action_error(*problem)
+            answer = await self.on_adaptive_card_invoke(turn_context, AdaptiveCardInvokeValue(**activity.value))
+            # As plain JSON: msrest cannot serialise a text `value` (an activity.message answer)
+            return InvokeResponse(status=200, body={"statusCode": answer.status_code, "type": answer.type,
+                                                    "value": answer.value})
+        try:  # the bot implements no other invoke: the SDK's defaults parse the value, then answer 501 (or 200)
+            return await super().on_invoke_activity(turn_context)
+        except _MALFORMED as exc:
+            log.info("refused a %r invoke whose value does not fit its schema: %s", activity.name, exc)
+            return InvokeResponse(status=400, body={"error": {
+                "code": "BadRequest", "message": f"the value of a {activity.name!r} invoke is not properly formed"}})
 
     async def on_adaptive_card_invoke(
         self, turn_context: TurnContext, invoke_value: AdaptiveCardInvokeValue

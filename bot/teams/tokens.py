@@ -116,8 +116,10 @@ class ChannelTokens:
         retry_base_s: float = 2.0,
         retry_cap_s: float = 60.0,
         wall: Callable[[], float] = time.time,
+        on_acquired: Callable[[bool], None] | None = None,
     ) -> None:
         self._make_credential = make_credential
+        self._on_acquired = on_acquired  # told of every request to the identity service: got a token, or not
         self.scope = scope if scope.endswith("/.default") else scope.rstrip("/") + "/.default"
         self._clock = clock
         self._wait = wait_s
@@ -213,12 +215,16 @@ class ChannelTokens:
         token = _Token(info.token, now + lifetime - min(30.0, lifetime / 10),
                        now + max(refresh_in, lifetime / 2))
         self._token = token
+        if self._on_acquired is not None:
+            self._on_acquired(True)
         if self._failures:
             log.info("got a Bot Connector token again after %d failed attempt(s)", self._failures)
         self._failures, self._next_attempt, self._last_error = 0, -math.inf, ""
         return token
 
     def _failed(self, reason: str, *, auth: bool) -> None:
+        if self._on_acquired is not None:
+            self._on_acquired(False)
         self._failures += 1
         delay = min(self._retry_cap, self._retry_base * 2 ** (self._failures - 1))
         self._next_attempt = self._clock.monotonic() + delay

@@ -15,6 +15,9 @@ from botbuilder.schema import Activity
 from botframework.connector.auth import BotFrameworkAuthentication
 
 from bot.api.messages import TurnAnswer, TurnRefused
+from bot.logs import log_context
+
+from .activities import tenant_of
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +40,13 @@ class SdkTurns:
         except Exception as exc:  # the SDK raises PermissionError, jwt errors, KeyError... all mean "not authorised"
             log.info("refused unauthenticated activity: %s", exc)
             raise TurnRefused(401, "Unauthorized", "missing or invalid Authorization header") from None
-        invoke_response = await self._adapter.process_activity(auth, activity, self._bot.on_turn)
+        conversation_id = activity.conversation.id if activity.conversation else None
+        with log_context(conversation_id=conversation_id, tenant_id=tenant_of(activity)):
+            invoke_response = await self._adapter.process_activity(auth, activity, self._bot.on_turn)
         if not invoke_response:
             return TurnAnswer()
+        if invoke_response.body is None:  # e.g. 501 for an invoke nobody handles: a status, no body
+            return TurnAnswer(invoke_response.status)
         answer = invoke_response.body
         if not isinstance(answer, dict | list | str | int | float | type(None)):
             answer = serializer_helper(answer)  # handlers usually hand over already-serialised bodies

@@ -1,0 +1,139 @@
+"""Prometheus metrics of one bot process, in a registry of its own (several apps in one test process never
+collide). The delivery counters of the per-minute log line and /healthz are read from here too: one bookkeeping.
+
+Event methods are cheap (a counter increment or a histogram observation) and safe to call from any part of
+bot/; gauges that need the database are filled by `collect()` right before a scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+SEND_OUTCOMES = ("queued", "sent", "retried", "throttled", "failed", "cancelled", "expired", "dropped", "held",
+                 "released", "superseded")
+ACTIVITY_TYPES = frozenset({"message", "invoke", "conversationUpdate", "installationUpdate", "messageReaction",
+                            "event", "typing", "endOfConversation", "messageUpdate", "messageDelete"})
+CATEGORIES = frozenset({"notification", "alert", "welcome", "progress", "result", "digest"})
+TOP_TENANTS = 10  # queue gauges carry at most this many tenant labels, plus "other" (and "none")
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LAG = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0)
+
+
+@dataclass(frozen=True)
+class TenantQueue:
+    """Pending outbox rows of one tenant: how many, and when the oldest was queued (epoch seconds)."""
+
+    tenant_id: str | None
+    pending: int
+    oldest_created_at: float
+
+
+class Metrics:
+    def __init__(self) -> None:
+        disable_created_metrics()  # the *_created series only double the scrape
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._turns = Counter("bot_turns", "Inbound activities by type and outcome", ["type", "outcome"], registry=r)
+        self._turn_errors = Counter("bot_turn_errors", "Turns whose handler failed (logged; answered 200 or 501)",
+                                    ["type"], registry=r)
+        self._turn_seconds = Histogram("bot_turn_seconds", "Time to answer an inbound activity", ["type"],
+                                       buckets=_LATENCY, registry=r)
+        self._sends = Counter("bot_proactive_messages", "Proactive messages by category and what happened to them",
+                              ["category", "outcome"], registry=r)
+        self._send_seconds = Histogram("bot_send_seconds", "Duration of one call to the Bot Connector",
+                                       buckets=_LATENCY, registry=r)
+        self._throttled = Counter("bot_teams_throttled", "429 answers from Teams", registry=r)
+        self._retry_after = Counter("bot_teams_retry_after_seconds", "Sum of the Retry-After seconds Teams asked for",
+                                    registry=r)
+        self._outbox = Gauge("bot_outbox_rows", "Outbox rows by status (read at scrape)", ["status"], registry=r)
+        self._queue = Gauge("bot_queue_pending", "Pending outbox rows per tenant (top tenants, then other)",
+                            ["tenant"], registry=r)
+        self._queue_age = Gauge("bot_queue_oldest_pending_seconds", "Age of the oldest pending row per tenant",
+                                ["tenant"], registry=r)
+        self._lag = Histogram("bot_scheduler_lag_seconds", "Scheduler jobs: from due to started", buckets=_LAG,
+                              registry=r)
+        self._dead = Gauge("bot_scheduler_dead_jobs", "Jobs out of attempts (read at scrape)", registry=r)
+        self._tokens = Counter("bot_token_acquisitions", "Outbound token acquisitions by result", ["result"],
+                               registry=r)
+        self._db_errors = Counter("bot_database_errors", "Database operations that failed", ["where"], registry=r)
+        self._totals: dict[str, int] = dict.fromkeys(SEND_OUTCOMES, 0)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def turn(self, activity_type: str, outcome: str, seconds: float) -> None:
+        kind = activity_type if activity_type in ACTIVITY_TYPES else "other"
+        self._turns.labels(kind, outcome).inc()
+        self._turn_seconds.labels(kind).observe(seconds)
+
+    def turn_failed(self, activity_type: str) -> None:
+        self._turn_errors.labels(activity_type if activity_type in ACTIVITY_TYPES else "other").inc()
+
+    def message(self, category: str, outcome: str, count: int = 1) -> None:
+        """`count` proactive messages of `category` reached `outcome` (one of SEND_OUTCOMES)."""
+        if count <= 0:
+            return
+        self._sends.labels(category if category in CATEGORIES else "other", outcome).inc(count)
+        self._totals[outcome] = self._totals.get(outcome, 0) + count
+
+    def send_latency(self, seconds: float) -> None:
+        self._send_seconds.observe(seconds)
+
+    def throttled(self, retry_after: float | None) -> None:
+        self._throttled.inc()
+        if retry_after:
+            self._retry_after.inc(retry_after)
+
+    def scheduler_lag(self, handler: str, seconds: float) -> None:
+        self._lag.observe(max(0.0, seconds))
+
+    def token_acquired(self, ok: bool) -> None:
+        """Call once per outbound token acquisition (a cache hit is not one)."""
+        self._tokens.labels("ok" if ok else "failed").inc()
+
+    def database_error(self, where: str) -> None:
+        self._db_errors.labels(where).inc()
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def delivery_totals(self) -> dict[str, int]:
+        """Messages per outcome since start (all categories): the /healthz and log-line counters."""
+        return dict(self._totals)
+
+    async def collect(self, outbox_counts: Callable[[], Awaitable[dict[str, int]]],
+                      tenant_queues: Callable[[], Awaitable[Iterable[TenantQueue]]],
+                      dead_jobs: Callable[[], Awaitable[int]], now: float) -> None:
+        """Fill the scrape-time gauges from the database; a failure is counted, the rest still served."""
+        try:
+            counts = await outbox_counts()
+            queues = list(await tenant_queues())
+            dead = await dead_jobs()
+        except Exception:
+            self.database_error("metrics")
+            return
+        self._outbox.clear()
+        for status, n in counts.items():
+            self._outbox.labels(status).set(n)
+        self._queue.clear()
+        self._queue_age.clear()
+        for label, pending, oldest in bounded_tenants(queues, TOP_TENANTS):
+            self._queue.labels(label).set(pending)
+            self._queue_age.labels(label).set(max(0.0, now - oldest))
+        self._dead.set(dead)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def bounded_tenants(queues: Iterable[TenantQueue], top: int) -> list[tuple[str, int, float]]:
+    """(label, pending, oldest) for the `top` tenants with most pending rows; the rest summed as "other"."""
+    ranked = sorted(queues, key=lambda q: (-q.pending, q.oldest_created_at))
+    out = [(q.tenant_id or "none", q.pending, q.oldest_created_at) for q in ranked[:top]]
+    rest = ranked[top:]
+    if rest:
+        out.append(("other", sum(q.pending for q in rest), min(q.oldest_created_at for q in rest)))
+    return out
