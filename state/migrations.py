@@ -370,6 +370,11 @@ CREATE TABLE notify_batches (
 """
 
 
+_EPISODES_V10 = """
+ALTER TABLE watches ADD COLUMN alerts_sent INTEGER NOT NULL DEFAULT 0
+"""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -553,4 +558,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "one record per channel; engagement per member of group chats and channels",
               _v8("sqlite"), _v8("postgresql")),
     Migration(9, "notify batches: which outbox rows one POST /api/notify queued", _BATCHES_V9, _BATCHES_V9),
+    Migration(10, "alert episodes: a watch counts the alerts it sent", _EPISODES_V10, _EPISODES_V10),
 )

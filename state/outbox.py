@@ -8,7 +8,7 @@ in flight or whose outcome was not yet flushed; see docs/architecture.md for the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -141,6 +141,8 @@ class Outcome:
 
 
 _SELECT = "SELECT * FROM outbox"
+Writes = Callable[[Connection], Awaitable[None]]
+"""Statements to run inside another store's transaction (a unit of work across stores)."""
 _INSERT = (
     "INSERT INTO outbox (dedup_key, conversation_id, target_user_id, tenant_id, kind, update_of, payload, category, "
     "subject, priority, status, not_before, expires_at, created_at, updated_at, last_error, batch_id)"
@@ -156,15 +158,19 @@ class OutboxStore:
         self._db = db
         self._clock = clock
 
-    async def enqueue(self, items: Sequence[OutboxItem], *, reason: str | None = None) -> list[Enqueued]:
+    async def enqueue(self, items: Sequence[OutboxItem], *, reason: str | None = None,
+                      also: Writes | None = None) -> list[Enqueued]:
         """Insert items in one transaction; an item whose dedup key exists returns the existing id.
 
         Rows go in as multi-row `INSERT … ON CONFLICT (dedup_key) DO NOTHING RETURNING` statements (one per
         `_BATCH` items), so a fan-out costs a few round trips, not one per target. `reason` is kept as the
-        rows' note (e.g. why a notification was dropped)."""
+        rows' note (e.g. why a notification was dropped). `also` writes what must commit with the rows (e.g.
+        "this watch has alerted") in the same transaction: both happen, or neither."""
         now = self._clock.now().timestamp()
         results: list[Enqueued] = []
         async with self._db.transaction() as tx:
+            if also is not None:
+                await also(tx)
             for batch in chunks(list(items), _BATCH):
                 params: list[Any] = []
                 for item in batch:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from scheduler.clock import Clock
 
-from .db import Database
+from .db import Connection, Database
 from .model import Condition, Observation, product_key
 
 
@@ -24,6 +25,21 @@ class WatchRow:
     last_alert_price: Decimal | None
     snoozed_until: float | None
     user_name: str | None = None
+    alerts_sent: int = 0
+
+    def alert_key(self) -> str:
+        """The dedup key of this watch's next alert: one per alert episode, so a price that comes back after
+        another price alerts again (when the condition says so), and an evaluation run twice alerts once."""
+        return f"alert:{self.id}:{self.alerts_sent + 1}"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one evaluation learned about one watch: the price it saw, and whether that alerted."""
+
+    watch_id: int
+    price: Decimal
+    alerted: bool
 
 
 def _decimal(value: str | None) -> Decimal | None:
@@ -72,7 +88,7 @@ class PriceLog:
         return [
             WatchRow(r["id"], r["user_id"], r["conversation_id"], r["product"],
                      Condition.from_json(json.loads(r["condition"])), _decimal(r["last_price"]),
-                     _decimal(r["last_alert_price"]), r["snoozed_until"], r["user_name"])
+                     _decimal(r["last_alert_price"]), r["snoozed_until"], r["user_name"], int(r["alerts_sent"]))
             for r in rows
         ]
 
@@ -83,11 +99,21 @@ class PriceLog:
         return next((w for w in await self.watches_on(row["product"]) if w.id == watch_id), None)
 
     async def saw(self, watch_id: int, price: Decimal, *, alerted: bool) -> None:
-        await self._db.execute(
-            "UPDATE watches SET last_price = ?, last_alert_price = CASE WHEN ? = 1 THEN ? ELSE last_alert_price END, "
-            "updated_at = ? WHERE id = ?",
-            (str(price), int(alerted), str(price), self._clock.now().timestamp(), watch_id),
-        )
+        await self.record_seen([Seen(watch_id, price, alerted)])
+
+    async def record_seen(self, seen: Sequence[Seen], conn: Connection | None = None) -> None:
+        """Store each watch's last price (and, where it alerted, the alert and the episode count); on `conn`
+        to commit together with the alerts themselves."""
+        if not seen:
+            return
+        now = self._clock.now().timestamp()
+        rows = [(str(s.price), int(s.alerted), str(s.price), int(s.alerted), now, s.watch_id) for s in seen]
+        sql = ("UPDATE watches SET last_price = ?, last_alert_price = CASE WHEN ? = 1 THEN ? ELSE last_alert_price "
+               "END, alerts_sent = alerts_sent + ?, updated_at = ? WHERE id = ?")
+        if conn is not None:
+            await conn.executemany(sql, rows)
+        else:
+            await self._db.executemany(sql, rows)
 
     async def snooze(self, watch_id: int, user_id: str, until: datetime) -> bool:
         """Snooze a watch of `user_id` (someone else's watch is left alone: False)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -10,6 +11,8 @@ import pytest
 
 from bot.app import BotApplication
 from scheduler.clock import FakeClock
+from scheduler.jobs import JobState
+from state.model import Condition, UserRef
 from tests.chat import Chat
 from tests.conftest import StartBot, bot_url
 from tests.connector_double import ConnectorDouble
@@ -227,3 +230,82 @@ async def test_only_the_owner_can_stop_or_snooze_a_watch(chat: Chat, fake_clock:
     assert watch.snoozed_until is None
     await mallory.press({**stop["data"], "watchId": None})  # a forged button: an answer, not a failed turn
     assert "out of date" in chat.texts()[-1]
+
+
+# ---- no lost alerts (issue 12) -------------------------------------------------------------------------------
+
+
+async def test_an_alert_that_could_not_be_queued_is_not_marked_sent_and_comes_on_the_retry(
+    chat: Chat, fake_clock: FakeClock
+) -> None:
+    await chat.say("watch gadget below 10")
+    proactive = chat.app.proactive
+    real, calls = proactive.enqueue, []
+
+    async def failing_once(items: Any, **kwargs: Any) -> Any:
+        calls.append(items)
+        if len(calls) == 1:
+            raise ConnectionError("the database went away")
+        return await real(items, **kwargs)
+
+    proactive.enqueue = failing_once  # type: ignore[method-assign]
+    await push(chat, "9.50")
+    await tick(chat, fake_clock, 3)  # the evaluation fails
+    assert alert_cards(chat) == []
+    [watch] = await chat.app.prices.watches_on("gadget")
+    assert watch.last_alert_price is None and watch.alerts_sent == 0, "not marked alerted without the alert"
+    await tick(chat, fake_clock, 15)  # the scheduler's retry (10 s backoff)
+    assert len(alert_cards(chat)) == 1 and len(calls) == 2
+    [watch] = await chat.app.prices.watches_on("gadget")
+    assert (watch.last_alert_price, watch.alerts_sent) == (Decimal("9.50"), 1)
+
+
+async def test_an_any_change_watch_alerts_again_when_an_earlier_price_comes_back(
+    chat: Chat, fake_clock: FakeClock
+) -> None:
+    await push(chat, 10)
+    await tick(chat, fake_clock, 3)
+    await chat.say("watch gadget any change")
+    for price in (11, 10, 11):
+        await push(chat, price)
+        await tick(chat, fake_clock, 3)
+    texts = [t for t in chat.texts() if "Price alert" in t]
+    assert len(texts) == 3, texts
+    assert "10.00 → 11.00" in texts[0] and "11.00 → 10.00" in texts[1] and "10.00 → 11.00" in texts[2]
+
+
+async def test_a_price_arriving_while_its_evaluation_runs_is_evaluated_again(
+    chat: Chat, fake_clock: FakeClock
+) -> None:
+    """"Already scheduled" means pending: a running (or dead) evaluation does not swallow a new price."""
+    await chat.say("watch gadget below 10")
+    app = chat.app
+    await push(chat, 12)
+    fake_clock.advance(3)
+    [job] = [j for j in await app.scheduler.list_jobs("evaluate:")]
+    claimed = await app.scheduler._store.claim([job.id], fake_clock.now(), fake_clock.now())  # running elsewhere
+    assert claimed and (await app.scheduler.get(key=job.key)).state is JobState.RUNNING  # type: ignore[union-attr]
+    await push(chat, "9.50")
+    fresh = await app.scheduler.get(key=job.key)
+    assert fresh is not None and fresh.state is JobState.PENDING and fresh.id != job.id
+    await tick(chat, fake_clock, 3)
+    assert len(alert_cards(chat)) == 1
+
+
+async def test_dead_poll_and_evaluation_jobs_are_rearmed_at_start_up(
+    start_bot: StartBot, fake_clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = await start_bot(price_source="demo")
+    await app.watcher.add(UserRef("29:ada"), "c1", "gadget", Condition("any"))
+    await app.scheduler.schedule_in(5, "prices.evaluate", {"product": "gadget"}, key="evaluate:gadget")
+    for key in ("poll:gadget", "evaluate:gadget"):
+        job = await app.scheduler.get(key=key)
+        assert job is not None
+        await app.db.execute("UPDATE scheduled_jobs SET state = 'dead', last_error = 'boom' WHERE id = ?", (job.id,))
+    await app.stop()
+    again = await start_bot(price_source="demo")
+    for key in ("poll:gadget", "evaluate:gadget"):
+        job = await again.scheduler.get(key=key)
+        assert job is not None and job.state is not JobState.DEAD and job.attempts <= 1, key  # armed afresh
+    assert "re-arming the dead poll of gadget" in caplog.text
+    assert "re-arming the dead evaluation of gadget" in caplog.text

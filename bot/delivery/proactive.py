@@ -32,7 +32,7 @@ from state.model import (
     release_time,
     user_subject,
 )
-from state.outbox import OutboxItem, OutboxRow, OutboxStore
+from state.outbox import OutboxItem, OutboxRow, OutboxStore, Writes
 from state.preferences import Preferences
 from state.references import ConversationRecord, ConversationReferences
 
@@ -145,8 +145,10 @@ class ProactiveMessages:
             decisions.append((decision, target, deferred_until))
         return decisions
 
-    async def enqueue(self, items: Sequence[OutboxItem]) -> list[Admission]:
-        """Apply the policy, commit the rows in one transaction, then wake the worker for those that may go now."""
+    async def enqueue(self, items: Sequence[OutboxItem], *, also: Writes | None = None) -> list[Admission]:
+        """Apply the policy, commit the rows in one transaction, then wake the worker for those that may go now.
+
+        `also`: the caller's own writes, committed in the same transaction as the rows (see OutboxStore)."""
         if not items:
             return []
         decisions = await self._decisions(items)
@@ -154,7 +156,7 @@ class ProactiveMessages:
                            note=d.reason if d.action == "drop" or until is not None else item.note,
                            not_before=until if until is not None else item.not_before)
                    for item, (d, _, until) in zip(items, decisions, strict=True)]
-        results = await self._store.enqueue(decided)
+        results = await self._store.enqueue(decided, also=also)
         now = self._clock.now().timestamp()
         admissions, deliver = [], []
         for item, (decision, target, until), result in zip(decided, decisions, results, strict=True):

@@ -18,7 +18,7 @@ from decimal import Decimal, InvalidOperation
 from bot.delivery.proactive import ProactiveMessages
 from dialogs.alert_card import Alert, alert_payload
 from scheduler.clock import Clock
-from scheduler.jobs import Job
+from scheduler.jobs import Job, JobState
 from scheduler.scheduler import Scheduler
 from state.model import (
     GROUP_SCOPES,
@@ -35,7 +35,7 @@ from state.model import (
 )
 from state.outbox import OutboxItem
 from state.preferences import Preferences
-from state.prices import PriceLog, WatchRow, triggers
+from state.prices import PriceLog, Seen, WatchRow, triggers
 from state.references import ConversationReferences
 from state.watches import WatchStore
 
@@ -91,19 +91,29 @@ class PriceWatcher:
     # -- polling -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Make sure every watched product is polled by the configured source (and nothing else is)."""
+        """Make sure every watched product is polled by the configured source, and that no product is silenced by
+        a dead job: a poll or evaluation that ran out of attempts is armed again (and logged)."""
         for key in await self._prices.watched_products():
             await self._ensure_polling(key)
+        for job in await self._scheduler.list_jobs("evaluate:"):
+            if job.state is JobState.DEAD:
+                log.warning("re-arming the dead evaluation of %s (last error: %s)", job.payload.get("product"),
+                            job.last_error)
+                await self._scheduler.schedule_in(0, EVALUATE, job.payload, key=job.key)
 
     async def _ensure_polling(self, product: str) -> None:
         if self._source is None:
             return
         key = poll_key(product)
-        if await self._scheduler.get(key=key) is None:
-            await self._scheduler.schedule_every(
-                self._source.poll_interval_s, POLL, {"product": product_key(product)}, key=key, first_in=0,
-                misfire="skip",
-            )
+        job = await self._scheduler.get(key=key)
+        if job is not None and job.state is not JobState.DEAD:
+            return  # pending, or running (a repeating job schedules its next run itself)
+        if job is not None:
+            log.warning("re-arming the dead poll of %s (last error: %s)", product_key(product), job.last_error)
+        await self._scheduler.schedule_every(
+            self._source.poll_interval_s, POLL, {"product": product_key(product)}, key=key, first_in=0,
+            misfire="skip",
+        )
 
     async def _stop_polling_if_unwatched(self, product: str) -> None:
         if not await self._prices.watches_on(product):
@@ -126,22 +136,25 @@ class PriceWatcher:
         The first quote of a burst notes the price before it (or itself, when it is the first price ever):
         that is where an alert says the price came from."""
         key = evaluate_key(observation.product)
-        pending = await self._scheduler.get(key=key)
-        before = await self._prices.latest(observation.product) if pending is None else None
+        job = await self._scheduler.get(key=key)
+        pending = job is not None and job.state is JobState.PENDING  # running or dead: evaluate again after this
+        before = await self._prices.latest(observation.product) if not pending else None
         await self._prices.record(observation)
-        if pending is None:
+        if not pending:
             start = before.price if before is not None else observation.price
             await self._scheduler.schedule_in(
                 self._coalesce, EVALUATE, {"product": product_key(observation.product), "from": str(start)}, key=key
             )
 
     async def _evaluate(self, job: Job) -> None:
+        """Alert every watch the latest price triggers. The alerts and "these watches saw this price (and these
+        alerted)" commit in one transaction, so a crash between cannot lose an alert nor send one twice."""
         product = str(job.payload["product"])
         latest = await self._prices.latest(product)
         if latest is None:
             return
         now = self._clock.now().timestamp()
-        items = []
+        items, seen = [], []
         for watch in await self._prices.watches_on(product):
             fire = triggers(watch.condition, last_seen=watch.last_price, last_alert=watch.last_alert_price,
                             new=latest.price)
@@ -157,12 +170,14 @@ class PriceWatcher:
                     payload=alert_payload(alert, await self._owner(watch) if group else None),
                     conversation_id=watch.conversation_id, target_user_id=watch.user_id,
                     tenant_id=record.tenant_id if record else None, category="notification",
-                    subject=f"price:{product}", dedup_key=f"alert:{watch.id}:{latest.price}",
+                    subject=f"price:{product}", dedup_key=watch.alert_key(),
                 ))
-            await self._prices.saw(watch.id, latest.price, alerted=fire and not snoozed)
+            seen.append(Seen(watch.id, latest.price, alerted=fire and not snoozed))
         if items:
-            await self._proactive.enqueue(items)
+            await self._proactive.enqueue(items, also=lambda tx: self._prices.record_seen(seen, tx))
             log.info("price of %s is %s: %d alert(s)", product, latest.price, len(items))
+        else:
+            await self._prices.record_seen(seen)
 
     async def _owner(self, watch: WatchRow) -> UserRef:
         """Who to @mention: the watch's owner, by the name they had when they made it (or were last seen with)."""
