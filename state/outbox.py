@@ -166,26 +166,68 @@ class OutboxStore:
         `_BATCH` items), so a fan-out costs a few round trips, not one per target. `reason` is kept as the
         rows' note (e.g. why a notification was dropped). `also` writes what must commit with the rows (e.g.
         "this watch has alerted") in the same transaction: both happen, or neither."""
-        now = self._clock.now().timestamp()
-        results: list[Enqueued] = []
         async with self._db.transaction() as tx:
             if also is not None:
                 await also(tx)
-            for batch in chunks(list(items), _BATCH):
-                params: list[Any] = []
-                for item in batch:
-                    params += (
-                        item.dedup_key, item.conversation_id, item.target_user_id, item.tenant_id, item.kind,
-                        item.update_of, json.dumps(item.payload, separators=(",", ":")), item.category,
-                        item.subject, item.priority, item.status,
-                        item.not_before if item.not_before is not None else now, item.expires_at, now, now,
-                        item.note or (reason if item.status == "dropped" else None), item.batch_id,
-                    )
-                inserted = await tx.fetchall(
-                    f"{_INSERT} VALUES {', '.join([_ROW] * len(batch))} ON CONFLICT (dedup_key) DO NOTHING "
-                    "RETURNING id, dedup_key", params)
-                results += await self._match(tx, batch, inserted)
+            return await self._insert(tx, items, reason)
+
+    async def _insert(self, tx: Connection, items: Sequence[OutboxItem], reason: str | None = None) -> list[Enqueued]:
+        now = self._clock.now().timestamp()
+        results: list[Enqueued] = []
+        for batch in chunks(list(items), _BATCH):
+            params: list[Any] = []
+            for item in batch:
+                params += (
+                    item.dedup_key, item.conversation_id, item.target_user_id, item.tenant_id, item.kind,
+                    item.update_of, json.dumps(item.payload, separators=(",", ":")), item.category,
+                    item.subject, item.priority, item.status,
+                    item.not_before if item.not_before is not None else now, item.expires_at, now, now,
+                    item.note or (reason if item.status == "dropped" else None), item.batch_id,
+                )
+            inserted = await tx.fetchall(
+                f"{_INSERT} VALUES {', '.join([_ROW] * len(batch))} ON CONFLICT (dedup_key) DO NOTHING "
+                "RETURNING id, dedup_key", params)
+            results += await self._match(tx, batch, inserted)
         return results
+
+    async def release_held(
+        self, rows: Sequence[OutboxRow], digests: Callable[[list[OutboxRow]], list[OutboxItem] | None]
+    ) -> tuple[list[OutboxRow], list[OutboxRow]]:
+        """Take held rows for sending, atomically: of two releases racing (a topic's end and the hold-max job, on
+        any process) each row goes to exactly one, so no digest is sent twice.
+
+        `digests(taken)` says how the rows taken go out: None, each as it was (they become pending); otherwise
+        the digest messages to queue instead (the taken rows become `merged` into the first). Returns (the rows
+        taken, now pending, or merged) and the digest rows queued."""
+        if not rows:
+            return [], []
+        now = self._clock.now().timestamp()
+        async with self._db.transaction() as tx:
+            won: set[int] = set()
+            for chunk in chunks([r.id for r in rows]):
+                taken_rows = await tx.fetchall(
+                    f"UPDATE outbox SET status = 'merged', updated_at = ? WHERE id IN ({marks(len(chunk))}) "
+                    "AND status = 'held' RETURNING id", [now, *chunk])
+                won.update(int(r["id"]) for r in taken_rows)
+            taken = [r for r in rows if r.id in won]
+            if not taken:
+                return [], []
+            items = digests(taken)
+            if items is None:
+                for chunk in chunks([r.id for r in taken]):
+                    await tx.execute(f"UPDATE outbox SET status = 'pending' WHERE id IN ({marks(len(chunk))})", chunk)
+                for row in taken:
+                    row.status = "pending"
+                return taken, []
+            queued = await self._insert(tx, items)
+            note = f"delivered in digest {queued[0].id}"
+            for chunk in chunks([r.id for r in taken]):
+                await tx.execute(f"UPDATE outbox SET last_error = ? WHERE id IN ({marks(len(chunk))})", [note, *chunk])
+            digest_rows = [OutboxRow.from_row(r) for r in await tx.fetchall(
+                f"{_SELECT} WHERE id IN ({marks(len(queued))}) ORDER BY id", [q.id for q in queued])]
+        for row in taken:
+            row.status = "merged"
+        return taken, digest_rows
 
     @staticmethod
     async def _match(tx: Connection, batch: Sequence[OutboxItem], inserted: Sequence[Row]) -> list[Enqueued]:

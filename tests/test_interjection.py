@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -205,3 +206,18 @@ async def test_welcome_team_members_pages_the_roster_and_greets_each_once(
     await app.scheduler.run_due()
     await team.settle()
     assert len(double.find(op="create")) == 150
+
+
+async def test_a_topic_end_and_the_hold_max_job_racing_send_one_digest(chat: Chat) -> None:
+    """release() runs from the turn that ends the topic and from the HOLD_MAX job; racing, they send once."""
+    await chat.say("watch")
+    await chat.app.proactive.enqueue([note("Gadget now 9.10"), note("Gizmo now 20")])
+    before = len(chat.texts())
+    proactive = chat.app.proactive
+    released = await asyncio.gather(proactive.release("dm-ada"), proactive.release("dm-ada", resume_prompt="?"))
+    await chat.settle()
+    assert sorted(released) == [0, 2], "each held item is taken by exactly one release"
+    new = chat.texts()[before:]
+    assert len(new) == 1 and "Gadget now 9.10" in new[0] and "Gizmo now 20" in new[0]
+    statuses = sorted(r.status for r in await chat.app.outbox.get_many(range(1, 10)))
+    assert statuses.count("merged") == 2 and statuses.count("sent") == 2, statuses  # welcome + one digest

@@ -221,21 +221,20 @@ class ProactiveMessages:
         """Send these held rows: one as is, several (or any a schedule held) as one digest."""
         if not held:
             return 0
-        reason = reason_of(held)
-        if len(held) == 1 and resume_prompt is None and reason is None:
-            await self._store.set_status([held[0].id], "pending", only_from=["held"])
-            held[0].status = "pending"
-            self._worker.submit(held)
-        else:
-            first = held[0]
-            payloads = digest_payloads(held, resume_prompt=resume_prompt, reason=reason, max_bytes=self._max_bytes)
-            digests = await self._store.enqueue([OutboxItem(
-                payload=payload, conversation_id=conversation_id, target_user_id=user_id,
-                tenant_id=first.tenant_id, category="digest", priority=max(r.priority for r in held),
-            ) for payload in payloads])
-            await self._store.set_status([r.id for r in held], "merged", only_from=["held"],
-                                         note=f"delivered in digest {digests[0].id}")
-            self._worker.submit(await self._store.get_many([d.id for d in digests]))
+
+        def digests(taken: list[OutboxRow]) -> list[OutboxItem] | None:
+            reason = reason_of(taken)
+            if len(taken) == 1 and resume_prompt is None and reason is None:
+                return None  # one item goes out as it was
+            payloads = digest_payloads(taken, resume_prompt=resume_prompt, reason=reason, max_bytes=self._max_bytes)
+            return [OutboxItem(payload=payload, conversation_id=conversation_id, target_user_id=user_id,
+                               tenant_id=taken[0].tenant_id, category="digest",
+                               priority=max(r.priority for r in taken)) for payload in payloads]
+
+        held, digest_rows = await self._store.release_held(held, digests)  # atomic: a racing release gets none
+        if not held:
+            return 0
+        self._worker.submit(digest_rows or held)
         for row in held:
             self._metrics.message(row.category, "released")
         log.info("released %d held item(s) in %s%s", len(held), conversation_id, f" for {user_id}" if user_id else "")
