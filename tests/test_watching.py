@@ -309,3 +309,33 @@ async def test_dead_poll_and_evaluation_jobs_are_rearmed_at_start_up(
         assert job is not None and job.state is not JobState.DEAD and job.attempts <= 1, key  # armed afresh
     assert "re-arming the dead poll of gadget" in caplog.text
     assert "re-arming the dead evaluation of gadget" in caplog.text
+
+
+async def test_a_button_inside_a_digest_answers_in_a_new_message_and_leaves_the_digest(
+    chat: Chat, fake_clock: FakeClock, double: ConnectorDouble
+) -> None:
+    await chat.say("watch gadget below 10")
+    await chat.say("watch gizmo below 10")
+    await chat.say("watch")  # mid-topic: the alerts wait and come as one digest
+    await push(chat, 9)
+    await push(chat, 8, product="gizmo")
+    await tick(chat, fake_clock, 3)
+    await chat.say("cancel")
+    await chat.settle()
+    [sent] = [r for r in double.find(op="send") if "While we were talking" in str(r.body)]
+    digest_id = sent.response["id"]
+    buttons = [a for element in sent.body["attachments"][0]["content"]["body"] for item in element.get("items", [])
+               if item.get("type") == "ActionSet" for a in item["actions"]]
+    stop_gadget = next(a for a in buttons if a["title"] == "Stop watching" and a["data"]["product"] == "gadget")
+    assert stop_gadget["data"]["inDigest"] is True
+    await chat.post(chat.activity("message", value=stop_gadget["data"], replyToId=digest_id))
+    digest_now = double.activity(chat.conversation_id, digest_id)
+    assert digest_now is not None and "gizmo" in str(digest_now), "the digest keeps its other updates"
+    assert "Stopped watching gadget" in chat.texts()[-1]
+    invoke = chat.activity("invoke", name="adaptiveCard/action",
+                           value={"action": {"type": "Action.Execute", "verb": "alert", "data": {
+                               **next(a for a in buttons if a["data"]["product"] == "gizmo"
+                                      and a["title"] == "Stop watching")["data"]}}})
+    async with chat.http.post(bot_url(chat.app), json=invoke) as response:
+        body = await response.json()
+    assert body["type"] == "application/vnd.microsoft.activity.message" and "gizmo" in body["value"]

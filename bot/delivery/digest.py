@@ -31,8 +31,15 @@ def _parts(row: OutboxRow) -> list[dict[str, Any]]:
         if attachment.get("contentType") == CARD and isinstance(content, dict):
             elements += list(content.get("body") or [])
             if content.get("actions"):
-                elements.append({"type": "ActionSet", "actions": list(content["actions"])})
+                elements.append({"type": "ActionSet", "actions": [_in_digest(a) for a in content["actions"]]})
     return elements or [{"type": "TextBlock", "text": "(an update)", "wrap": True}]
+
+
+def _in_digest(action: Any) -> Any:
+    """A button inside a digest says so (`inDigest`): pressing it must not replace the whole digest."""
+    if isinstance(action, dict) and isinstance(action.get("data"), dict):
+        return {**action, "data": {**action["data"], "inDigest": True}}
+    return action
 
 
 def reason_of(rows: list[OutboxRow]) -> str | None:

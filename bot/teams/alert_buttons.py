@@ -23,11 +23,12 @@ class AlertButtons:
         self._actions = actions
 
     async def __call__(self, turn_context: TurnContext, value: dict[str, Any]) -> None:
-        """Action.Submit: act, then replace the card the button was on (or say the outcome)."""
+        """Action.Submit: act, then replace the card the button was on (or say the outcome). A button inside a
+        digest answers in a new message: replacing the card would wipe the digest's other updates."""
         outcome = await self._actions.outcome(turn_context.activity.from_property.id, value)
         product = str(value.get("product") or "")
         reply_to = turn_context.activity.reply_to_id
-        if reply_to:
+        if reply_to and not value.get("inDigest"):
             update = Activity().deserialize(acknowledged_payload(f"Price alert for {product}", outcome))
             update.id = reply_to
             try:
@@ -38,7 +39,11 @@ class AlertButtons:
         await turn_context.send_activity(MessageFactory.text(outcome))
 
     async def execute(self, turn_context: TurnContext, data: dict[str, Any]) -> AdaptiveCardInvokeResponse:
-        """Action.Execute (Universal Actions): act, and answer with the card that replaces the alert."""
+        """Action.Execute (Universal Actions): act, and answer with the card that replaces the alert (inside a
+        digest: with a message, which leaves the digest as it is)."""
         outcome = await self._actions.outcome(turn_context.activity.from_property.id, data)
+        if data.get("inDigest"):
+            return AdaptiveCardInvokeResponse(status_code=200, type="application/vnd.microsoft.activity.message",
+                                              value=outcome)
         card = acknowledged_payload(f"Price alert for {data.get('product') or ''}", outcome)["attachments"][0]
         return AdaptiveCardInvokeResponse(status_code=200, type=card["contentType"], value=card["content"])
