@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -31,9 +32,25 @@ from .outcomes import Outcomes
 from .store import JobStore, insert_row
 
 if TYPE_CHECKING:
-    from state.db import Database
+    from state.db import Connection, Database
 
 log = logging.getLogger(__name__)
+
+
+class Staging:
+    """Jobs scheduled on a connection the caller owns (see `Scheduler.staging`)."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self.jobs: list[Job] = []
+
+    async def schedule_in(self, conn: Connection, seconds: float, handler: str,
+                          payload: Mapping[str, Any] | None = None, *, key: str | None = None) -> Job:
+        when = self._scheduler._clock.now() + timedelta(seconds=check_seconds(seconds, "seconds"))
+        job = self._scheduler._new_job(handler, payload, when, key=key, misfire=Misfire.RUN_LATE, grace_s=None)
+        await self._scheduler._store.insert(job, conn)
+        self.jobs.append(job)
+        return job
 
 
 class Scheduler:
@@ -163,6 +180,17 @@ class Scheduler:
         await self._store.insert(job)
         self._dispatcher.push(job.id, job.due_at.timestamp())
         return job
+
+    @asynccontextmanager
+    async def staging(self) -> AsyncIterator[Staging]:
+        """Schedule jobs inside the caller's own transaction: `await stage.schedule_in(tx, …)` writes on `tx`;
+        the jobs join the timer when the block exits without an error (after the caller committed). So a row and
+        the jobs that work on it are written together, or not at all."""
+        stage = Staging(self)
+        yield stage
+        for job in stage.jobs:
+            self._dispatcher.push(job.id, job.due_at.timestamp(), arm=False)
+        self._dispatcher.arm()
 
     async def schedule_many(self, specs: Iterable[JobSpec]) -> list[str]:
         """Create many one-shot jobs in one transaction; returns their ids in order."""

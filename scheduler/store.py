@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .jobs import Job, JobState, Misfire
 
 if TYPE_CHECKING:
-    from state.db import Database, Row
+    from state.db import Connection, Database, Row
 
 from state.db import chunks, marks
 
@@ -84,9 +84,10 @@ class JobStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def insert(self, job: Job) -> None:
-        """Insert, or atomically replace the job holding the same key (one upsert)."""
-        await self._db.execute(_INSERT, insert_row(job))
+    async def insert(self, job: Job, conn: Connection | None = None) -> None:
+        """Insert, or atomically replace the job holding the same key (one upsert); on `conn` to commit with the
+        caller's other writes."""
+        await (conn or self._db).execute(_INSERT, insert_row(job))
 
     async def insert_many(self, rows: Sequence[InsertRow]) -> None:
         async with self._db.transaction() as tx:

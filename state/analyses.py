@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from scheduler.clock import Clock
 
-from .db import Database, Row
+from .db import Connection, Database, Row
 from .model import product_key
 
 
@@ -43,9 +43,10 @@ class AnalysisStore:
         return row is not None
 
     async def insert(self, analysis_id: str, user_id: str, conversation_id: str, tenant_id: str | None,
-                     product: str, due_at: float) -> None:
+                     product: str, due_at: float, conn: Connection | None = None) -> None:
+        """A new running analysis; on `conn` to commit with its jobs and acknowledgement."""
         now = self._clock.now().timestamp()
-        await self._db.execute(
+        await (conn or self._db).execute(
             "INSERT INTO analyses (id, user_id, conversation_id, tenant_id, product, product_key, status, started_at, "
             "due_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
             (analysis_id, user_id, conversation_id, tenant_id, product.strip(), product_key(product), now, due_at,

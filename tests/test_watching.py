@@ -339,3 +339,26 @@ async def test_a_button_inside_a_digest_answers_in_a_new_message_and_leaves_the_
     async with chat.http.post(bot_url(chat.app), json=invoke) as response:
         body = await response.json()
     assert body["type"] == "application/vnd.microsoft.activity.message" and "gizmo" in body["value"]
+
+
+async def test_an_analysis_starts_whole_or_not_at_all(chat: Chat, fake_clock: FakeClock) -> None:
+    """The row, its jobs and its acknowledgement commit together: a failure half-way leaves nothing behind."""
+    store = chat.app.scheduler._store
+    real_insert, calls = store.insert, []
+
+    async def failing_once(job: Any, conn: Any = None) -> None:
+        calls.append(job.handler)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        await real_insert(job, conn)
+
+    store.insert = failing_once  # type: ignore[method-assign]
+    await chat.say("analyze gadget")
+    assert "something went wrong" in chat.texts()[-1].lower()
+    assert await chat.app.analyses.running("29:ada") == [], "no analysis without its jobs"
+    assert [j for j in await chat.app.scheduler.list_jobs("analysis") if j.payload] == []
+    await chat.say("analyze gadget")  # not refused as "already analysing"
+    await chat.settle()
+    assert "Working on it" in chat.texts()[-1]
+    await tick(chat, fake_clock, 31)
+    assert any("Analysis of" in t and "gadget" in t for t in chat.texts()), chat.texts()[-3:]

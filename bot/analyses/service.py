@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from bot.delivery.proactive import ProactiveMessages
 from bot.prices.sources import PriceSource
@@ -21,6 +22,7 @@ from scheduler.clock import Clock
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
 from state.analyses import AnalysisRow, AnalysisStore
+from state.db import Connection
 from state.model import GROUP_SCOPES, UserRef, user_subject
 from state.outbox import OutboxItem
 from state.preferences import Preferences
@@ -63,16 +65,24 @@ class AnalysisService:
             return f"I'm already analysing **{product}**; I'll message you when it's done. `status` shows progress."
         analysis_id = uuid.uuid4().hex[:12]
         record = await self._references.get(conversation_id)
-        await self._store.insert(analysis_id, user.id, conversation_id, record.tenant_id if record else None,
-                                 product, self._clock.now().timestamp() + self._duration)
-        row = await self._store.get(analysis_id)
-        assert row is not None
-        await self._say_progress(row, f"⏳ Working on it: analysing **{product}** takes about {self._duration:g} s. "
-                                      "Keep chatting; I'll update this message and post the result here.")
-        await self._scheduler.schedule_in(self._duration, FINISH, {"id": analysis_id}, key=f"analysis:{analysis_id}")
-        if self._delays and self._delays[0] < self._duration:
-            await self._scheduler.schedule_in(self._delays[0], PROGRESS, {"id": analysis_id, "step": 0},
-                                              key=f"analysis-progress:{analysis_id}")
+        tenant_id = record.tenant_id if record else None
+        due_at = self._clock.now().timestamp() + self._duration
+
+        async with self._scheduler.staging() as stage:
+            async def begin(tx: Connection) -> None:  # the row and its jobs, with the acknowledgement
+                await self._store.insert(analysis_id, user.id, conversation_id, tenant_id, product, due_at, tx)
+                await stage.schedule_in(tx, self._duration, FINISH, {"id": analysis_id},
+                                        key=f"analysis:{analysis_id}")
+                if self._delays and self._delays[0] < self._duration:
+                    await stage.schedule_in(tx, self._delays[0], PROGRESS, {"id": analysis_id, "step": 0},
+                                            key=f"analysis-progress:{analysis_id}")
+
+            ack = OutboxItem(payload=_message(f"⏳ Working on it: analysing **{product}** takes about "
+                                              f"{self._duration:g} s. Keep chatting; I'll update this message and "
+                                              "post the result here."),
+                             conversation_id=conversation_id, tenant_id=tenant_id, category="progress")
+            [admission] = await self._proactive.enqueue([ack], also=begin)
+        await self._store.set_progress_row(analysis_id, admission.id)
         return None
 
     async def running(self, user_id: str) -> list[str]:
@@ -106,8 +116,7 @@ class AnalysisService:
 
     async def _say_progress(self, row: AnalysisRow, text: str) -> None:
         """Post the acknowledgement once, then update that same message in place."""
-        payload = {"type": "message", "text": text, "textFormat": "markdown"}
-        item = OutboxItem(payload=payload, conversation_id=row.conversation_id, tenant_id=row.tenant_id,
+        item = OutboxItem(payload=_message(text), conversation_id=row.conversation_id, tenant_id=row.tenant_id,
                           category="progress")
         if row.progress_row is None:
             [admission] = await self._proactive.enqueue([item])
@@ -146,3 +155,7 @@ class AnalysisService:
         row = await self._store.get(analysis_id)
         if row is not None and row.progress_row is not None:
             await self._say_progress(row, f"**{row.product}**: {progress_text}")
+
+
+def _message(text: str) -> dict[str, Any]:
+    return {"type": "message", "text": text, "textFormat": "markdown"}
