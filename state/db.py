@@ -18,7 +18,7 @@ that must differ (row locks for claims, `LISTEN/NOTIFY`) is a property of the im
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -84,6 +84,22 @@ class Database(Connection, Protocol):
         ...
 
     async def schema_version(self) -> int: ...
+
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call `callback(payload)` for every `notify` on `channel`, from any process on this database (and with
+        payload `"*"` when notifications may have been missed, e.g. after a lost connection: drop everything)."""
+        ...
+
+    async def notify(self, channel: str, payload: str, conn: Connection | None = None) -> None:
+        """Tell every subscriber of `channel`, in every process; on `conn`, delivered when its transaction
+        commits (PostgreSQL NOTIFY). SQLite: this process only (one process per database file)."""
+        ...
+
+
+ANY = "*"
+"""The payload that means "something may have changed: forget everything" (see `Database.subscribe`)."""
+CACHE_CHANNEL = "bot_cache"
+"""Where stores tell every process to drop a cached entry (`references:<id>`, `timezone:<subject>`)."""
 
 
 def is_database_error(exc: BaseException) -> bool:

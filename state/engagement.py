@@ -73,21 +73,26 @@ for one member of a group chat or channel (the conversation id is the channel's,
 
 
 class Conversation:
-    """The machine's model for one conversation (or one member of one); `released` is the topic-ended hook."""
+    """The machine's model for one conversation (or one member of one). Its `released` callback only notes that
+    the topic ended: what follows (releasing held items) runs after the new state is stored, and only if this
+    process's write won."""
 
     state: str
 
-    def __init__(self, on_released: Callable[[], Awaitable[object]]) -> None:
-        self._on_released = on_released
+    def __init__(self) -> None:
+        self.topic_ended_here = False
 
     async def released(self) -> None:
-        await self._on_released()
+        self.topic_ended_here = True
 
     # triggers added by the machine
     topic_started: Callable[[], Awaitable[bool]]
     topic_ended: Callable[[], Awaitable[bool]]
     removed: Callable[[], Awaitable[bool]]
     installed: Callable[[], Awaitable[bool]]
+
+
+_CAS_ATTEMPTS = 20
 
 
 class Engagement:
@@ -101,37 +106,26 @@ class Engagement:
             auto_transitions=False,
         )
         self._on_released: Released = _nothing
-        self._states: dict[str, str] = {}  # write-through cache: this process is the only writer
 
     def on_topic_ended(self, callback: Released) -> None:
         """What to do when a topic ends (release held items): see `Released`."""
         self._on_released = callback
 
     async def state(self, conversation_id: str) -> str:
-        cached = self._states.get(conversation_id)
-        if cached is not None:
-            return cached
+        """Read from the database every time: turns of one conversation may land on any replica."""
         row = await self._db.fetchone("SELECT state FROM engagement WHERE conversation_id = ?", (conversation_id,))
-        state = str(row["state"]) if row else "idle"
-        if len(self._states) > 100_000:
-            self._states.clear()
-        self._states[conversation_id] = state
-        return state
+        return str(row["state"]) if row else "idle"
 
     async def states(self, conversation_ids: Iterable[str]) -> dict[str, str]:
-        """`state()` for many conversations, reading the uncached ones in one query each 500."""
+        """`state()` for many conversations, one query each 500."""
         wanted = list(dict.fromkeys(conversation_ids))
-        missing = [c for c in wanted if c not in self._states]
-        for chunk in chunks(missing):
+        found: dict[str, str] = {}
+        for chunk in chunks(wanted):
             rows = await self._db.fetchall(
                 f"SELECT conversation_id, state FROM engagement WHERE conversation_id IN ({marks(len(chunk))})", chunk
             )
-            found = {r["conversation_id"]: str(r["state"]) for r in rows}
-            if len(self._states) > 100_000:
-                self._states.clear()
-            for conversation_id in chunk:
-                self._states[conversation_id] = found.get(conversation_id, "idle")
-        return {c: self._states.get(c, "idle") for c in wanted}
+            found.update((r["conversation_id"], str(r["state"])) for r in rows)
+        return {c: found.get(c, "idle") for c in wanted}
 
     async def pending_prompt(self, conversation_id: str) -> str | None:
         row = await self._db.fetchone(
@@ -140,41 +134,76 @@ class Engagement:
         return str(row["pending_prompt"]) if row and row["pending_prompt"] else None
 
     async def fire(self, conversation_id: str, trigger: str, *, prompt: str | None = None) -> str:
-        """Run `trigger` for a conversation; returns the new state. Unknown-in-state triggers are ignored."""
+        """Run `trigger` for a conversation; returns the new state. Unknown-in-state triggers are ignored.
 
-        async def released() -> None:
-            await self._on_released(conversation_id, None)
+        The transition is a compare-and-set on the stored state (retried on a lost race), so two replicas
+        moving one conversation at once cannot both end its topic: exactly one releases what it held."""
+        for _ in range(_CAS_ATTEMPTS):
+            row = await self._db.fetchone("SELECT state FROM engagement WHERE conversation_id = ?",
+                                          (conversation_id,))
+            model = Conversation()
+            before, after = await self._run(model, str(row["state"]) if row else "idle", trigger)
+            if after == before and trigger != "topic_started":
+                return after
+            stored_prompt = prompt if after == "in_topic" else None
+            if not await self._store(conversation_id, row is not None, before, after, stored_prompt):
+                continue  # another turn or replica moved it first: decide again from what it wrote
+            if after != before:
+                log.debug("conversation %s: %s → %s (%s)", conversation_id, before, after, trigger)
+            if model.topic_ended_here:
+                await self._on_released(conversation_id, None)
+            return after
+        raise RuntimeError(f"conversation {conversation_id}: state kept changing under {trigger}")
 
-        before, after = await self._run(Conversation(released), await self.state(conversation_id), trigger)
-        if after != before or trigger == "topic_started":
-            await self._save(conversation_id, after, prompt if after == "in_topic" else None)
-        if after != before:
-            log.debug("conversation %s: %s → %s (%s)", conversation_id, before, after, trigger)
-        return after
+    async def _store(self, conversation_id: str, existed: bool, before: str, after: str, prompt: str | None) -> bool:
+        now = self._clock.now().timestamp()
+        if existed:
+            return await self._db.execute(
+                "UPDATE engagement SET state = ?, pending_prompt = ?, updated_at = ? "
+                "WHERE conversation_id = ? AND state = ?",
+                (after, prompt, now, conversation_id, before),
+            ) > 0
+        return await self._db.execute(
+            "INSERT INTO engagement (conversation_id, state, pending_prompt, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (conversation_id) DO NOTHING",
+            (conversation_id, after, prompt, now),
+        ) > 0
 
     async def fire_member(self, conversation_id: str, user_id: str, trigger: str, *, prompt: str | None = None) -> str:
         """Run `topic_started` / `topic_ended` for one member of a group chat or channel, in one thread
         (`conversation_id` as the activity names it). The member's held items are released when their last
-        open topic in the conversation ends."""
+        open topic in the conversation ends. A compare-and-set, like `fire`."""
         key = conversation_key(conversation_id)
-
-        async def released() -> None:
-            if not await self.member_in_topic(key, user_id, besides=conversation_id):
-                await self._on_released(key, user_id)
-
-        row = await self._db.fetchone(
-            "SELECT state FROM engagement_members WHERE conversation_id = ? AND user_id = ?", (conversation_id, user_id)
-        )
-        before, after = await self._run(Conversation(released), str(row["state"]) if row else "idle", trigger)
-        if after != before or trigger == "topic_started":
-            await self._db.execute(
-                "INSERT INTO engagement_members (conversation_id, user_id, conversation_key, state, pending_prompt, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (conversation_id, user_id) DO UPDATE SET "
-                "state = excluded.state, pending_prompt = excluded.pending_prompt, updated_at = excluded.updated_at",
-                (conversation_id, user_id, key, after, prompt if after == "in_topic" else None,
-                 self._clock.now().timestamp()),
+        for _ in range(_CAS_ATTEMPTS):
+            row = await self._db.fetchone(
+                "SELECT state FROM engagement_members WHERE conversation_id = ? AND user_id = ?",
+                (conversation_id, user_id),
             )
-        return after
+            model = Conversation()
+            before, after = await self._run(model, str(row["state"]) if row else "idle", trigger)
+            if after == before and trigger != "topic_started":
+                return after
+            stored_prompt = prompt if after == "in_topic" else None
+            now = self._clock.now().timestamp()
+            if row is not None:
+                won = await self._db.execute(
+                    "UPDATE engagement_members SET state = ?, pending_prompt = ?, updated_at = ? "
+                    "WHERE conversation_id = ? AND user_id = ? AND state = ?",
+                    (after, stored_prompt, now, conversation_id, user_id, before),
+                ) > 0
+            else:
+                won = await self._db.execute(
+                    "INSERT INTO engagement_members (conversation_id, user_id, conversation_key, state, "
+                    "pending_prompt, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (conversation_id, user_id) DO NOTHING",
+                    (conversation_id, user_id, key, after, stored_prompt, now),
+                ) > 0
+            if not won:
+                continue
+            if model.topic_ended_here and not await self.member_in_topic(key, user_id, besides=conversation_id):
+                await self._on_released(key, user_id)
+            return after
+        raise RuntimeError(f"member {user_id} of {conversation_id}: state kept changing under {trigger}")
 
     async def _run(self, model: Conversation, state: str, trigger: str) -> tuple[str, str]:
         """Move `model` from `state` by `trigger` (its callbacks run); returns (before, after)."""
@@ -248,15 +277,6 @@ class Engagement:
     async def forget_members(self, conversation_id: str) -> None:
         """After a removal, no member's old topic in the conversation holds anything."""
         await self._db.execute("DELETE FROM engagement_members WHERE conversation_key = ?", (conversation_id,))
-
-    async def _save(self, conversation_id: str, state: str, prompt: str | None) -> None:
-        self._states.pop(conversation_id, None)
-        await self._db.execute(
-            "INSERT INTO engagement (conversation_id, state, pending_prompt, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (conversation_id) DO UPDATE SET state = excluded.state, "
-            "pending_prompt = excluded.pending_prompt, updated_at = excluded.updated_at",
-            (conversation_id, state, prompt, self._clock.now().timestamp()),
-        )
 
 
 async def _nothing(conversation_id: str, user_id: str | None) -> None:

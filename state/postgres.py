@@ -10,13 +10,13 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
-from .db import Connection, DatabaseUnavailable, Engine, Params, Row
+from .db import ANY, Connection, DatabaseUnavailable, Engine, Params, Row
 from .migrations import MIGRATIONS, Migration, check_version
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,10 @@ class PostgresDatabase:
         self._startup_timeout_s = startup_timeout_s
         self._command_timeout_s = command_timeout_s
         self._pool: asyncpg.Pool | None = None
+        self._subscribers: dict[str, list[Callable[[str], None]]] = {}
+        self._listener: asyncpg.Connection | None = None
+        self._relisten: asyncio.Task[None] | None = None
+        self._closing = False
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({self._display!r})"
@@ -110,14 +114,79 @@ class PostgresDatabase:
                 await asyncio.sleep(_RETRY_S)
         try:
             await self._migrate()
+            if self._subscribers:
+                await self._listen()
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
+        self._closing = True
+        if self._relisten is not None:
+            self._relisten.cancel()
+            await asyncio.gather(self._relisten, return_exceptions=True)
+            self._relisten = None
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+    # -- notifications ------------------------------------------------------------------------------
+
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Register before `open()` (the listening connection is made there) or after (attached at once)."""
+        self._subscribers.setdefault(channel, []).append(callback)
+        if self._listener is not None:
+            asyncio.get_running_loop().create_task(self._listener.add_listener(channel, self._deliver))
+
+    async def notify(self, channel: str, payload: str, conn: Connection | None = None) -> None:
+        """This process's subscribers at once (a notification is a hint to drop something: telling early is
+        safe), every process's when the transaction commits."""
+        self._deliver(None, None, channel, payload)
+        await (conn or self).execute("SELECT pg_notify(?, ?)", (channel, payload))
+
+    def _deliver(self, connection: object, pid: object, channel: str, payload: str) -> None:
+        for callback in self._subscribers.get(channel, ()):
+            try:
+                callback(payload)
+            except Exception:  # one subscriber's bug must not stop the others
+                log.exception("notification subscriber for %s failed", channel)
+
+    async def _listen(self) -> None:
+        """A dedicated connection LISTENs on every subscribed channel; if it is lost, reconnect (with backoff)
+        and tell every subscriber `*`: what was sent meanwhile was missed."""
+        listener = await asyncpg.connect(self._dsn, timeout=10)
+        for channel in self._subscribers:
+            await listener.add_listener(channel, self._deliver)
+        listener.add_termination_listener(self._lost)
+        self._listener = listener
+
+    def _lost(self, connection: object) -> None:
+        if self._closing or self._relisten is not None:
+            return
+        log.warning("lost the PostgreSQL notification connection; reconnecting")
+        self._listener = None
+        self._relisten = asyncio.get_running_loop().create_task(self._reconnect(), name="postgres-relisten")
+
+    async def _reconnect(self) -> None:
+        delay = _RETRY_S
+        try:
+            while not self._closing:
+                try:
+                    await self._listen()
+                except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("PostgreSQL notifications still unavailable (%s); retrying in %.0f s", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(30.0, delay * 2)
+                    continue
+                log.info("PostgreSQL notifications back")
+                for channel in self._subscribers:
+                    self._deliver(None, None, channel, ANY)
+                return
+        finally:
+            self._relisten = None
 
     async def schema_version(self) -> int:
         row = await self.fetchone("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")

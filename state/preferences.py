@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from scheduler.clock import Clock
 
-from .db import Database, Row, chunks, marks
+from .db import ANY, CACHE_CHANNEL, Database, Row, chunks, marks
 from .model import DEFAULT_TIMEZONE, UNTIL_UNMUTED, NotificationSettings, QuietHours
 
 _UPSERT = "INSERT INTO preferences (subject, {columns}, updated_at) VALUES (?, {marks}, ?) " \
@@ -26,6 +26,14 @@ class Preferences:
         self._db = db
         self._clock = clock
         self._reported: dict[str, str] = {}  # subject → zone Teams last reported, so a turn writes only changes
+        db.subscribe(CACHE_CHANNEL, self._invalidated)
+
+    def _invalidated(self, payload: str) -> None:
+        """`choose_timezone` here or in another replica: the next reported zone is written again."""
+        if payload == ANY:
+            self._reported.clear()
+        elif payload.startswith("timezone:"):
+            self._reported.pop(payload.removeprefix("timezone:"), None)
 
     async def mute(self, subject: str, until: datetime | None) -> None:
         await self._db.execute(
@@ -93,11 +101,11 @@ class Preferences:
 
     async def choose_timezone(self, subject: str, timezone: str | None) -> None:
         """Set the zone by hand (`timezone Europe/Berlin`), or None to follow what Teams reports again."""
-        self._reported.pop(subject, None)
         if timezone is None:
             await self._upsert(subject, {"timezone_chosen": 0})
         else:
             await self._upsert(subject, {"timezone": timezone, "timezone_chosen": 1})
+        await self._db.notify(CACHE_CHANNEL, f"timezone:{subject}")
 
     async def set_quiet(self, subject: str, quiet: QuietHours | None, *, timezone: str | None = None) -> None:
         """Quiet hours on (or off with None); `timezone` is stored with them for a conversation subject."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from scheduler.clock import Clock
 
-from .db import Database, Row, chunks, marks
+from .db import ANY, CACHE_CHANNEL, Connection, Database, Row, chunks, marks
 
 
 @dataclass
@@ -67,7 +67,13 @@ class ConversationRecord:
 
 
 class ConversationReferences:
-    """Upserted on every inbound activity; read by everything that messages proactively."""
+    """Upserted on every inbound activity; read by everything that messages proactively.
+
+    Two per-process caches save a round trip per turn and per send: records read in the last minute, and
+    what this process last wrote per conversation (an identical refresh is skipped). Every write tells every
+    process (`Database.notify`) to drop its entries for that conversation, and a read that overlapped any such
+    drop is not cached (`_generation`), so no stale record is put back after a newer write, in any replica.
+    """
 
     REFRESH_SECONDS = 60.0
 
@@ -76,6 +82,25 @@ class ConversationReferences:
         self._clock = clock
         self._fresh: dict[str, tuple[tuple[Any, ...], float]] = {}  # conversation → (what was written, when)
         self._records: dict[str, tuple[ConversationRecord | None, float]] = {}
+        self._generation = 0  # bumped by every invalidation
+        db.subscribe(CACHE_CHANNEL, self._invalidated)
+
+    def _invalidated(self, payload: str) -> None:
+        """A write somewhere (this process or another replica): forget what may be stale."""
+        if payload == ANY:
+            self._records.clear()
+            self._fresh.clear()
+        elif payload.startswith("references:"):
+            conversation_id = payload.removeprefix("references:")
+            self._records.pop(conversation_id, None)
+            self._fresh.pop(conversation_id, None)
+        else:
+            return
+        self._generation += 1
+
+    async def _announce(self, conversation_id: str, conn: Connection | None = None) -> None:
+        self._invalidated(f"references:{conversation_id}")  # this process at once, the others on commit
+        await self._db.notify(CACHE_CHANNEL, f"references:{conversation_id}", conn)
 
     async def upsert(self, record: ConversationRecord, *, reactivate: bool) -> None:
         """Insert or refresh a conversation (service URL, reference, last speaker).
@@ -92,7 +117,6 @@ class ConversationReferences:
         if seen is not None and seen[0] == fingerprint and mono - seen[1] < self.REFRESH_SECONDS:
             return
         now = self._clock.now().timestamp()
-        self._records.pop(record.conversation_id, None)
         async with self._db.transaction() as tx:
             await tx.execute(
                 """
@@ -152,6 +176,7 @@ class ConversationReferences:
                     """,
                     (record.conversation_id, record.user_id, record.user_aad_id, record.user_name, now),
                 )
+            await self._announce(record.conversation_id, tx)
         if len(self._fresh) > 100_000:
             self._fresh.clear()
         self._fresh[record.conversation_id] = (fingerprint, mono)
@@ -171,15 +196,18 @@ class ConversationReferences:
                 [(conversation_id, user_id, aad, name, now) for user_id, aad, name in members],
             )
 
-    async def get(self, conversation_id: str) -> ConversationRecord | None:
+    async def get(self, conversation_id: str, *, fresh: bool = False) -> ConversationRecord | None:
+        """The record (cached up to a minute; `fresh`: read now, e.g. before acting on "inactive")."""
         cached = self._records.get(conversation_id)
-        if cached is not None and self._clock.monotonic() - cached[1] < self.REFRESH_SECONDS:
+        if not fresh and cached is not None and self._clock.monotonic() - cached[1] < self.REFRESH_SECONDS:
             return cached[0]
+        generation = self._generation
         row = await self._db.fetchone(
             "SELECT * FROM conversation_refs WHERE conversation_id = ?", (conversation_id,)
         )
         record = ConversationRecord.from_row(row) if row else None
-        self._remember(conversation_id, record)
+        if generation == self._generation:
+            self._remember(conversation_id, record)
         return record
 
     async def get_many(self, conversation_ids: Iterable[str]) -> dict[str, ConversationRecord]:
@@ -195,16 +223,18 @@ class ConversationReferences:
             else:
                 missing.append(conversation_id)
         for chunk in chunks(missing):
+            generation = self._generation
             rows = await self._db.fetchall(
                 f"SELECT * FROM conversation_refs WHERE conversation_id IN ({marks(len(chunk))})", chunk)
             for row in rows:
                 record = ConversationRecord.from_row(row)
                 found[record.conversation_id] = record
-                self._remember(record.conversation_id, record)
+                if generation == self._generation:
+                    self._remember(record.conversation_id, record)
         return found
 
     def _remember(self, conversation_id: str, record: ConversationRecord | None) -> None:
-        """A read cache (this process is the only writer; every write below invalidates it)."""
+        """The read cache (see the class docstring for why it cannot hold a stale record)."""
         if len(self._records) > 100_000:
             self._records.clear()
         self._records[conversation_id] = (record, self._clock.monotonic())
@@ -252,10 +282,10 @@ class ConversationReferences:
 
     async def mark_inactive(self, conversation_id: str, reason: str) -> bool:
         """Stop treating a conversation as reachable (uninstalled, blocked, not found). True if it changed."""
-        self._fresh.pop(conversation_id, None)
-        self._records.pop(conversation_id, None)
-        changed = await self._db.execute(
-            "UPDATE conversation_refs SET active = 0, inactive_reason = ? WHERE conversation_id = ? AND active = 1",
-            (reason, conversation_id),
-        )
+        async with self._db.transaction() as tx:
+            changed = await tx.execute(
+                "UPDATE conversation_refs SET active = 0, inactive_reason = ? WHERE conversation_id = ? AND active = 1",
+                (reason, conversation_id),
+            )
+            await self._announce(conversation_id, tx)
         return changed > 0

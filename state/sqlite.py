@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -35,6 +35,7 @@ class SqliteDatabase:
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._subscribers: dict[str, list[Callable[[str], None]]] = {}
 
     def __repr__(self) -> str:
         return f"SqliteDatabase({self.path!r})"
@@ -138,6 +139,14 @@ class SqliteDatabase:
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         async with self._lock, self.conn.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
+
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        self._subscribers.setdefault(channel, []).append(callback)
+
+    async def notify(self, channel: str, payload: str, conn: Connection | None = None) -> None:
+        """This process's subscribers, at once (SQLite has no other process to tell)."""
+        for callback in self._subscribers.get(channel, ()):
+            callback(payload)
 
     async def ping(self) -> bool:
         try:

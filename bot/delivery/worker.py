@@ -317,6 +317,8 @@ class DeliveryWorker:
     async def _target(self, row: OutboxRow) -> ConversationRecord:
         if row.conversation_id:
             record = await self._references.get(channel_of(row.conversation_id))
+            if record is None or not record.active:  # before giving up on it, make sure the cache is not stale
+                record = await self._references.get(channel_of(row.conversation_id), fresh=True)
             if record is None:
                 raise SendFailure("gone", None, "UnknownConversation", "the bot has never seen this conversation")
             if not record.active:

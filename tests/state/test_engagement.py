@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from scheduler.clock import FakeClock
@@ -138,3 +140,23 @@ async def test_members_of_a_channel_have_topics_of_their_own_across_threads(open
     assert await engagement.after_turn(thread1, mid_topic=False, prompt=None, user_id="29:bob") == "idle"
     assert await engagement.state(channel) == "idle", "a message in a thread reactivates the channel"
     await db.close()
+
+
+async def test_two_processes_ending_one_topic_release_once(open_database: OpenDatabase) -> None:
+    """No cache, and transitions are compare-and-set: of two replicas ending one topic, one releases."""
+    released: list[str] = []
+
+    async def release(conversation_id: str, user_id: str | None) -> None:
+        released.append(conversation_id)
+
+    one, two = Engagement(await open_database(), FakeClock()), Engagement(await open_database(), FakeClock())
+    for engagement in (one, two):
+        engagement.on_topic_ended(release)
+    for round_ in range(10):
+        conversation = f"c{round_}"
+        await one.after_turn(conversation, mid_topic=True, prompt="Which product?")
+        assert await two.state(conversation) == "in_topic", "the other replica sees it at once"
+        await asyncio.gather(one.after_turn(conversation, mid_topic=False, prompt=None),
+                             two.after_turn(conversation, mid_topic=False, prompt=None))
+        assert released.count(conversation) == 1, round_
+        assert await one.state(conversation) == await two.state(conversation) == "idle"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from scheduler.clock import FakeClock
-from state.db import Database
+from state.db import Database, connect
 from state.references import ConversationRecord, ConversationReferences
 from tests.conftest import OpenDatabase
 
@@ -118,3 +121,46 @@ async def test_identical_refresh_within_a_minute_is_not_written_again(db: Databa
     clock.advance(61)
     await refs.upsert(record(service_url="https://smba.example/emea/"), reactivate=True)
     assert (await refs.get("c1")).last_seen != first  # type: ignore[union-attr]
+
+
+async def test_a_read_that_overlapped_a_write_is_not_cached(db: Database) -> None:
+    """Regression (issue 12): a record read before a reactivation committed was put back into the cache."""
+    clock = FakeClock()
+    refs = ConversationReferences(db, clock)
+    await refs.upsert(record(), reactivate=True)
+    await refs.mark_inactive("c1", "blocked")
+    real_fetchone, reads = db.fetchone, []
+
+    async def fetchone_then_a_write_lands(sql: str, params: Any = ()) -> Any:
+        row = await real_fetchone(sql, params)
+        reads.append(sql)
+        if len(reads) == 1:  # the reactivation commits while this read is on its way back
+            await ConversationReferences(db, clock).upsert(record(), reactivate=True)
+        return row
+
+    db.fetchone = fetchone_then_a_write_lands  # type: ignore[method-assign]
+    stale = await refs.get("c1")
+    assert stale is not None and not stale.active  # what the read saw
+    assert (await refs.get("c1")).active, "the stale record was not cached: the next read sees the write"  # type: ignore[union-attr]
+    assert len(reads) == 2
+
+
+async def test_a_write_in_another_process_invalidates_this_ones_cache(postgres_url: str) -> None:
+    """On PostgreSQL the replicas tell each other (LISTEN/NOTIFY): a block seen by one is seen by all at once."""
+    first, second = connect(postgres_url), connect(postgres_url)
+    heard = asyncio.Event()
+    first.subscribe("bot_cache", lambda payload: heard.set())
+    await first.open()
+    await second.open()
+    try:
+        clock = FakeClock()
+        here, there = ConversationReferences(first, clock), ConversationReferences(second, clock)
+        await here.upsert(record(), reactivate=True)
+        assert (await here.get("c1")).active  # type: ignore[union-attr]  # now cached here for a minute
+        heard.clear()
+        await there.mark_inactive("c1", "blocked")
+        await asyncio.wait_for(heard.wait(), 10)
+        assert not (await here.get("c1")).active, "the cached record was dropped"  # type: ignore[union-attr]
+    finally:
+        await first.close()
+        await second.close()
