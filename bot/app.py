@@ -42,6 +42,7 @@ from .onboarding.team_members import WELCOME_TEAM_MEMBERS, TeamMemberWelcome
 from .prices.alert_actions import AlertActions
 from .prices.sources import build_price_source
 from .prices.watching import PriceWatcher
+from .retention import Retention
 from .teams.edge import TeamsConnection
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class BotApplication:
             alert_actions=AlertActions(self.watcher, self.preferences),
             preferences=self.preferences,
         )
+        self.retention = Retention(self.outbox, self.prices, self.scheduler, self.clock,
+                                   days=config.retention_days)
         self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
             self.teams.roster, self.references, self.proactive, config.bot_name))
         notify = NotifyEndpoints(
@@ -173,6 +176,7 @@ class BotApplication:
         await self.scheduler.start()
         await self.scheduler.schedule_every(60, "stats.log", key="stats.log", misfire="skip")
         await self.watcher.start()
+        await self.retention.start()
         self._runner = web.AppRunner(self.web_app, shutdown_timeout=self._shutdown_timeout, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host or self.config.host, self.config.port if port is None else port)

@@ -70,6 +70,7 @@ class Config:
     analyze_seconds: float = 30.0
     progress_delays: tuple[float, ...] = (5.0, 15.0, 30.0)
     alert_coalesce_seconds: float = 3.0
+    retention_days: float = 30.0
 
     @property
     def database(self) -> DatabaseUrl:
@@ -269,6 +270,7 @@ def load_config(
         price_source_name=get("PRICE_SOURCE_NAME", ""),
         analyze_seconds=_positive("ANALYZE_SECONDS", get("ANALYZE_SECONDS", str(defaults.analyze_seconds))),
         progress_delays=_delays(get("PROGRESS_DELAYS", ",".join(f"{d:g}" for d in defaults.progress_delays))),
+        retention_days=_positive("RETENTION_DAYS", get("RETENTION_DAYS", str(defaults.retention_days))),
         alert_coalesce_seconds=_non_negative(
             "ALERT_COALESCE_SECONDS", get("ALERT_COALESCE_SECONDS", str(defaults.alert_coalesce_seconds))),
     )

@@ -253,6 +253,10 @@ class Scheduler:
         """Jobs in any state ordered by due time: all of them, or those whose key starts with `prefix`."""
         return await self._store.list_by_prefix(prefix)
 
+    async def purge_dead(self, before: datetime, limit: int = 500) -> int:
+        """Delete up to `limit` dead jobs that were due before `before`; returns how many (retention)."""
+        return await self._store.purge_dead(before, limit)
+
     async def dead_jobs(self) -> list[Job]:
         """Jobs that ran out of attempts, with their last error. They stay until cancelled or replaced."""
         return await self._store.dead()

@@ -207,6 +207,14 @@ class JobStore:
             )
         return [job_from_row(row) for row in rows]
 
+    async def purge_dead(self, before: datetime, limit: int = 500) -> int:
+        """Delete up to `limit` dead jobs due before `before` (retention); returns how many."""
+        return await self._db.execute(
+            "DELETE FROM scheduled_jobs WHERE id IN (SELECT id FROM scheduled_jobs WHERE state = 'dead' "
+            "AND due_at < ? LIMIT ?)",
+            (ts(before), limit),
+        )
+
     async def dead(self) -> list[Job]:
         rows = await self._db.fetchall("SELECT * FROM scheduled_jobs WHERE state = 'dead' ORDER BY due_at, id")
         return [job_from_row(row) for row in rows]

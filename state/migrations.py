@@ -375,6 +375,14 @@ ALTER TABLE watches ADD COLUMN alerts_sent INTEGER NOT NULL DEFAULT 0
 """
 
 
+_RETENTION_V11 = """
+CREATE INDEX outbox_finished ON outbox (updated_at)
+    WHERE status IN ('sent', 'failed', 'cancelled', 'dropped', 'expired', 'superseded', 'merged');
+CREATE INDEX outbox_update_of ON outbox (update_of) WHERE update_of IS NOT NULL;
+CREATE INDEX price_observations_observed ON price_observations (observed_at)
+"""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -559,4 +567,5 @@ MIGRATIONS: tuple[Migration, ...] = (
               _v8("sqlite"), _v8("postgresql")),
     Migration(9, "notify batches: which outbox rows one POST /api/notify queued", _BATCHES_V9, _BATCHES_V9),
     Migration(10, "alert episodes: a watch counts the alerts it sent", _EPISODES_V10, _EPISODES_V10),
+    Migration(11, "indexes for retention", _RETENTION_V11, _RETENTION_V11),
 )

@@ -359,6 +359,28 @@ class OutboxStore:
         rows = await self._db.fetchall("SELECT status, COUNT(*) AS n FROM outbox GROUP BY status")
         return {r["status"]: int(r["n"]) for r in rows}
 
+    async def purge(self, before: float, limit: int = 500) -> int:
+        """Delete up to `limit` finished rows last changed before `before` (retention); returns how many.
+
+        Kept: rows another row still updates (a progress message and its updates go newest first) and the
+        acknowledgement of a running analysis. Call again until it returns less than `limit`."""
+        return await self._db.execute(
+            "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE o.status IN "
+            "('sent', 'failed', 'cancelled', 'dropped', 'expired', 'superseded', 'merged') AND o.updated_at < ? "
+            "AND NOT EXISTS (SELECT 1 FROM outbox r WHERE r.update_of = o.id) "
+            "AND NOT EXISTS (SELECT 1 FROM analyses a WHERE a.progress_row = o.id AND a.status = 'running') "
+            "ORDER BY o.updated_at LIMIT ?)",
+            (before, limit),
+        )
+
+    async def purge_batches(self, before: float, limit: int = 500) -> int:
+        """Delete notify batches created before `before` whose rows are all gone; returns how many."""
+        return await self._db.execute(
+            "DELETE FROM notify_batches WHERE id IN (SELECT b.id FROM notify_batches b WHERE b.created_at < ? "
+            "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.batch_id = b.id) LIMIT ?)",
+            (before, limit),
+        )
+
     async def pending_by_tenant(self) -> list[tuple[str | None, int, float]]:
         """(tenant id, pending rows, oldest created_at) per tenant: the queue gauges."""
         rows = await self._db.fetchall(

@@ -78,6 +78,17 @@ class PriceLog:
         found = await self.history(product, limit=1)
         return found[-1] if found else None
 
+    async def purge(self, before: float, limit: int = 500) -> int:
+        """Delete up to `limit` observations from before `before` (retention), keeping each product's newest
+        (the baseline an `any change` or `%` watch measures from); returns how many."""
+        return await self._db.execute(
+            "DELETE FROM price_observations WHERE id IN (SELECT o.id FROM price_observations o "
+            "WHERE o.observed_at < ? AND EXISTS (SELECT 1 FROM price_observations n "
+            "WHERE n.product_key = o.product_key AND (n.observed_at > o.observed_at "
+            "OR (n.observed_at = o.observed_at AND n.id > o.id))) LIMIT ?)",
+            (before, limit),
+        )
+
     async def watched_products(self) -> list[str]:
         rows = await self._db.fetchall("SELECT DISTINCT product_key FROM watches ORDER BY product_key")
         return [r["product_key"] for r in rows]

@@ -53,6 +53,7 @@ def test_secrets_are_not_in_repr() -> None:
         ({"HOLD_MAX_SECONDS": "soon"}, "HOLD_MAX_SECONDS"),
         ({"ANALYZE_SECONDS": "inf"}, "ANALYZE_SECONDS"),
         ({"ALERT_COALESCE_SECONDS": "-1"}, "ALERT_COALESCE_SECONDS"),
+        ({"RETENTION_DAYS": "0"}, "RETENTION_DAYS"),
         ({"PROGRESS_DELAYS": "15,5"}, "PROGRESS_DELAYS"),
         ({"PROGRESS_DELAYS": "a,b"}, "PROGRESS_DELAYS"),
         ({"WELCOME_TEAM_MEMBERS": "maybe"}, "WELCOME_TEAM_MEMBERS"),

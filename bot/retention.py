@@ -1,0 +1,65 @@
+"""Retention: what the bot no longer needs is deleted, a small batch at a time, by an hourly scheduler job.
+
+Finished outbox rows (sent, failed, cancelled, dropped, expired, superseded, merged), dead scheduler jobs,
+notify batches whose rows are gone, and price observations (each product keeps its newest) older than
+RETENTION_DAYS. Batches of `batch` rows with a yield to the event loop between them, so a large backlog
+never holds the database (or the turns waiting for it) for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from scheduler.clock import Clock
+from scheduler.jobs import Job
+from scheduler.scheduler import Scheduler
+from state.outbox import OutboxStore
+from state.prices import PriceLog
+
+log = logging.getLogger(__name__)
+
+PURGE = "retention.purge"
+
+
+class Retention:
+    def __init__(self, outbox: OutboxStore, prices: PriceLog, scheduler: Scheduler, clock: Clock, *,
+                 days: float = 30.0, batch: int = 500) -> None:
+        self._outbox = outbox
+        self._prices = prices
+        self._scheduler = scheduler
+        self._clock = clock
+        self._keep = timedelta(days=days)
+        self._batch = batch
+        scheduler.register(PURGE, self._purge_job)
+
+    async def start(self) -> None:
+        """Run hourly (a restart keeps the cadence; missed runs coalesce into one)."""
+        if await self._scheduler.get(key=PURGE) is None:
+            await self._scheduler.schedule_every(3600, PURGE, key=PURGE, misfire="skip", jitter_s=60)
+
+    async def _purge_job(self, job: Job) -> None:
+        await self.purge()
+
+    async def purge(self) -> dict[str, int]:
+        """Delete everything older than the retention period; returns how many of each were deleted."""
+        cutoff = self._clock.now() - self._keep
+        before = cutoff.timestamp()
+        deleted = {
+            "outbox": await self._drain(lambda: self._outbox.purge(before, self._batch)),
+            "batches": await self._drain(lambda: self._outbox.purge_batches(before, self._batch)),
+            "dead_jobs": await self._drain(lambda: self._scheduler.purge_dead(cutoff, self._batch)),
+            "price_observations": await self._drain(lambda: self._prices.purge(before, self._batch)),
+        }
+        if any(deleted.values()):
+            log.info("retention: deleted %s", ", ".join(f"{n} {what}" for what, n in deleted.items() if n))
+        return deleted
+
+    async def _drain(self, step: Callable[[], Awaitable[int]]) -> int:
+        total = 0
+        while n := await step():  # until nothing is left (a deletion can make more rows eligible)
+            total += n
+            await asyncio.sleep(0)  # let turns and sends in between batches
+        return total
