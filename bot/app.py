@@ -176,6 +176,7 @@ class BotApplication:
         await self.scheduler.start()
         await self.scheduler.schedule_every(60, "stats.log", key="stats.log", misfire="skip")
         await self.watcher.start()
+        await self.proactive.start()
         await self.retention.start()
         self._runner = web.AppRunner(self.web_app, shutdown_timeout=self._shutdown_timeout, access_log=None)
         await self._runner.setup()

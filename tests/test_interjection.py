@@ -221,3 +221,23 @@ async def test_a_topic_end_and_the_hold_max_job_racing_send_one_digest(chat: Cha
     assert len(new) == 1 and "Gadget now 9.10" in new[0] and "Gizmo now 20" in new[0]
     statuses = sorted(r.status for r in await chat.app.outbox.get_many(range(1, 10)))
     assert statuses.count("merged") == 2 and statuses.count("sent") == 2, statuses  # welcome + one digest
+
+
+async def test_a_held_item_whose_release_job_was_lost_gets_one_at_start_up(
+    start_bot: StartBot, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock
+) -> None:
+    """A crash between holding a row and scheduling its release must not leave it waiting for ever."""
+    app = await start_bot()
+    chat = Chat(http, app, double)
+    await chat.install()
+    await chat.say("watch")
+    await app.proactive.enqueue([note("Held, job lost")])
+    assert await app.scheduler.cancel(key="hold:dm-ada")  # as if the process died before scheduling it
+    await app.stop()
+    again: BotApplication = await start_bot(hold_max_seconds=600)
+    assert await again.scheduler.get(key="hold:dm-ada") is not None
+    fake_clock.advance(601)  # the user never comes back to the question
+    await again.scheduler.run_due()
+    chat = Chat(http, again, double)
+    await chat.settle()
+    assert sum("Held, job lost" in t for t in chat.texts()) == 1

@@ -20,10 +20,13 @@ from typing import Literal
 
 from bot.metrics import Metrics
 from scheduler.clock import Clock
+from scheduler.jobs import JobState
 from scheduler.scheduler import Scheduler
 from state.engagement import Decision, Engagement, decide
 from state.model import (
+    DAILY_DIGEST,
     GROUP_SCOPES,
+    QUIET_HOURS,
     NotificationSettings,
     conversation_key,
     conversation_subject,
@@ -193,10 +196,27 @@ class ProactiveMessages:
     async def _hold_at_most(self, conversation_id: str, member: str | None = None) -> None:
         """Mid-topic holds end after HOLD_MAX_SECONDS at the latest (in a group chat or channel: per member)."""
         key = hold_key(conversation_id, member)
-        if await self._scheduler.get(key=key) is None:
+        job = await self._scheduler.get(key=key)
+        if job is None or job.state is JobState.DEAD:
             await self._scheduler.schedule_in(
                 self._hold_max, RELEASE_OVERDUE, {"conversation_id": conversation_id, "user_id": member}, key=key
             )
+
+    async def start(self) -> None:
+        """Every held row has a job that will release it (a crash between holding a row and scheduling its
+        release, or a release job that died, would otherwise leave it waiting for a topic that never ends)."""
+        held = await self._store.held()
+        groups = {key for key, record in (await self._references.get_many(
+            {r.conversation_id for r in held if r.conversation_id})).items()
+            if record.conversation_type in GROUP_SCOPES}
+        for row in held:
+            if not row.conversation_id:
+                continue
+            if row.last_error in (QUIET_HOURS, DAILY_DIGEST):
+                await self._plan_release(row.conversation_id, row.not_before)
+            else:
+                member = row.target_user_id if row.conversation_id in groups else None
+                await self._hold_at_most(row.conversation_id, member)
 
     async def _plan_release(self, conversation_id: str, at: float) -> None:
         """The conversation's deferred-release job runs at `at` (or earlier, if it already was due earlier)."""
