@@ -38,6 +38,7 @@ class Dispatcher:
         max_concurrency: int,
         lease: timedelta,
         on_job_start: Callable[[str, float], None] | None = None,
+        sync_s: float = 5.0,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -56,6 +57,12 @@ class Dispatcher:
         self._dispatcher: asyncio.Task[None] | None = None
         self._started = False
         self._stopping = False
+        # Several replicas share the jobs: every `_period` this one renews the leases of its runs and picks up
+        # jobs it did not schedule itself (another replica's, or a dead replica's expired runs).
+        self._sync_s = sync_s
+        self._period = min(sync_s, lease.total_seconds() / 3)
+        self._periodic: asyncio.TimerHandle | None = None
+        self._maintenance_due = False
 
     @property
     def active(self) -> bool:
@@ -76,6 +83,7 @@ class Dispatcher:
         self._wakeup.clear()
         self._dispatcher = self._loop.create_task(self._dispatch_loop(), name="scheduler-dispatch")
         self._arm()
+        self._periodic = self._loop.call_at(self._loop.time() + self._period, self._on_period)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming; wait up to `timeout` for running handlers, then cancel the rest.
@@ -86,6 +94,9 @@ class Dispatcher:
             return
         self._stopping = True
         self._cancel_timer()
+        if self._periodic is not None:
+            self._periodic.cancel()
+            self._periodic = None
         self._wakeup.set()
         if self._dispatcher is not None:
             await self._dispatcher
@@ -113,6 +124,7 @@ class Dispatcher:
         self._started = False
 
     async def run_due(self) -> int:
+        await self.sync()
         total = 0
         while True:
             total += await self.dispatch()
@@ -162,6 +174,25 @@ class Dispatcher:
 
     # -- dispatching and running --------------------------------------------------------------------
 
+    def _on_period(self) -> None:
+        self._maintenance_due = True
+        self._wakeup.set()
+        if self._loop is not None and not self._stopping:
+            self._periodic = self._loop.call_at(self._loop.time() + self._period, self._on_period)
+
+    async def sync(self) -> None:
+        """Renew the leases of this process's runs (the heartbeat), and put into the heap every job claimable
+        within the next sync period that it does not know of."""
+        now = self._clock.now()
+        if self._running:
+            held = await self._store.renew([job.id for job in self._running.values()], now + self._lease)
+            lost = [job.id for job in self._running.values() if job.id not in held]
+            if lost:
+                log.warning("scheduler: %d run(s) were taken over by another replica: %s", len(lost), ", ".join(lost))
+        for ts, job_id in await self._store.due_by(now + timedelta(seconds=self._sync_s)):
+            self.push(job_id, ts, arm=False)
+        self._arm()
+
     async def _dispatch_loop(self) -> None:
         while True:
             await self._wakeup.wait()
@@ -169,6 +200,9 @@ class Dispatcher:
             if self._stopping:
                 return
             try:
+                if self._maintenance_due:
+                    self._maintenance_due = False
+                    await self.sync()
                 await self.dispatch()
             except Exception:  # keep dispatching; the failure is logged and the timer re-armed
                 log.exception("scheduler: dispatch failed")

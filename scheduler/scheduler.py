@@ -58,7 +58,9 @@ class Scheduler:
 
     Register handlers, `await start()`, schedule jobs (also from inside handlers), `await stop()`.
     Delivery is at least once: a handler may run again after a crash, so handlers should be idempotent.
-    Run one scheduler per database file.
+    Several schedulers (replicas, each with its own `owner`) may share one database: a job runs on one at a
+    time (the claim), a running handler's lease is renewed every `sync_s` or a third of the lease (the
+    heartbeat), and each picks up the jobs the others scheduled or left behind when they died (`sync`).
     """
 
     def __init__(
@@ -74,11 +76,14 @@ class Scheduler:
         misfire_grace_s: float = 60.0,
         rng: random.Random | None = None,
         on_job_start: Callable[[str, float], None] | None = None,
+        owner: str = "",
+        sync_s: float = 5.0,
     ) -> None:
-        """`on_job_start(handler, lag_seconds)` is called as each job starts (lag: due time to start)."""
+        """`on_job_start(handler, lag_seconds)` is called as each job starts (lag: due time to start).
+        `owner` names this process among the replicas sharing the database."""
         if max_concurrency < 1 or max_attempts < 1:
             raise ValueError("max_concurrency and max_attempts must be at least 1")
-        self._store = JobStore(db)
+        self._store = JobStore(db, owner)
         self._clock = clock
         lease = timedelta(seconds=check_seconds(lease_seconds, "lease_seconds", positive=True))
         self._grace_s = check_seconds(misfire_grace_s, "misfire_grace_s")
@@ -94,7 +99,7 @@ class Scheduler:
         self._handlers: dict[str, Handler] = {}
         self._dispatcher = Dispatcher(
             self._store, clock, outcomes, self._handlers, max_concurrency=max_concurrency, lease=lease,
-            on_job_start=on_job_start,
+            on_job_start=on_job_start, sync_s=check_seconds(sync_s, "sync_s", positive=True),
         )
 
     # -- handlers -----------------------------------------------------------------------------------
@@ -312,6 +317,11 @@ class Scheduler:
         """
         self._require_started()
         return await self._dispatcher.dispatch()
+
+    async def sync(self) -> None:
+        """The heartbeat and pick-up (see the class docstring); the real timer runs it every period."""
+        self._require_started()
+        await self._dispatcher.sync()
 
     async def run_due(self) -> int:
         """Run everything due by the clock now and wait until no handler is running.

@@ -24,7 +24,7 @@ _INSERT = (
     " payload = excluded.payload, due_at = excluded.due_at, slot_at = excluded.slot_at,"
     " interval_s = excluded.interval_s, jitter_s = excluded.jitter_s, misfire = excluded.misfire,"
     " grace_s = excluded.grace_s, created_at = excluded.created_at, state = 'pending', attempts = 0,"
-    " lease_until = NULL, last_error = NULL"
+    " lease_until = NULL, last_error = NULL, claimed_by = NULL"
 )
 
 
@@ -81,8 +81,9 @@ class JobStore:
     while its handler ran is not resurrected when the handler finishes.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, owner: str = "") -> None:
         self._db = db
+        self.owner = owner  # who claims here (the replica id): only the claimer settles a run
 
     async def insert(self, job: Job, conn: Connection | None = None) -> None:
         """Insert, or atomically replace the job holding the same key (one upsert); on `conn` to commit with the
@@ -123,11 +124,12 @@ class JobStore:
         now_ts = ts(now)
         for chunk in chunks(ids):
             rows = await self._db.fetchall(
-                "UPDATE scheduled_jobs SET state = 'running', lease_until = ?, attempts = attempts + 1"
+                "UPDATE scheduled_jobs SET state = 'running', lease_until = ?, attempts = attempts + 1,"
+                " claimed_by = ?"
                 f" WHERE id IN ({marks(len(chunk))})"
                 " AND ((state = 'pending' AND due_at <= ?) OR (state = 'running' AND lease_until <= ?))"
                 " RETURNING *",
-                (ts(lease_until), *chunk, now_ts, now_ts),
+                (ts(lease_until), self.owner, *chunk, now_ts, now_ts),
             )
             claimed.extend(job_from_row(row) for row in rows)
         return claimed
@@ -137,15 +139,18 @@ class JobStore:
         deleted: set[str] = set()
         for chunk in chunks(list(ids)):
             rows = await self._db.fetchall(
-                f"DELETE FROM scheduled_jobs WHERE id IN ({marks(len(chunk))}) AND state = 'running' RETURNING id",
-                tuple(chunk),
+                f"DELETE FROM scheduled_jobs WHERE id IN ({marks(len(chunk))}) AND state = 'running'"
+                " AND claimed_by = ? RETURNING id",
+                (*chunk, self.owner),
             )
             deleted.update(str(r["id"]) for r in rows)
         return deleted
 
     async def complete(self, job_id: str) -> bool:
         """A one-shot job succeeded (or was skipped): it is done and leaves the table."""
-        return await self._db.execute("DELETE FROM scheduled_jobs WHERE id = ? AND state = 'running'", (job_id,)) > 0
+        return await self._db.execute(
+            "DELETE FROM scheduled_jobs WHERE id = ? AND state = 'running' AND claimed_by = ?", (job_id, self.owner)
+        ) > 0
 
     async def reschedule(
         self,
@@ -158,18 +163,18 @@ class JobStore:
     ) -> bool:
         """A claimed job goes back to pending at `due_at` (next slot, or a retry after backoff)."""
         changed = await self._db.execute(
-            "UPDATE scheduled_jobs SET state = 'pending', lease_until = NULL, due_at = ?, slot_at = ?,"
-            " attempts = ?, last_error = ? WHERE id = ? AND state = 'running'",
-            (ts(due_at), ts(slot_at) if slot_at is not None else None, attempts, last_error, job_id),
+            "UPDATE scheduled_jobs SET state = 'pending', lease_until = NULL, claimed_by = NULL, due_at = ?,"
+            " slot_at = ?, attempts = ?, last_error = ? WHERE id = ? AND state = 'running' AND claimed_by = ?",
+            (ts(due_at), ts(slot_at) if slot_at is not None else None, attempts, last_error, job_id, self.owner),
         )
         return changed > 0
 
     async def bury(self, job_id: str, last_error: str) -> bool:
         """Out of attempts: keep the job as dead with its last error."""
         changed = await self._db.execute(
-            "UPDATE scheduled_jobs SET state = 'dead', lease_until = NULL, last_error = ?"
-            " WHERE id = ? AND state = 'running'",
-            (last_error, job_id),
+            "UPDATE scheduled_jobs SET state = 'dead', lease_until = NULL, claimed_by = NULL, last_error = ?"
+            " WHERE id = ? AND state = 'running' AND claimed_by = ?",
+            (last_error, job_id, self.owner),
         )
         return changed > 0
 
@@ -178,11 +183,34 @@ class JobStore:
         async with self._db.transaction() as tx:
             for chunk in chunks(ids):
                 await tx.execute(
-                    "UPDATE scheduled_jobs SET state = 'pending', lease_until = NULL,"
+                    "UPDATE scheduled_jobs SET state = 'pending', lease_until = NULL, claimed_by = NULL,"
                     " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
-                    f" WHERE id IN ({marks(len(chunk))}) AND state = 'running'",
-                    tuple(chunk),
+                    f" WHERE id IN ({marks(len(chunk))}) AND state = 'running' AND claimed_by = ?",
+                    (*chunk, self.owner),
                 )
+
+    async def renew(self, ids: Sequence[str], lease_until: datetime) -> set[str]:
+        """Heartbeat: extend the leases of runs this owner still holds; returns the ids it still holds."""
+        held: set[str] = set()
+        for chunk in chunks(list(ids)):
+            rows = await self._db.fetchall(
+                f"UPDATE scheduled_jobs SET lease_until = ? WHERE id IN ({marks(len(chunk))})"
+                " AND state = 'running' AND claimed_by = ? RETURNING id",
+                (ts(lease_until), *chunk, self.owner),
+            )
+            held.update(str(r["id"]) for r in rows)
+        return held
+
+    async def due_by(self, until: datetime) -> list[tuple[float, str]]:
+        """(due timestamp, id) of every job that may be claimed by `until`: pending ones due by then, and runs
+        whose lease ends by then (their process died) -- what another replica scheduled or left behind."""
+        until_ts = ts(until)
+        rows = await self._db.fetchall(
+            "SELECT id, due_at, state, lease_until FROM scheduled_jobs"
+            " WHERE (state = 'pending' AND due_at <= ?) OR (state = 'running' AND lease_until <= ?)",
+            (until_ts, until_ts),
+        )
+        return [(float(r["lease_until"] if r["state"] == "running" else r["due_at"]), str(r["id"])) for r in rows]
 
     async def delete(self, *, job_id: str | None = None, key: str | None = None) -> bool:
         if job_id is not None:

@@ -383,6 +383,27 @@ CREATE INDEX price_observations_observed ON price_observations (observed_at)
 """
 
 
+_REPLICAS_V12 = """
+ALTER TABLE scheduled_jobs ADD COLUMN claimed_by TEXT;
+CREATE INDEX scheduled_jobs_due ON scheduled_jobs (due_at) WHERE state = 'pending';
+CREATE INDEX scheduled_jobs_leased ON scheduled_jobs (lease_until) WHERE state = 'running';
+ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
+ALTER TABLE outbox ADD COLUMN claimed_until DOUBLE PRECISION;
+CREATE INDEX outbox_claims ON outbox (tenant_id, id) WHERE status = 'pending';
+CREATE INDEX outbox_claimed_by ON outbox (claimed_by) WHERE status = 'pending';
+CREATE TABLE replicas (
+    id         TEXT PRIMARY KEY,
+    started_at DOUBLE PRECISION NOT NULL,
+    seen_at    DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE tenant_leases (
+    tenant      TEXT PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    lease_until DOUBLE PRECISION NOT NULL
+)
+"""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -568,4 +589,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "notify batches: which outbox rows one POST /api/notify queued", _BATCHES_V9, _BATCHES_V9),
     Migration(10, "alert episodes: a watch counts the alerts it sent", _EPISODES_V10, _EPISODES_V10),
     Migration(11, "indexes for retention", _RETENTION_V11, _RETENTION_V11),
+    Migration(12, "replicas: claims with leases, tenant leases, replica heartbeats", _REPLICAS_V12, _REPLICAS_V12),
 )
