@@ -20,6 +20,7 @@ from scheduler.sendqueue import SendQueue
 from state.analyses import AnalysisStore
 from state.db import connect
 from state.engagement import Engagement
+from state.leases import Leases
 from state.outbox import OutboxStore
 from state.preferences import Preferences
 from state.prices import PriceLog
@@ -34,6 +35,7 @@ from .api.notify import MAX_MESSAGE_BYTES, NotifyEndpoints
 from .api.prices import PricesEndpoint
 from .api.routes import build_web_app
 from .config import Config
+from .delivery.ownership import Ownership
 from .delivery.proactive import ProactiveMessages
 from .delivery.settings import NotificationPreferences
 from .delivery.worker import DeliveryWorker
@@ -70,8 +72,10 @@ class BotApplication:
             self.clock,
             limiter=self.limiter,
             metrics=self.metrics,
+            ownership=Ownership(Leases(self.db), config.replica_id, self.clock, lease_s=config.lease_seconds),
         )
-        self.scheduler = Scheduler(self.db, self.clock, on_job_start=self.metrics.scheduler_lag)
+        self.scheduler = Scheduler(self.db, self.clock, on_job_start=self.metrics.scheduler_lag,
+                                   owner=config.replica_id, lease_seconds=max(config.lease_seconds, 30.0))
         self.engagement = Engagement(self.db, self.clock)
         self.preferences = Preferences(self.db, self.clock)
         self.proactive = ProactiveMessages(
@@ -159,6 +163,7 @@ class BotApplication:
         if reasons:
             report["reasons"] = reasons
         report["delivery"] = {**self.delivery_counts(), **delivery}
+        report["replica"] = self.worker.replica_status()
         report["teams"] = self.teams.status()
         if database_ok:
             try:

@@ -71,6 +71,7 @@ class Config:
     progress_delays: tuple[float, ...] = (5.0, 15.0, 30.0)
     alert_coalesce_seconds: float = 3.0
     retention_days: float = 30.0
+    lease_seconds: float = 20.0
 
     @property
     def database(self) -> DatabaseUrl:
@@ -147,6 +148,13 @@ def _count(name: str, value: str) -> int:
     if number < 1:
         raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
     return number
+
+
+def _lease(name: str, value: str) -> float:
+    seconds = _positive(name, value)
+    if not 3 <= seconds <= 3600:
+        raise ConfigError(f"{name} must be between 3 and 3600 seconds, got {value!r}")
+    return seconds
 
 
 def _positive(name: str, value: str) -> float:
@@ -271,6 +279,7 @@ def load_config(
         analyze_seconds=_positive("ANALYZE_SECONDS", get("ANALYZE_SECONDS", str(defaults.analyze_seconds))),
         progress_delays=_delays(get("PROGRESS_DELAYS", ",".join(f"{d:g}" for d in defaults.progress_delays))),
         retention_days=_positive("RETENTION_DAYS", get("RETENTION_DAYS", str(defaults.retention_days))),
+        lease_seconds=_lease("LEASE_SECONDS", get("LEASE_SECONDS", str(defaults.lease_seconds))),
         alert_coalesce_seconds=_non_negative(
             "ALERT_COALESCE_SECONDS", get("ALERT_COALESCE_SECONDS", str(defaults.alert_coalesce_seconds))),
     )

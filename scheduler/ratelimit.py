@@ -200,6 +200,16 @@ class TeamsRateLimiter:
             keys.append((self._tenants, tenant_id, self._tenant.capacity))
         return keys
 
+    def remember(self, conversation_id: str, tenant_id: str | None, ago_s: float) -> None:
+        """Count a send made `ago_s` seconds ago (by another replica, before this one took its tenant over), so
+        the windows start from what Teams has already seen. Call oldest first."""
+        at = self._clock.monotonic() - max(0.0, ago_s)
+        for logs, key, capacity in self._logs(conversation_id, tenant_id):
+            log = logs.get(key)
+            if log is None:
+                log = logs[key] = _Log(capacity)
+            log.times.append(at)
+
     def penalize(
         self, conversation_id: str, tenant_id: str | None, retry_after: float, *, tenant_wide: bool = False
     ) -> None:

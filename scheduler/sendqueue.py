@@ -109,6 +109,17 @@ class SendQueue:
         state.tickets.clear()
         return ids
 
+    def drop_tenant(self, tenant: str | None) -> list[int]:
+        """Forget every waiting ticket of a tenant (another replica sends for it now); returns their row ids.
+        Tickets in flight are not affected: `done` still comes for them."""
+        ids: list[int] = []
+        for state in self._conversations.values():
+            if state.tickets and state.tickets[0].tenant == tenant:
+                ids += [t.row_id for t in state.tickets]
+                self._size -= len(state.tickets)
+                state.tickets.clear()
+        return ids
+
     def next_wake(self) -> float | None:
         """Monotonic time at which `pop_ready` may return something, None when the queue is idle."""
         self._discard_stale()

@@ -391,6 +391,7 @@ ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
 ALTER TABLE outbox ADD COLUMN claimed_until DOUBLE PRECISION;
 CREATE INDEX outbox_claims ON outbox (tenant_id, id) WHERE status = 'pending';
 CREATE INDEX outbox_claimed_by ON outbox (claimed_by) WHERE status = 'pending';
+CREATE INDEX outbox_sent ON outbox (tenant_id, sent_at) WHERE sent_at IS NOT NULL;
 CREATE TABLE replicas (
     id         TEXT PRIMARY KEY,
     started_at DOUBLE PRECISION NOT NULL,

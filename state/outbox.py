@@ -141,6 +141,8 @@ class Outcome:
 
 
 _SELECT = "SELECT * FROM outbox"
+OUTBOX_CHANNEL = "bot_outbox"
+"""Notifications of rows waiting to be claimed; the payload is the tenant ('' for none)."""
 Writes = Callable[[Connection], Awaitable[None]]
 """Statements to run inside another store's transaction (a unit of work across stores)."""
 _INSERT = (
@@ -265,6 +267,89 @@ class OutboxStore:
             found = await self._db.fetchall(f"{_SELECT} WHERE id IN ({marks(len(chunk))})", chunk)
             rows += [OutboxRow.from_row(r) for r in found]
         return rows
+
+    # -- claims: which replica sends which row (see state/leases.py) ---------------------------------------
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        """`callback(tenant)` when any process announces rows of that tenant waiting to be claimed."""
+        self._db.subscribe(OUTBOX_CHANNEL, callback)
+
+    async def announce(self, tenant: str) -> None:
+        """Tell the replicas that rows of `tenant` wait to be claimed (its owner claims them)."""
+        await self._db.notify(OUTBOX_CHANNEL, tenant)
+
+    async def tenants_with_work(self, now: float) -> set[str]:
+        """Tenants ('' for none) with pending rows nobody holds a live claim on."""
+        rows = await self._db.fetchall(
+            "SELECT DISTINCT COALESCE(tenant_id, '') AS tenant FROM outbox WHERE status = 'pending' "
+            "AND (claimed_by IS NULL OR claimed_until < ?)",
+            (now,),
+        )
+        return {str(r["tenant"]) for r in rows}
+
+    async def claim(self, tenants: Sequence[str], owner: str, until: float, now: float,
+                    limit: int = 1000) -> list[OutboxRow]:
+        """Claim up to `limit` pending rows of `tenants` that nobody holds (or whose claim expired), oldest
+        first; returns them. A claimed row is sent by its claimer only."""
+        if not tenants:
+            return []
+        lock = f" {self._db.row_lock}" if self._db.row_lock else ""
+        rows = await self._db.fetchall(
+            "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM outbox "
+            f"WHERE status = 'pending' AND COALESCE(tenant_id, '') IN ({marks(len(tenants))}) "
+            f"AND (claimed_by IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?{lock}) RETURNING *",
+            (owner, until, *tenants, now, limit),
+        )
+        return sorted((OutboxRow.from_row(r) for r in rows), key=lambda r: r.id)
+
+    async def claim_ids(self, ids: Sequence[int], owner: str, until: float, now: float) -> list[OutboxRow]:
+        """Claim these rows (just queued or released here) if they are pending and nobody holds them."""
+        claimed: list[OutboxRow] = []
+        for chunk in chunks(list(ids)):
+            rows = await self._db.fetchall(
+                f"UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN ({marks(len(chunk))}) "
+                "AND status = 'pending' AND (claimed_by IS NULL OR claimed_until < ? OR claimed_by = ?) RETURNING *",
+                (owner, until, *chunk, now, owner),
+            )
+            claimed += [OutboxRow.from_row(r) for r in rows]
+        return sorted(claimed, key=lambda r: r.id)
+
+    async def renew_claims(self, owner: str, until: float) -> int:
+        """Heartbeat: `owner` still holds its pending rows."""
+        return await self._db.execute(
+            "UPDATE outbox SET claimed_until = ? WHERE claimed_by = ? AND status = 'pending'", (until, owner)
+        )
+
+    async def unclaim(self, owner: str, ids: Sequence[int] | None = None) -> int:
+        """Hand `owner`'s pending rows back (all, or these), e.g. on a clean stop or a tenant handover."""
+        if ids is None:
+            return await self._db.execute(
+                "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ? AND status = 'pending'",
+                (owner,),
+            )
+        changed = 0
+        for chunk in chunks(list(ids)):
+            changed += await self._db.execute(
+                f"UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id IN ({marks(len(chunk))}) "
+                "AND claimed_by = ? AND status = 'pending'",
+                (*chunk, owner),
+            )
+        return changed
+
+    async def recent_sends(self, tenant: str, since: float) -> list[tuple[str | None, float]]:
+        """(conversation id, sent at) of the tenant's rows sent since `since`, oldest first: the send history a
+        replica taking the tenant over starts its rate windows from."""
+        rows = await self._db.fetchall(
+            "SELECT conversation_id, sent_at FROM outbox WHERE COALESCE(tenant_id, '') = ? AND sent_at >= ? "
+            "ORDER BY sent_at",
+            (tenant, since),
+        )
+        return [(r["conversation_id"], float(r["sent_at"])) for r in rows]
+
+    async def claimed_count(self, owner: str) -> int:
+        row = await self._db.fetchone(
+            "SELECT COUNT(*) AS n FROM outbox WHERE claimed_by = ? AND status = 'pending'", (owner,))
+        return int(row["n"]) if row else 0
 
     async def pending(self) -> list[OutboxRow]:
         """Every row the worker should (eventually) send, oldest first."""

@@ -258,8 +258,17 @@ async def test_stop_during_a_flush_does_not_hang() -> None:
         def __init__(self) -> None:
             self.flushing, self.gate = asyncio.Event(), asyncio.Event()
 
-        async def pending(self) -> list[object]:
-            return []
+        def subscribe(self, callback: object) -> None:
+            pass
+
+        async def tenants_with_work(self, now: float) -> set[str]:
+            return set()
+
+        async def renew_claims(self, owner: str, until: float) -> int:
+            return 0
+
+        async def unclaim(self, owner: str, ids: object = None) -> int:
+            return 0
 
         async def apply(self, outcomes: object) -> None:
             self.flushing.set()

@@ -175,7 +175,7 @@ class ProactiveMessages:
             else:
                 log.info("dropped a %s for %s: %s", item.category, target.conversation_id or item.target_user_id,
                          decision.reason)
-        self._worker.submit(deliver)
+        await self._worker.offer(deliver)
         return admissions
 
     async def _hold(self, row_id: int, target: _Target, item: OutboxItem, *,
@@ -254,7 +254,7 @@ class ProactiveMessages:
         held, digest_rows = await self._store.release_held(held, digests)  # atomic: a racing release gets none
         if not held:
             return 0
-        self._worker.submit(digest_rows or held)
+        await self._worker.offer(digest_rows or held)
         for row in held:
             self._metrics.message(row.category, "released")
         log.info("released %d held item(s) in %s%s", len(held), conversation_id, f" for {user_id}" if user_id else "")

@@ -8,6 +8,12 @@ Supervised: a database error while writing outcomes keeps them (in order) and re
 database error while looking up where a row goes, or any unexpected error in a send, retries that row
 later. Neither ends delivery, loses an outcome or strands a row in memory. `health()` reports delivery
 as stuck when outcomes have waited to be written for over `stuck_after_s` (the /healthz 503).
+
+Replicas: a row is sent only by the replica that claimed it (`claimed_by`, with a lease renewed while it
+waits here), and a replica claims only rows of the tenants it owns (ownership.py). Rows queued here are
+offered (`offer`): claimed at once if this replica owns their tenant, else announced so the owner claims
+them. A periodic `maintain()` heartbeats, takes over tenants (and a dead replica's rows once their claims
+expire), hands tenants over, renews claims and claims more.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from state.outbox import OutboxRow, OutboxStore, Outcome
 from state.references import ConversationRecord, ConversationReferences
 
 from .failures import SendFailure
+from .ownership import Ownership, tenant_key
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,8 @@ class Limiter(Protocol):
     """What the worker tells the rate limiter beyond what the send queue asks (scheduler/ratelimit.py)."""
 
     def penalize(self, conversation_id: str, tenant_id: str | None, retry_after: float) -> None: ...
+
+    def remember(self, conversation_id: str, tenant_id: str | None, ago_s: float) -> None: ...
 
 
 class Sender(Protocol):
@@ -89,6 +98,8 @@ class DeliveryWorker:
         stuck_after_s: float = 30.0,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        ownership: Ownership | None = None,
+        claim_batch: int = 1000,
     ) -> None:
         self._store = store
         self._references = references
@@ -115,6 +126,14 @@ class DeliveryWorker:
         self._flush_retry_at = 0.0
         self._last_error: str | None = None
         self.metrics = metrics or Metrics()
+        self.ownership = ownership or Ownership(None, "local", clock)
+        self._claim_batch = claim_batch
+        self._claim_wanted = False  # a notification or a drained queue: claim more on the next pass
+        self._leaving: set[str] = set()  # tenants being handed over: no new sends, release when none in flight
+        self._in_flight_tenants: dict[str, int] = {}
+        self._maintenance: asyncio.TimerHandle | None = None
+        self._maintenance_due = False
+        store.subscribe(self._announced)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -124,18 +143,31 @@ class DeliveryWorker:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def load(self) -> int:
-        """Queue every pending row from the database (at start-up, after a crash)."""
-        rows = await self._store.pending()
-        self.submit(rows)
-        return len(rows)
+        """Claim what this replica may send now (at start-up, after a crash: its tenants' pending rows)."""
+        await self.maintain()
+        return len(self._rows)
 
     async def start(self) -> None:
         await self.load()
         self._loop_task = asyncio.create_task(self._run(), name="delivery-worker")
+        self._arm_maintenance()
+
+    def _arm_maintenance(self) -> None:
+        if self._stopping:
+            return
+        self._maintenance = asyncio.get_running_loop().call_later(self.ownership.lease_s / 3, self._maintenance_tick)
+
+    def _maintenance_tick(self) -> None:
+        self._maintenance_due = True
+        self._wake.set()
+        self._arm_maintenance()
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking new sends, let in-flight ones finish (up to `timeout`), flush outcomes."""
+        """Stop taking new sends, let in-flight ones finish (up to `timeout`), flush outcomes, hand the rows
+        and tenants held back to the other replicas."""
         self._stopping = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
@@ -149,11 +181,101 @@ class DeliveryWorker:
         if not await self.flush():
             log.error("stopping with %d delivery outcome(s) unwritten (%s); those rows are sent again after "
                       "restart", len(self._outcomes), self._last_error)
+            return  # the claims expire; what was sent is sent again (the documented bound), nothing is lost
+        try:
+            await self._store.unclaim(self.ownership.replica_id)
+            await self.ownership.release()
+        except Exception:  # the claims and leases expire on their own
+            log.warning("could not hand claims and tenants back on stop", exc_info=True)
+        self._rows.clear()
 
     # -- feeding ---------------------------------------------------------------------------------
 
+    async def offer(self, rows: Sequence[OutboxRow]) -> None:
+        """Rows just made pending here (queued, or released from a hold): claim and send those of tenants this
+        replica owns (taking a tenant nobody owns if it should); tell the owners of the others."""
+        pending = [r for r in rows if r.status == "pending"]
+        if not pending:
+            return
+        tenants = {tenant_key(r.tenant_id) for r in pending}
+        gained = await self.ownership.acquire(t for t in tenants if not self.ownership.owns(t))
+        for tenant in gained:
+            await self._took_over(tenant)
+        mine = [r.id for r in pending if self.ownership.owns(tenant_key(r.tenant_id))
+                and tenant_key(r.tenant_id) not in self._leaving]
+        if mine:
+            now = self._clock.now().timestamp()
+            self.submit(await self._store.claim_ids(mine, self.ownership.replica_id,
+                                                    now + self.ownership.lease_s, now))
+        for tenant in tenants:
+            if not self.ownership.owns(tenant) or tenant in self._leaving:
+                await self._store.announce(tenant)
+
+    def _announced(self, tenant: str) -> None:
+        """A notification: rows of `tenant` wait to be claimed (or '*': anything may have been missed)."""
+        if tenant == "*" or self.ownership.owns(tenant) or self.ownership.wants(tenant):
+            self._claim_wanted = True
+            self._wake.set()
+
+    async def maintain(self) -> None:
+        """Heartbeat; renew leases and claims; take over the tenants this replica should own (a dead one's
+        among them); hand over those another replica should own now; claim more rows."""
+        await self.ownership.heartbeat()
+        for tenant in await self.ownership.renew():  # lost (this replica was too slow): drop, do not send
+            self._forget_tenant(tenant)
+        now = self._clock.now().timestamp()
+        with_work = await self._store.tenants_with_work(now)
+        for tenant in await self.ownership.acquire(with_work):
+            await self._took_over(tenant)
+        for tenant in self.ownership.misplaced() - self._leaving:
+            await self._hand_over(tenant)
+        for tenant in list(self._leaving):
+            if not self._in_flight_tenants.get(tenant):
+                await self.ownership.release([tenant])
+                self._leaving.discard(tenant)
+        await self._store.renew_claims(self.ownership.replica_id, now + self.ownership.lease_s)
+        await self.claim_more()
+
+    async def claim_more(self) -> int:
+        """Claim pending rows of the owned tenants while few wait here; returns how many were claimed."""
+        self._claim_wanted = False
+        tenants = sorted(t for t in self.ownership.owned if t not in self._leaving) if not \
+            self.ownership.standalone else sorted(await self._store.tenants_with_work(self._clock.now().timestamp()))
+        if not tenants or len(self._queue) >= self._claim_batch:
+            return 0
+        now = self._clock.now().timestamp()
+        rows = await self._store.claim(tenants, self.ownership.replica_id, now + self.ownership.lease_s, now,
+                                       self._claim_batch)
+        self.submit(rows)
+        if len(rows) == self._claim_batch:
+            self._claim_wanted = True  # there may be more: claim again once these have gone
+        return len(rows)
+
+    async def _took_over(self, tenant: str) -> None:
+        """This replica now sends for `tenant`: start its rate windows from what was sent in the last 30 s."""
+        if self._limiter is None:
+            return
+        now = self._clock.now().timestamp()
+        for conversation_id, sent_at in await self._store.recent_sends(tenant, now - 30.0):
+            if conversation_id:
+                self._limiter.remember(channel_of(conversation_id), tenant or None, now - sent_at)
+
+    async def _hand_over(self, tenant: str) -> None:
+        """Another replica should send for `tenant` now: stop starting its sends, give back what waits here;
+        the lease goes once its sends in flight are answered (see `maintain`)."""
+        self._leaving.add(tenant)
+        ids = self._forget_tenant(tenant)
+        if ids:
+            await self._store.unclaim(self.ownership.replica_id, ids)
+
+    def _forget_tenant(self, tenant: str) -> list[int]:
+        ids = self._queue.drop_tenant(tenant or None)
+        for row_id in ids:
+            self._rows.pop(row_id, None)
+        return ids
+
     def submit(self, rows: Sequence[OutboxRow]) -> None:
-        """Queue rows that are pending in the database (just enqueued, released or loaded)."""
+        """Queue rows this replica has claimed."""
         now_wall = self._clock.now().timestamp()
         now = self._clock.monotonic()
         for row in rows:
@@ -187,6 +309,11 @@ class DeliveryWorker:
 
     async def _pass(self) -> None:
         self._wake.clear()  # first: a wake-up that arrives during this pass is kept for the wait below
+        if self._maintenance_due:
+            self._maintenance_due = False
+            await self.maintain()
+        elif self._claim_wanted and len(self._queue) < self._claim_batch // 2:
+            await self.claim_more()
         self.pump()
         now = self._clock.monotonic()
         flush_due: float | None = None
@@ -264,6 +391,11 @@ class DeliveryWorker:
                                            f"{waiting:.0f} s: {self._last_error or 'the database is not answering'}")
         return report
 
+    def replica_status(self) -> dict[str, Any]:
+        """For /healthz: which replica this is, the tenants it sends for and the rows it holds."""
+        return {"id": self.ownership.replica_id, "tenants": sorted(self.ownership.owned),
+                "handing_over": sorted(self._leaving), "rows": len(self._rows)}
+
     def _outcome(self, outcome: Outcome) -> None:
         if not self._outcomes and self._unflushed_since is None:
             self._unflushed_since = self._clock.monotonic()
@@ -276,8 +408,15 @@ class DeliveryWorker:
         if row is None:  # cancelled meanwhile
             self._queue.done(ticket.conversation, ticket.tenant)
             return
-        with log_context(conversation_id=row.conversation_id, tenant_id=row.tenant_id, outbox_id=row.id):
-            await self._deliver_row(row, ticket)
+        tenant = tenant_key(row.tenant_id)
+        self._in_flight_tenants[tenant] = self._in_flight_tenants.get(tenant, 0) + 1
+        try:
+            with log_context(conversation_id=row.conversation_id, tenant_id=row.tenant_id, outbox_id=row.id):
+                await self._deliver_row(row, ticket)
+        finally:
+            self._in_flight_tenants[tenant] -= 1
+            if not self._in_flight_tenants[tenant]:
+                del self._in_flight_tenants[tenant]
 
     async def _deliver_row(self, row: OutboxRow, ticket: Ticket) -> None:
         retry: Ticket | None = None
@@ -298,7 +437,14 @@ class DeliveryWorker:
             log.exception("message %d: unexpected error while sending", row.id)
             retry = await self._failed(row, ticket, SendFailure("retry", None, type(exc).__name__, str(exc)))
         finally:
+            if retry is not None and not self._keeps(row):  # handed over meanwhile: its new owner retries it
+                self._rows.pop(row.id, None)
+                retry = None
             self._queue.done(ticket.conversation, ticket.tenant, retry)
+
+    def _keeps(self, row: OutboxRow) -> bool:
+        tenant = tenant_key(row.tenant_id)
+        return self.ownership.owns(tenant) and tenant not in self._leaving
 
     async def _send(self, row: OutboxRow) -> str:
         try:
