@@ -13,111 +13,22 @@ batch holds a few rows, so the duplicates seen are a handful.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import socket
 import sqlite3
-import sys
-import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import aiohttp
 
+from tests.bot_process import Bot, start_bot
 from tests.connector_double import ConnectorDouble, RecordedRequest
 from tests.outbox_seed import conversation_ids, seed_references
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CONVERSATIONS = conversation_ids(tenants=2, per_tenant=200)
 KILL_AFTER = 120  # mid-way through the second one-second window of the two tenants' 50/s budgets
 DUPLICATE_BOUND = 256 + 64 - 1 + 64  # flush_every + max_in_flight - 1 being written, + max_in_flight
 TOKEN = "outbox-crash-test"
-START_TIMEOUT = 30.0
 DELIVERY_TIMEOUT = 30.0
-
-
-@dataclass
-class Bot:
-    """A `main.py` process and where it listens."""
-
-    process: asyncio.subprocess.Process
-    url: str
-    log: Path
-
-    async def kill(self) -> None:
-        """SIGKILL (no shutdown, no flush) and reap it."""
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-
-    async def stop(self) -> int:
-        """SIGTERM and wait for a clean exit (its outcomes flushed); SIGKILL after 15 s."""
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 15)
-            except TimeoutError:
-                await self.kill()
-        assert self.process.returncode is not None
-        return self.process.returncode
-
-    def tail(self, limit: int = 4000) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.log.name}\n{text[-limit:]}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _open_log(path: Path) -> IO[bytes]:
-    return path.open("wb")
-
-
-async def start_bot(tmp_path: Path, database: Path, name: str) -> Bot:
-    """`python main.py` on a free port with `database`; returns once GET /healthz answers 200."""
-    for attempt in range(1, 4):  # a free port can be taken before the bot binds it: try another
-        port = _free_port()
-        env = {
-            **os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_URL": f"sqlite:///{database}",
-            "NOTIFY_TOKEN": TOKEN, "TEAMS_TENANT_RPS": "50", "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
-            "MicrosoftAppId": "", "MicrosoftAppPassword": "", "MicrosoftAppTenantId": "",
-        }
-        log = tmp_path / f"bot-{name}-{attempt}.log"
-        with _open_log(log) as out:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "main.py", cwd=REPO_ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=asyncio.subprocess.STDOUT,
-            )
-        bot = Bot(process, f"http://127.0.0.1:{port}", log)
-        if await _healthy(bot):
-            return bot
-        await bot.kill()
-        if "cannot start" not in bot.tail():
-            break
-    raise AssertionError(f"the bot did not answer GET /healthz within {START_TIMEOUT} s\n{bot.tail()}")
-
-
-async def _healthy(bot: Bot) -> bool:
-    deadline = time.monotonic() + START_TIMEOUT
-    delay = 0.05
-    async with aiohttp.ClientSession() as http:
-        while bot.process.returncode is None and time.monotonic() < deadline:
-            try:
-                async with http.get(f"{bot.url}/healthz") as response:
-                    if response.status == 200:
-                        return True
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(delay)  # bounded readiness polling, as tests/e2e/conftest.py does
-            delay = min(delay * 2, 0.5)
-    return False
 
 
 def outbox_rows(database: Path) -> dict[int, tuple[str, str]]:
@@ -162,7 +73,7 @@ async def test_sigkill_mid_fanout_loses_nothing_and_duplicates_stay_bounded(tmp_
     async with ConnectorDouble(latency=0.01) as double, aiohttp.ClientSession() as http:
         await seed_references(f"sqlite:///{database}", double.url, CONVERSATIONS)
         try:
-            first = await start_bot(tmp_path, database, "first")
+            first = await start_bot(tmp_path, f"sqlite:///{database}", "first", TOKEN)
             bots.append(first)
             async with http.post(
                 f"{first.url}/api/notify", json={"to": {"all": True}, "text": "Maintenance tonight at 22:00"},
@@ -183,7 +94,7 @@ async def test_sigkill_mid_fanout_loses_nothing_and_duplicates_stay_bounded(tmp_
             assert sent_before, "no outcome was flushed in the second before the kill (flush interval: 50 ms)"
 
             restart_seq = double.last_seq  # everything the first bot sent arrived before this
-            second = await start_bot(tmp_path, database, "second")
+            second = await start_bot(tmp_path, f"sqlite:///{database}", "second", TOKEN)
             bots.append(second)
             try:
                 await double.wait_for(sends_accepted(pending), timeout=DELIVERY_TIMEOUT, since=restart_seq)

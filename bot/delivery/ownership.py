@@ -52,6 +52,11 @@ class Ownership:
     def standalone(self) -> bool:
         return self._leases is None
 
+    @property
+    def live(self) -> list[str]:
+        """The replicas seen alive at the last heartbeat."""
+        return list(self._live)
+
     def owns(self, tenant: str) -> bool:
         return self.standalone or tenant in self.owned
 

@@ -391,10 +391,15 @@ class DeliveryWorker:
                                            f"{waiting:.0f} s: {self._last_error or 'the database is not answering'}")
         return report
 
+    def _queue_rows(self) -> list[OutboxRow]:
+        """Rows held here that are not in flight (tests and /healthz)."""
+        return list(self._rows.values())
+
     def replica_status(self) -> dict[str, Any]:
         """For /healthz: which replica this is, the tenants it sends for and the rows it holds."""
         return {"id": self.ownership.replica_id, "tenants": sorted(self.ownership.owned),
-                "handing_over": sorted(self._leaving), "rows": len(self._rows)}
+                "handing_over": sorted(self._leaving), "rows": len(self._rows),
+                "live": [] if self.ownership.standalone else self.ownership.live}
 
     def _outcome(self, outcome: Outcome) -> None:
         if not self._outcomes and self._unflushed_since is None:

@@ -1,0 +1,150 @@
+"""Delivery workers of several replicas on one database (two connections, as two processes would have):
+each row sent once, each tenant by one replica, a dead replica's tenants and rows taken over, a returning
+replica's tenants handed back without duplicates. Both engines; fake clock; the connector double counts."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from bot.config import Config
+from bot.delivery.ownership import Ownership, desired_owner
+from bot.delivery.worker import DeliveryWorker
+from bot.teams.adapter import build_authentication
+from bot.teams.connector import SharedSession
+from bot.teams.sender import TeamsSender
+from scheduler.clock import FakeClock
+from scheduler.ratelimit import TeamsRateLimiter
+from scheduler.sendqueue import SendQueue
+from state.leases import Leases
+from state.outbox import OutboxItem, OutboxStore
+from state.references import ConversationRecord, ConversationReferences
+from tests.conftest import OpenDatabase
+from tests.connector_double import ConnectorDouble
+
+TENANTS = ("tenant-a", "tenant-b", "tenant-c", "tenant-d")
+
+
+@dataclass
+class Cluster:
+    clock: FakeClock
+    double: ConnectorDouble
+    open_database: OpenDatabase
+    sessions: list[SharedSession] = field(default_factory=list)
+
+    async def replica(self, name: str) -> DeliveryWorker:
+        db = await self.open_database()
+        limiter = TeamsRateLimiter(self.clock)
+        session = SharedSession()
+        self.sessions.append(session)
+        worker = DeliveryWorker(
+            OutboxStore(db, self.clock), ConversationReferences(db, self.clock),
+            TeamsSender(build_authentication(Config(), session), ""), SendQueue(self.clock, limiter), self.clock,
+            limiter=limiter, rng=random.Random(7), ownership=Ownership(Leases(db), name, self.clock, lease_s=20),
+        )
+        await worker.ownership.heartbeat()
+        return worker
+
+    async def seed(self, worker: DeliveryWorker, per_tenant: int, messages: int = 1) -> list[int]:
+        references, store = worker._references, worker._store
+        items = []
+        for tenant in TENANTS:
+            for n in range(per_tenant):
+                conversation = f"{tenant}-c{n}"
+                await references.upsert(ConversationRecord(
+                    conversation_id=conversation, channel_id="msteams", service_url=self.double.url,
+                    reference={"conversation": {"id": conversation}}, tenant_id=tenant,
+                    conversation_type="personal", user_id=f"29:{conversation}", bot_id="28:bot",
+                ), reactivate=True)
+                items += [OutboxItem({"type": "message", "text": f"hi {conversation} #{m}"},
+                                     conversation_id=conversation, tenant_id=tenant) for m in range(messages)]
+        return [r.id for r in await store.enqueue(items)]
+
+    async def drain(self, *workers: DeliveryWorker, rounds: int = 50) -> None:
+        for _ in range(rounds):
+            for worker in workers:
+                worker.pump()
+                await worker.idle()
+                await worker.flush()
+            if not any(len(w._queue) for w in workers):
+                return
+
+    def sends(self) -> Counter[str]:
+        return Counter(r.conversation_id or "" for r in self.double.find(op="send") if r.status == 201)
+
+
+@pytest.fixture
+async def cluster(open_database: OpenDatabase) -> AsyncIterator[Cluster]:
+    async with ConnectorDouble() as double:
+        cluster = Cluster(FakeClock(), double, open_database)
+        yield cluster
+        for session in cluster.sessions:
+            await session.close()
+
+
+async def test_each_tenant_has_one_sender_and_each_row_is_sent_once(cluster: Cluster) -> None:
+    a, b, c = [await cluster.replica(name) for name in ("r-a", "r-b", "r-c")]
+    ids = await cluster.seed(a, per_tenant=5)
+    for worker in (a, b, c):
+        await worker.maintain()
+    owners = {t: [w.ownership.replica_id for w in (a, b, c) if t in w.ownership.owned] for t in TENANTS}
+    assert all(len(o) == 1 for o in owners.values()), owners
+    assert {t: o[0] for t, o in owners.items()} == {t: desired_owner(t, ["r-a", "r-b", "r-c"]) for t in TENANTS}
+    await cluster.drain(a, b, c)
+    assert cluster.sends() == Counter({f"{t}-c{n}": 1 for t in TENANTS for n in range(5)})
+    statuses = Counter(r.status for r in await a._store.get_many(ids))
+    assert statuses == {"sent": len(ids)}
+
+
+async def test_a_dead_replicas_tenants_and_rows_are_taken_over_after_the_lease(cluster: Cluster) -> None:
+    a = await cluster.replica("r-a")
+    await cluster.seed(a, per_tenant=4)
+    await a.maintain()  # alone: it owns every tenant and claims every row
+    assert a.ownership.owned == set(TENANTS) and len(a._rows) == 16
+    a.pump()  # sends go out ...
+    await a.idle()  # ... and are answered, but "a" is killed before it writes the outcomes or heartbeats again
+    sent_before_the_kill = sum(cluster.sends().values())
+    b = await cluster.replica("r-b")
+    await b.maintain()
+    assert b.ownership.owned == set(), "a's leases and claims still run"
+    cluster.clock.advance(21)  # the lease time passes without a heartbeat from a
+    await b.maintain()
+    assert b.ownership.owned == set(TENANTS)
+    await cluster.drain(b)
+    sends = cluster.sends()
+    assert set(sends) == {f"{t}-c{n}" for t in TENANTS for n in range(4)}, "nothing lost"
+    duplicates = sum(n - 1 for n in sends.values())
+    assert duplicates == sent_before_the_kill, "duplicates are exactly what the dead replica had sent unrecorded"
+
+
+async def test_a_replica_joining_takes_its_tenants_over_without_duplicates(cluster: Cluster) -> None:
+    a = await cluster.replica("r-a")
+    await cluster.seed(a, per_tenant=6, messages=2)  # one send per conversation at a time: the 2nd waits
+    await a.maintain()  # alone: it owns every tenant
+    moving = {t for t in TENANTS if desired_owner(t, ["r-a", "r-b"]) == "r-b"}
+    assert moving, "with these names some tenant moves to r-b"
+    cluster.double.hold_next(None)  # a's first sends stay in flight during the handover
+    a.pump()
+    await cluster.double.wait_for(lambda r: r.held)
+    b = await cluster.replica("r-b")
+    await a.maintain()  # a sees b alive: stops starting sends for b's tenants, gives their rows back
+    held = [r for r in cluster.double.requests if r.held and r.status is None]
+    in_flight_moving = [r for r in held if r.conversation_id.rsplit("-c", 1)[0] in moving]  # type: ignore[union-attr]
+    assert a._leaving == moving
+    assert len([r for r in a._queue_rows() if r.tenant_id in moving]) == len(in_flight_moving), \
+        "of the moving tenants, only the sends in flight stay"
+    await b.maintain()
+    assert b.ownership.owned == set(), "a keeps the leases while its sends to those tenants are in flight"
+    cluster.double.clear_faults()
+    cluster.double.release_held()
+    await a.idle()
+    await a.flush()
+    await a.maintain()  # now the leases go
+    await b.maintain()
+    assert b.ownership.owned == moving and a.ownership.owned == set(TENANTS) - moving
+    await cluster.drain(a, b)
+    assert cluster.sends() == Counter({f"{t}-c{n}": 2 for t in TENANTS for n in range(6)}), "each message once"
