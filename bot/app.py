@@ -128,6 +128,7 @@ class BotApplication:
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self._last_counts: dict[str, int] = {}
+        self._housekeeper: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     def delivery_counts(self) -> dict[str, int]:
@@ -143,13 +144,21 @@ class BotApplication:
 
         await self.metrics.collect(self.outbox.counts, queues, dead, self.clock.now().timestamp())
 
-    async def _log_counts(self, job: object) -> None:
-        """Every minute: trim the rate limiter's idle keys, and log the delivery counters if they moved."""
+    def housekeeping(self) -> None:
+        """This process's own chores: trim the rate limiter's idle keys, log the delivery counters if they moved."""
         self.limiter.forget_idle()
         counts = self.delivery_counts()
         if counts != self._last_counts:
             log.info("delivery: %s", " ".join(f"{k}={v}" for k, v in counts.items()))
             self._last_counts = counts
+
+    async def _housekeep_every_minute(self) -> None:
+        while True:  # per process, so not a scheduler job (any replica may run those)
+            await asyncio.sleep(60)
+            try:
+                self.housekeeping()
+            except Exception:
+                log.exception("housekeeping failed; trying again in a minute")
 
     async def health(self) -> dict[str, Any]:
         """Ready to serve: the database answers and delivery is not stuck (else `ok` False and `reasons`)."""
@@ -177,9 +186,10 @@ class BotApplication:
         await self.db.open()
         await self.teams.start()  # the bot's token (in the background) and the channel's signing keys
         await self.worker.start()
-        self.scheduler.register("stats.log", self._log_counts)
+        self.scheduler.register("stats.log", self._retired_job)
         await self.scheduler.start()
-        await self.scheduler.schedule_every(60, "stats.log", key="stats.log", misfire="skip")
+        await self.scheduler.cancel(key="stats.log")  # was a shared job before replicas; now per process
+        self._housekeeper = asyncio.create_task(self._housekeep_every_minute(), name="housekeeping")
         await self.watcher.start()
         await self.proactive.start()
         await self.retention.start()
@@ -191,7 +201,13 @@ class BotApplication:
         self.port = int(address[1])
         log.info("listening on http://%s:%d/api/messages", address[0], self.port)
 
+    async def _retired_job(self, job: object) -> None:
+        """A 'stats.log' run left by an older version: nothing to do (its key is cancelled at start)."""
+
     async def stop(self) -> None:
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            self._housekeeper = None
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()  # stops accepting, waits for in-flight requests up to shutdown_timeout
