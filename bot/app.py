@@ -98,6 +98,7 @@ class BotApplication:
             scheduler=self.scheduler,
             welcome_team_members=config.welcome_team_members,
             alert_actions=AlertActions(self.watcher, self.preferences),
+            reply_slots=self.worker,
         )
         self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
             self.teams.roster, self.references, self.proactive, config.bot_name))

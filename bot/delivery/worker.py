@@ -3,12 +3,16 @@
 One loop task picks what may go now from the SendQueue, runs each send as a tracked task (at most
 `max_in_flight` at once, one per conversation), and waits on a single timer for the next one. Outcomes
 are buffered and written to the outbox in batches; `flush()` writes them now.
+
+A turn's replies take their send slots from the same queue and limits (`acquire_reply_slot` /
+`release_reply_slot`), so replies and proactive sends share one budget per conversation and tenant.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 from collections import Counter, OrderedDict
@@ -18,12 +22,14 @@ from typing import Any, Protocol
 
 from scheduler.clock import Clock
 from scheduler.sendqueue import SendQueue, Ticket
-from state.outbox import OutboxRow, OutboxStore, Outcome
+from state.outbox import REPLY_PRIORITY, OutboxRow, OutboxStore, Outcome
 from state.references import ConversationRecord, ConversationReferences
 
 from .failures import SendFailure
 
 log = logging.getLogger(__name__)
+
+_REPLY_TICKETS = 1 << 62  # ids of a turn's reply tickets: after every outbox row of the same priority
 
 
 class Limiter(Protocol):
@@ -96,6 +102,8 @@ class DeliveryWorker:
         self._loop_task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
         self._stopping = False
+        self._reply_ids = itertools.count(_REPLY_TICKETS)
+        self._reply_grants: dict[int, asyncio.Future[None]] = {}  # reply ticket id → the waiting turn
         self.counts: Counter[str] = Counter()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -147,6 +155,45 @@ class DeliveryWorker:
         for row_id in row_ids:
             self._rows.pop(row_id, None)
 
+    # -- a turn's replies ------------------------------------------------------------------------
+
+    async def acquire_reply_slot(self, conversation_id: str, tenant_id: str | None, wait_s: float) -> bool:
+        """Take a send slot for a turn's reply, waiting at most `wait_s`; False: none in time (queue the reply).
+
+        At once if nothing waits or is in flight in the conversation and the limits allow it; otherwise the
+        reply waits as an express ticket behind what is already queued there (so it never overtakes an
+        earlier reply waiting in the outbox), ahead of other conversations' notifications. A True answer
+        must be followed by `release_reply_slot` when Teams has answered."""
+        if self._queue.try_begin(conversation_id, tenant_id):
+            return True
+        if wait_s <= 0 or self._loop_task is None or self._stopping:
+            return False
+        ticket = Ticket(row_id=next(self._reply_ids), conversation=conversation_id, tenant=tenant_id,
+                        priority=REPLY_PRIORITY)
+        grant = asyncio.get_running_loop().create_future()
+        self._reply_grants[ticket.row_id] = grant
+        self._queue.push(ticket)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(grant, wait_s)
+            return True
+        except TimeoutError:
+            self._queue.withdraw(ticket)  # not popped (or dropped with its conversation): nothing to give back
+            return False
+        finally:
+            self._reply_grants.pop(ticket.row_id, None)
+
+    def release_reply_slot(self, conversation_id: str, tenant_id: str | None, *,
+                           throttled_for: float | None = None) -> None:
+        """The reply sent with a slot from `acquire_reply_slot` has been answered; `throttled_for`: Teams
+        answered 429 with this Retry-After, so the conversation waits that long."""
+        if throttled_for is not None:
+            self.counts["throttled"] += 1
+            if self._limiter is not None:
+                self._limiter.penalize(conversation_id, tenant_id, throttled_for)
+        self._queue.done(conversation_id, tenant_id)
+        self._wake.set()
+
     # -- the loop --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -175,10 +222,21 @@ class DeliveryWorker:
             return 0
         tickets = self._queue.pop_ready(room)
         for ticket in tickets:
+            if ticket.row_id >= _REPLY_TICKETS:
+                self._grant_reply(ticket)
+                continue
             task = asyncio.create_task(self._deliver(ticket))
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
         return len(tickets)
+
+    def _grant_reply(self, ticket: Ticket) -> None:
+        grant = self._reply_grants.get(ticket.row_id)
+        if grant is None or grant.done():  # the turn stopped waiting: give the slot back
+            self._queue.done(ticket.conversation, ticket.tenant)
+            self._wake.set()
+        else:
+            grant.set_result(None)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)

@@ -1,17 +1,24 @@
-"""Connector clients that share one aiohttp session, and carry the bot's token.
+"""Calls to the Bot Connector over one shared aiohttp session, with the bot's token.
 
-The stock ConnectorClient sends through `requests` in the default thread pool (six threads on these
-machines), so concurrent turns queue for a thread, and its credentials fetch tokens synchronously on the
-event loop. These parts plug into the public seams of msrest and the SDK (`ConnectorClient(sender=...)`)
-so every client sends on the event loop over pooled connections, with a Bearer token obtained
-asynchronously (`tokens.py`). The same session (and its TLS trust, `bot/tls.py`) serves the identity
-service and the channel's signing keys.
+`JsonConnector` makes the calls on the hot paths (a turn's replies, proactive send / update, opening a
+1:1 chat) as plain JSON: the activity dict goes out as it is, the answer comes back as a dict, errors
+as `ConnectorError` with Teams' status, code and Retry-After. Building msrest models for them cost more
+CPU than everything else in a turn (see docs/architecture.md, "Turn cost").
+
+The SDK's ConnectorClient still serves the rest (rosters, the SDK's own update/delete in a turn). The
+stock one sends through `requests` in the default thread pool and fetches tokens synchronously on the
+event loop; `pooled_client` plugs into the public seams of msrest and the SDK (`ConnectorClient(sender=...)`)
+so it too sends on the event loop over pooled connections, with a Bearer token obtained asynchronously
+(`tokens.py`). The same session (and its TLS trust, `bot/tls.py`) serves the identity service and the
+channel's signing keys.
 """
 
 from __future__ import annotations
 
+import json
 import ssl
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiohttp
 from botframework.connector import AsyncBfPipeline
@@ -108,3 +115,80 @@ def pooled_client(service_url: str, session: SharedSession, tokens: BearerTokens
     )
     client.config.add_user_agent(USER_AGENT)
     return client
+
+
+class ConnectorError(Exception):
+    """The Bot Connector answered with an error status (Teams' error body: `{"error": {"code", "message"}}`)."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class JsonConnector:
+    """The Bot Connector's v3 REST calls as plain JSON over the shared session (no msrest models).
+
+    Same requests as the SDK's ConnectorClient: `{serviceUrl}/v3/conversations/{id}/activities[/{activityId}]`
+    with the ids URL-quoted, `x-ms-conversation-id`, and the bot's Bearer token when it has credentials."""
+
+    def __init__(self, session: SharedSession, tokens: BearerTokens | None = None) -> None:
+        self._session = session
+        self._tokens = tokens
+
+    async def send(self, service_url: str, conversation_id: str, activity: dict[str, Any],
+                   reply_to_id: str | None = None) -> dict[str, Any]:
+        """Post an activity (as a reply to `reply_to_id` when given); Teams' answer (`{"id": …}`), or {}."""
+        path = f"v3/conversations/{quote(conversation_id, safe='')}/activities"
+        if reply_to_id:
+            path += f"/{quote(reply_to_id, safe='')}"
+        return await self._call("POST", service_url, path, activity, conversation_id)
+
+    async def update(self, service_url: str, conversation_id: str, activity_id: str,
+                     activity: dict[str, Any]) -> dict[str, Any]:
+        path = f"v3/conversations/{quote(conversation_id, safe='')}/activities/{quote(activity_id, safe='')}"
+        return await self._call("PUT", service_url, path, activity, conversation_id)
+
+    async def create_conversation(self, service_url: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", service_url, "v3/conversations", parameters, None)
+
+    async def _call(self, method: str, service_url: str, path: str, body: dict[str, Any],
+                    conversation_id: str | None) -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": "application/json; charset=utf-8",
+                   "User-Agent": USER_AGENT}
+        if conversation_id is not None:
+            headers["x-ms-conversation-id"] = conversation_id
+        if self._tokens is not None:
+            headers["Authorization"] = f"Bearer {await self._tokens.token()}"
+        url = f"{service_url.rstrip('/')}/{path}"
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        async with self._session.get().request(method, url, data=data, headers=headers) as response:
+            raw = await response.read()
+            if response.status >= 300:
+                raise _error(response.status, response.reason, raw, response.headers.get("Retry-After"))
+        if not raw:
+            return {}
+        try:
+            answer = json.loads(raw)
+        except ValueError:  # accepted, but an answer we cannot read: the message went out all the same
+            return {}
+        return answer if isinstance(answer, dict) else {}
+
+
+def _error(status: int, reason: str | None, raw: bytes, retry_after: str | None) -> ConnectorError:
+    code = message = None
+    try:
+        error = json.loads(raw).get("error") if raw else None
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        code, message = error.get("code"), error.get("message")
+    return ConnectorError(status, str(code or f"HTTP{status}"),
+                          str(message or f"Operation returned an invalid status code {reason!r}"),
+                          _retry_after(retry_after))

@@ -32,9 +32,9 @@ from state.references import ConversationReferences
 
 from .adapter import TeamsAdapter, build_authentication
 from .alert_buttons import AlertButtons
-from .connector import SharedSession
+from .connector import JsonConnector, SharedSession
 from .handler import ProactiveBot
-from .replies import QueuedReplies
+from .replies import QueuedReplies, ReplySlots, TurnReplies
 from .roster import TeamsRoster
 from .sender import TeamsSender
 from .signing_keys import ChannelSigningKeys
@@ -48,6 +48,7 @@ class TeamsConnection:
     """Authentication, the CloudAdapter, and the outbound calls the rest of the bot uses."""
 
     def __init__(self, config: Config, clock: Clock) -> None:
+        self._clock = clock
         self.session = SharedSession(ssl_context=trust_context(config.ca_files))
         self.tokens: ChannelTokens | None = None
         self.signing_keys: ChannelSigningKeys | None = None
@@ -72,6 +73,7 @@ class TeamsConnection:
         scheduler: Scheduler,
         welcome_team_members: bool,
         alert_actions: AlertActions,
+        reply_slots: ReplySlots,
     ) -> SdkTurns:
         """The activity handler over `storage`, wrapped as the /api/messages turn processor."""
         bot = ProactiveBot(
@@ -87,7 +89,8 @@ class TeamsConnection:
             welcome_team_members=welcome_team_members,
             alert_buttons=AlertButtons(alert_actions),
         )
-        self.adapter.reply_later = QueuedReplies(proactive)
+        self.adapter.replies = TurnReplies(JsonConnector(self.session, self.tokens), reply_slots,
+                                           QueuedReplies(proactive, self._clock))
         return SdkTurns(self.adapter, self.authentication, bot)
 
     def status(self) -> dict[str, object]:
