@@ -83,7 +83,7 @@ class TurnReplies:
         self._connector = connector
         self._slots = slots
         self._queued = queued
-        self._wait = wait_s
+        self.wait_s = wait_s  # how long a reply may wait for a send slot before it goes to the outbox
         self._timeout = timeout_s
 
     async def send(self, context: TurnContext, activity: Activity) -> ResourceResponse:
@@ -92,8 +92,8 @@ class TurnReplies:
         if context.turn_state.get(_WAITING):
             return await self._later(context, activity, "an earlier reply of this turn waits in the outbox")
         tenant = tenant_of(context.activity)
-        if not await self._slots.acquire_reply_slot(conversation_id, tenant, 0.0 if typing else self._wait):
-            return await self._later(context, activity, f"no send slot within {self._wait:g} s (Teams' limits)")
+        if not await self._slots.acquire_reply_slot(conversation_id, tenant, 0.0 if typing else self.wait_s):
+            return await self._later(context, activity, f"no send slot within {self.wait_s:g} s (Teams' limits)")
         failure: SendFailure | None = None
         answer: dict[str, object] = {}
         try:
