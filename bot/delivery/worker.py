@@ -221,13 +221,19 @@ class DeliveryWorker:
         if room <= 0 or self._stopping:
             return 0
         tickets = self._queue.pop_ready(room)
+        sends = []
         for ticket in tickets:
             if ticket.row_id >= _REPLY_TICKETS:
                 self._grant_reply(ticket)
-                continue
-            task = asyncio.create_task(self._deliver(ticket))
-            self._in_flight.add(task)
-            task.add_done_callback(self._finished)
+            else:
+                sends.append(ticket)
+        if sends:  # where the rows go: one lookup for the batch (after a restart nothing is cached yet)
+            targets = {row.conversation_id for t in sends if (row := self._rows.get(t.row_id)) and row.conversation_id}
+            lookup = asyncio.ensure_future(self._references.get_many(targets)) if targets else None
+            for ticket in sends:
+                task = asyncio.create_task(self._deliver(ticket, lookup))
+                self._in_flight.add(task)
+                task.add_done_callback(self._finished)
         return len(tickets)
 
     def _grant_reply(self, ticket: Ticket) -> None:
@@ -257,7 +263,8 @@ class DeliveryWorker:
 
     # -- one send --------------------------------------------------------------------------------
 
-    async def _deliver(self, ticket: Ticket) -> None:
+    async def _deliver(self, ticket: Ticket,
+                       lookup: asyncio.Future[dict[str, ConversationRecord]] | None = None) -> None:
         row = self._rows.get(ticket.row_id)
         if row is None:  # cancelled meanwhile
             self._queue.done(ticket.conversation, ticket.tenant)
@@ -267,7 +274,7 @@ class DeliveryWorker:
             if row.expires_at is not None and row.expires_at <= self._clock.now().timestamp():
                 self._finish(row, Outcome(row.id, "expired", last_error="expired before it could be sent"))
                 return
-            activity_id = await self._send(row)
+            activity_id = await self._send(row, lookup)
             self._finish(row, Outcome(row.id, "sent", attempts=row.attempts + 1, activity_id=activity_id,
                                       conversation_id=row.conversation_id, sent_at=self._clock.now().timestamp()))
         except SendFailure as failure:
@@ -275,16 +282,18 @@ class DeliveryWorker:
         finally:
             self._queue.done(ticket.conversation, ticket.tenant, retry)
 
-    async def _send(self, row: OutboxRow) -> str:
-        record = await self._target(row)
+    async def _send(self, row: OutboxRow, lookup: asyncio.Future[dict[str, ConversationRecord]] | None) -> str:
+        record = await self._target(row, lookup)
         if row.kind == "update":
             activity_id = await self._activity_to_update(row)
             return await self._sender.update(record.service_url, record.conversation_id, activity_id, row.payload)
         return await self._sender.send(record.service_url, record.conversation_id, row.payload)
 
-    async def _target(self, row: OutboxRow) -> ConversationRecord:
+    async def _target(self, row: OutboxRow,
+                      lookup: asyncio.Future[dict[str, ConversationRecord]] | None) -> ConversationRecord:
         if row.conversation_id:
-            record = await self._references.get(row.conversation_id)
+            found = await asyncio.shield(lookup) if lookup is not None else {}
+            record = found.get(row.conversation_id) or await self._references.get(row.conversation_id)
             if record is None:
                 raise SendFailure("gone", None, "UnknownConversation", "the bot has never seen this conversation")
             if not record.active:

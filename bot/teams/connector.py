@@ -25,6 +25,7 @@ from botframework.connector import AsyncBfPipeline
 from botframework.connector.aio import ConnectorClient
 from msrest.pipeline import AsyncHTTPSender, Request, Response, SansIOHTTPPolicy
 from msrest.universal_http.aiohttp import AioHttpClientResponse
+from yarl import URL
 
 USER_AGENT = "teams-proactive-bot/0.1 (BotBuilder Python 4.17)"
 
@@ -51,6 +52,7 @@ class SharedSession:
                 timeout=self._timeout,
                 connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections,
                                                ssl=self._ssl),
+                cookie_jar=aiohttp.DummyCookieJar(),  # nothing the bot calls sets cookies it needs
             )
         return self._session
 
@@ -67,9 +69,11 @@ class AiohttpSender(AsyncHTTPSender):
     AsyncHTTPPolicy credential gets linked into msrest's default pipeline too, which sends via `requests`.
     Without tokens (no app id: local Playground) requests go unauthenticated."""
 
-    def __init__(self, session: SharedSession, tokens: BearerTokens | None = None) -> None:
+    def __init__(self, session: SharedSession, tokens: BearerTokens | None = None, *, timeout_s: float = 20.0) -> None:
         self._session = session
         self._tokens = tokens
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)  # TimeoutError after it: the caller retries
+        self._bases: dict[str, URL] = {}  # service URL, parsed once
 
     async def __aenter__(self) -> AiohttpSender:
         return self
@@ -138,9 +142,11 @@ class JsonConnector:
     Same requests as the SDK's ConnectorClient: `{serviceUrl}/v3/conversations/{id}/activities[/{activityId}]`
     with the ids URL-quoted, `x-ms-conversation-id`, and the bot's Bearer token when it has credentials."""
 
-    def __init__(self, session: SharedSession, tokens: BearerTokens | None = None) -> None:
+    def __init__(self, session: SharedSession, tokens: BearerTokens | None = None, *, timeout_s: float = 20.0) -> None:
         self._session = session
         self._tokens = tokens
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)  # TimeoutError after it: the caller retries
+        self._bases: dict[str, URL] = {}  # service URL, parsed once
 
     async def send(self, service_url: str, conversation_id: str, activity: dict[str, Any],
                    reply_to_id: str | None = None) -> dict[str, Any]:
@@ -166,9 +172,9 @@ class JsonConnector:
             headers["x-ms-conversation-id"] = conversation_id
         if self._tokens is not None:
             headers["Authorization"] = f"Bearer {await self._tokens.token()}"
-        url = f"{service_url.rstrip('/')}/{path}"
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        async with self._session.get().request(method, url, data=data, headers=headers) as response:
+        async with self._session.get().request(method, self._url(service_url, path), data=data, headers=headers,
+                                               timeout=self._timeout) as response:
             raw = await response.read()
             if response.status >= 300:
                 raise _error(response.status, response.reason, raw, response.headers.get("Retry-After"))
@@ -179,6 +185,16 @@ class JsonConnector:
         except ValueError:  # accepted, but an answer we cannot read: the message went out all the same
             return {}
         return answer if isinstance(answer, dict) else {}
+
+
+    def _url(self, service_url: str, path: str) -> URL:
+        """`{serviceUrl}/{path}`; `path` is already quoted, so only the service URL is parsed (once)."""
+        base = self._bases.get(service_url)
+        if base is None:
+            if len(self._bases) > 1024:
+                self._bases.clear()
+            base = self._bases[service_url] = URL(service_url)
+        return base.with_path(f"{base.raw_path.rstrip('/')}/{path}", encoded=True)
 
 
 def _error(status: int, reason: str | None, raw: bytes, retry_after: str | None) -> ConnectorError:

@@ -89,7 +89,7 @@ class TeamsConnection:
             welcome_team_members=welcome_team_members,
             alert_buttons=AlertButtons(alert_actions),
         )
-        self.adapter.replies = TurnReplies(JsonConnector(self.session, self.tokens), reply_slots,
+        self.adapter.replies = TurnReplies(JsonConnector(self.session, self.tokens, timeout_s=10.0), reply_slots,
                                            QueuedReplies(proactive, self._clock))
         return SdkTurns(self.adapter, self.authentication, bot)
 

@@ -18,7 +18,6 @@ once. Typing indicators are dropped rather than queued or waited for.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Protocol
 
@@ -79,12 +78,11 @@ class TurnReplies:
     """Sends each reply of a turn (see the module docstring)."""
 
     def __init__(self, connector: JsonConnector, slots: ReplySlots, queued: QueuedReplies, *,
-                 wait_s: float = 1.0, timeout_s: float = 10.0) -> None:
-        self._connector = connector
+                 wait_s: float = 1.0) -> None:
+        self._connector = connector  # its timeout (10 s for replies) makes a reply that hangs go to the outbox
         self._slots = slots
         self._queued = queued
         self.wait_s = wait_s  # how long a reply may wait for a send slot before it goes to the outbox
-        self._timeout = timeout_s
 
     async def send(self, context: TurnContext, activity: Activity) -> ResourceResponse:
         conversation_id = activity.conversation.id if activity.conversation else ""
@@ -98,9 +96,8 @@ class TurnReplies:
         answer: dict[str, object] = {}
         try:
             service_url = activity.service_url or context.activity.service_url
-            async with asyncio.timeout(self._timeout):
-                answer = await self._connector.send(service_url, conversation_id, request_body(activity),
-                                                    activity.reply_to_id)
+            answer = await self._connector.send(service_url, conversation_id, request_body(activity),
+                                                activity.reply_to_id)
         except Exception as exc:
             failure = classify(exc)
             if failure.action != "retry":

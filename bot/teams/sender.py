@@ -68,15 +68,13 @@ class TeamsSender:
     """The outbound calls of proactive delivery, with the bot's own credentials."""
 
     def __init__(self, authentication: ReusingAuthentication, app_id: str, timeout_s: float = 20.0) -> None:
-        self._connector = JsonConnector(authentication.session, authentication.tokens)
+        self._connector = JsonConnector(authentication.session, authentication.tokens, timeout_s=timeout_s)
         self._app_id = app_id
-        self._timeout = timeout_s
 
     async def send(self, service_url: str, conversation_id: str, payload: dict[str, Any]) -> str:
         """Post a new activity (the stored JSON, as it is); returns the id Teams gave it."""
         try:
-            async with asyncio.timeout(self._timeout):
-                answer = await self._connector.send(service_url, conversation_id, payload)
+            answer = await self._connector.send(service_url, conversation_id, payload)
         except Exception as exc:
             raise classify(exc) from exc
         return str(answer.get("id") or "")
@@ -84,8 +82,7 @@ class TeamsSender:
     async def update(self, service_url: str, conversation_id: str, activity_id: str, payload: dict[str, Any]) -> str:
         """Replace an activity in place (e.g. a progress message)."""
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._connector.update(service_url, conversation_id, activity_id, {**payload, "id": activity_id})
+            await self._connector.update(service_url, conversation_id, activity_id, {**payload, "id": activity_id})
         except Exception as exc:
             raise classify(exc) from exc
         return activity_id
@@ -96,8 +93,7 @@ class TeamsSender:
         if tenant_id:
             parameters |= {"tenantId": tenant_id, "channelData": {"tenant": {"id": tenant_id}}}
         try:
-            async with asyncio.timeout(self._timeout):
-                answer = await self._connector.create_conversation(service_url, parameters)
+            answer = await self._connector.create_conversation(service_url, parameters)
         except Exception as exc:
             raise classify(exc) from exc
         if not answer.get("id"):
