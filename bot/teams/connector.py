@@ -1,20 +1,22 @@
-"""Calls to the Bot Connector over one shared aiohttp session, with the bot's token.
+"""Calls to the Bot Connector with the bot's token, over connections shared by the whole process.
 
 `JsonConnector` makes the calls on the hot paths (a turn's replies, proactive send / update, opening a
-1:1 chat) as plain JSON: the activity dict goes out as it is, the answer comes back as a dict, errors
+1:1 chat) as plain JSON over keep-alive HTTP/1.1 connections (`http1.ConnectionPool`, which costs a third of
+an aiohttp request's CPU): the activity dict goes out as it is, the answer comes back as a dict, errors
 as `ConnectorError` with Teams' status, code and Retry-After. Building msrest models for them cost more
 CPU than everything else in a turn (see docs/architecture.md, "Turn cost").
 
-The SDK's ConnectorClient still serves the rest (rosters, the SDK's own update/delete in a turn). The
-stock one sends through `requests` in the default thread pool and fetches tokens synchronously on the
-event loop; `pooled_client` plugs into the public seams of msrest and the SDK (`ConnectorClient(sender=...)`)
-so it too sends on the event loop over pooled connections, with a Bearer token obtained asynchronously
-(`tokens.py`). The same session (and its TLS trust, `bot/tls.py`) serves the identity service and the
-channel's signing keys.
+The SDK's ConnectorClient still serves the rest (rosters, the SDK's own update/delete in a turn) over the
+shared aiohttp session. The stock one sends through `requests` in the default thread pool and fetches tokens
+synchronously on the event loop; `pooled_client` plugs into the public seams of msrest and the SDK
+(`ConnectorClient(sender=...)`) so it too sends on the event loop over pooled connections, with a Bearer token
+obtained asynchronously (`tokens.py`). The same session (and its TLS trust, `bot/tls.py`, which the keep-alive
+connections share) serves the identity service and the channel's signing keys.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from typing import Any, Protocol
@@ -25,7 +27,8 @@ from botframework.connector import AsyncBfPipeline
 from botframework.connector.aio import ConnectorClient
 from msrest.pipeline import AsyncHTTPSender, Request, Response, SansIOHTTPPolicy
 from msrest.universal_http.aiohttp import AioHttpClientResponse
-from yarl import URL
+
+from .http1 import ConnectionPool
 
 USER_AGENT = "teams-proactive-bot/0.1 (BotBuilder Python 4.17)"
 
@@ -37,14 +40,22 @@ class BearerTokens(Protocol):
 
 
 class SharedSession:
-    """One aiohttp ClientSession for all outbound traffic, opened lazily on the running loop."""
+    """One aiohttp ClientSession for outbound traffic, and the Bot Connector's keep-alive connections
+    (`connections()`), both opened lazily on the running loop with the same TLS trust."""
 
     def __init__(self, timeout_s: float = 30.0, max_connections: int = 200,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
+        self._ssl_context = ssl_context
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
+
+    def connections(self) -> ConnectionPool:
+        if self._pool is None:
+            self._pool = ConnectionPool(self._ssl_context, max_connections=self._max_connections)
+        return self._pool
 
     def get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -52,11 +63,13 @@ class SharedSession:
                 timeout=self._timeout,
                 connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections,
                                                ssl=self._ssl),
-                cookie_jar=aiohttp.DummyCookieJar(),  # nothing the bot calls sets cookies it needs
             )
         return self._session
 
     async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -72,8 +85,7 @@ class AiohttpSender(AsyncHTTPSender):
     def __init__(self, session: SharedSession, tokens: BearerTokens | None = None, *, timeout_s: float = 20.0) -> None:
         self._session = session
         self._tokens = tokens
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)  # TimeoutError after it: the caller retries
-        self._bases: dict[str, URL] = {}  # service URL, parsed once
+        self._timeout = timeout_s  # TimeoutError after it (the token wait included): the caller retries
 
     async def __aenter__(self) -> AiohttpSender:
         return self
@@ -145,8 +157,7 @@ class JsonConnector:
     def __init__(self, session: SharedSession, tokens: BearerTokens | None = None, *, timeout_s: float = 20.0) -> None:
         self._session = session
         self._tokens = tokens
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)  # TimeoutError after it: the caller retries
-        self._bases: dict[str, URL] = {}  # service URL, parsed once
+        self._timeout = timeout_s  # TimeoutError after it (the token wait included): the caller retries
 
     async def send(self, service_url: str, conversation_id: str, activity: dict[str, Any],
                    reply_to_id: str | None = None) -> dict[str, Any]:
@@ -170,14 +181,14 @@ class JsonConnector:
                    "User-Agent": USER_AGENT}
         if conversation_id is not None:
             headers["x-ms-conversation-id"] = conversation_id
-        if self._tokens is not None:
-            headers["Authorization"] = f"Bearer {await self._tokens.token()}"
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        async with self._session.get().request(method, self._url(service_url, path), data=data, headers=headers,
-                                               timeout=self._timeout) as response:
-            raw = await response.read()
-            if response.status >= 300:
-                raise _error(response.status, response.reason, raw, response.headers.get("Retry-After"))
+        async with asyncio.timeout(self._timeout):
+            if self._tokens is not None:
+                headers["Authorization"] = f"Bearer {await self._tokens.token()}"
+            response = await self._session.connections().request(method, service_url, path, headers, data)
+        raw = response.body
+        if response.status >= 300:
+            raise _error(response.status, response.reason, raw, response.headers.get("retry-after"))
         if not raw:
             return {}
         try:
@@ -185,16 +196,6 @@ class JsonConnector:
         except ValueError:  # accepted, but an answer we cannot read: the message went out all the same
             return {}
         return answer if isinstance(answer, dict) else {}
-
-
-    def _url(self, service_url: str, path: str) -> URL:
-        """`{serviceUrl}/{path}`; `path` is already quoted, so only the service URL is parsed (once)."""
-        base = self._bases.get(service_url)
-        if base is None:
-            if len(self._bases) > 1024:
-                self._bases.clear()
-            base = self._bases[service_url] = URL(service_url)
-        return base.with_path(f"{base.raw_path.rstrip('/')}/{path}", encoded=True)
 
 
 def _error(status: int, reason: str | None, raw: bytes, retry_after: str | None) -> ConnectorError:
