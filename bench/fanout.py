@@ -93,6 +93,7 @@ class FanoutDouble(ConnectorDouble):
             "lost": len(self.seeded) - reached,
             "duplicated": sum(1 for c in self.seeded if self.delivered[c] > 1),
             "last_accepted_at": self.last_accepted_at,
+            "pid": os.getpid(),  # the driver checks it talks to its own double (other benchmarks share the machine)
         }
 
     def make_app(self) -> web.Application:
@@ -204,6 +205,14 @@ def start_double(
     return spawn(args, log=workdir / f"{name}-double.log"), f"http://127.0.0.1:{port}/"
 
 
+async def check_own_double(double_url: str, pid: int) -> None:
+    """Fail loudly if another process answers on our double's port (a port race with another benchmark)."""
+    async with aiohttp.ClientSession() as session:
+        answer = await get_json(session, double_url + "_bench/delivery")
+    if answer.get("pid") != pid or answer.get("accepted"):
+        raise RuntimeError(f"{double_url} is not this run's fresh double (pid {answer.get('pid')}, expected {pid})")
+
+
 async def observe(session: aiohttp.ClientSession, double_url: str, messages: int, started_at: float) -> Side:
     """The double's view at the end: time to the last accepted message, 429s, lost and duplicated."""
     delivery = await get_json(session, double_url + "_bench/delivery")
@@ -223,6 +232,7 @@ async def samples_side(workdir: Path, conversations: int, tenant_rps: int, timeo
     double, double_url = start_double(workdir, "sample", 1, conversations, tenant_rps)
     try:
         await wait_http(double_url + "healthz")
+        await check_own_double(double_url, double.pid)
         sample = await asyncio.create_subprocess_exec(
             sys.executable, "bench/fanout.py", "--role", "sample", "--service-url", double_url,
             "--tenants", "1", "--per-tenant", str(conversations),
@@ -287,6 +297,7 @@ async def ours_side(
         bot_url = f"http://127.0.0.1:{port}/"
         await wait_http(double_url + "healthz")
         await wait_http(bot_url + "healthz")
+        await check_own_double(double_url, double.pid)
         bot_process, double_process = psutil.Process(processes[1].pid), psutil.Process(double.pid)
         async with aiohttp.ClientSession() as session:
             bot_cpu, double_cpu = cpu_seconds(bot_process), cpu_seconds(double_process)
