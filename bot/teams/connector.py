@@ -4,7 +4,7 @@
 1:1 chat) as plain JSON over keep-alive HTTP/1.1 connections (`http1.ConnectionPool`, which costs a third of
 an aiohttp request's CPU): the activity dict goes out as it is, the answer comes back as a dict, errors
 as `ConnectorError` with Teams' status, code and Retry-After. Building msrest models for them cost more
-CPU than everything else in a turn (see docs/architecture.md, "Turn cost").
+CPU than everything else in a turn (see docs/architecture.md, "Turn cost and send cost").
 
 The SDK's ConnectorClient still serves the rest (rosters, the SDK's own update/delete in a turn) over the
 shared aiohttp session. The stock one sends through `requests` in the default thread pool and fetches tokens
@@ -82,10 +82,9 @@ class AiohttpSender(AsyncHTTPSender):
     AsyncHTTPPolicy credential gets linked into msrest's default pipeline too, which sends via `requests`.
     Without tokens (no app id: local Playground) requests go unauthenticated."""
 
-    def __init__(self, session: SharedSession, tokens: BearerTokens | None = None, *, timeout_s: float = 20.0) -> None:
+    def __init__(self, session: SharedSession, tokens: BearerTokens | None = None) -> None:
         self._session = session
         self._tokens = tokens
-        self._timeout = timeout_s  # TimeoutError after it (the token wait included): the caller retries
 
     async def __aenter__(self) -> AiohttpSender:
         return self
@@ -149,7 +148,7 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class JsonConnector:
-    """The Bot Connector's v3 REST calls as plain JSON over the shared session (no msrest models).
+    """The Bot Connector's v3 REST calls as plain JSON over keep-alive connections (no msrest models).
 
     Same requests as the SDK's ConnectorClient: `{serviceUrl}/v3/conversations/{id}/activities[/{activityId}]`
     with the ids URL-quoted, `x-ms-conversation-id`, and the bot's Bearer token when it has credentials."""

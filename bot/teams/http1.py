@@ -1,9 +1,9 @@
 """Keep-alive HTTP/1.1 to the Bot Connector for the hot paths (turn replies, proactive sends), at a third of the CPU.
 
-Measured on the benchmark machine (bench/fanout.py, docs/architecture.md "Turn cost"): one POST through an aiohttp
-`ClientSession` costs about 0.25 ms of CPU, most of it the session's per-request machinery (URL and header
-objects, cookie and proxy handling, tracing hooks, timers); the same request written on an asyncio protocol
-and parsed by httptools (the C parser uvicorn uses) about 0.09 ms. The Bot Connector's calls need none of
+Measured on the benchmark machine (docs/architecture.md, "Turn cost and send cost"): one POST through an
+aiohttp `ClientSession` costs about 0.25 ms of CPU, most of it the session's per-request machinery (URL and
+header objects, cookie and proxy handling, tracing hooks, timers); the same request written on an asyncio
+protocol and parsed by httptools (the C parser uvicorn uses) about 0.09 ms. The Bot Connector's calls need none of
 that machinery: JSON bodies, a handful of headers, no cookies, redirects, proxies or compression.
 
 `ConnectionPool` keeps idle connections per origin (scheme, host, port), at most `max_connections` requests in

@@ -6,7 +6,7 @@
    reply never overtakes an earlier one).
 2. It takes a send slot from the delivery worker (`ReplySlots`: the same per-conversation windows and
    per-tenant budget as proactive sends), waiting at most `wait_s` (1 s). None in time: to the outbox.
-3. It posts the activity as JSON over the shared session (`connector.JsonConnector`; no msrest on the way).
+3. It posts the activity as JSON (`connector.JsonConnector`, keep-alive connections; no msrest on the way).
    No token for the Bot Connector yet, 429 (after Retry-After), 412/502/503/504 or a timeout: to the outbox,
    where the delivery worker retries it. Any other error fails the turn as the SDK's own send would.
 
@@ -58,7 +58,7 @@ class QueuedReplies:
         self._clock = clock
 
     async def __call__(self, context: TurnContext, activities: list[Activity], reason: str,
-                       retry_after: float = 0.0) -> None:
+                       retry_after: float = 0.0, *, level: int = logging.WARNING) -> None:
         tenant = tenant_of(context.activity)
         not_before = self._clock.now().timestamp() + retry_after if retry_after > 0 else None
         items = [
@@ -70,8 +70,8 @@ class QueuedReplies:
         if items:
             context.turn_state[_WAITING] = True
             await self._proactive.enqueue(items)
-        log.warning("cannot reply in %s now (%s): %d reply(ies) wait in the outbox",
-                    context.activity.conversation.id if context.activity.conversation else "?", reason, len(items))
+        log.log(level, "cannot reply in %s now (%s): %d reply(ies) wait in the outbox",
+                context.activity.conversation.id if context.activity.conversation else "?", reason, len(items))
 
 
 class TurnReplies:
@@ -88,10 +88,12 @@ class TurnReplies:
         conversation_id = activity.conversation.id if activity.conversation else ""
         typing = activity.type == ActivityTypes.typing
         if context.turn_state.get(_WAITING):
-            return await self._later(context, activity, "an earlier reply of this turn waits in the outbox")
+            return await self._later(context, activity, "an earlier reply of this turn waits in the outbox",
+                                     level=logging.INFO)
         tenant = tenant_of(context.activity)
         if not await self._slots.acquire_reply_slot(conversation_id, tenant, 0.0 if typing else self.wait_s):
-            return await self._later(context, activity, f"no send slot within {self.wait_s:g} s (Teams' limits)")
+            return await self._later(context, activity, f"no send slot within {self.wait_s:g} s (Teams' limits)",
+                                     level=logging.INFO)  # many people of one tenant at once: normal, not a fault
         failure: SendFailure | None = None
         answer: dict[str, object] = {}
         try:
@@ -111,8 +113,8 @@ class TurnReplies:
             return await self._later(context, activity, str(failure), failure.retry_after or 0.0)
         return ResourceResponse(id=str(answer.get("id") or ""))
 
-    async def _later(self, context: TurnContext, activity: Activity, reason: str,
-                     retry_after: float = 0.0) -> ResourceResponse:
+    async def _later(self, context: TurnContext, activity: Activity, reason: str, retry_after: float = 0.0, *,
+                     level: int = logging.WARNING) -> ResourceResponse:
         if activity.type != ActivityTypes.typing:  # a late typing indicator is worse than none
-            await self._queued(context, [activity], reason, retry_after)
+            await self._queued(context, [activity], reason, retry_after, level=level)
         return ResourceResponse()

@@ -1,7 +1,7 @@
 """Talks to the Bot Connector for the delivery worker: send, update, open a 1:1 chat.
 
-Implements the worker's `Sender` protocol: the stored activity JSON goes out as it is, over the shared
-aiohttp session (`connector.JsonConnector`), with no msrest model built on the way. Every failure becomes
+Implements the worker's `Sender` protocol: the stored activity JSON goes out as it is, over keep-alive
+connections (`connector.JsonConnector`), with no msrest model built on the way. Every failure becomes
 a `SendFailure` that says what Teams' documentation says to do with it (`classify`, also used for a
 turn's replies).
 """
@@ -68,8 +68,9 @@ class TeamsSender:
     """The outbound calls of proactive delivery, with the bot's own credentials."""
 
     def __init__(self, authentication: ReusingAuthentication, app_id: str, timeout_s: float = 20.0) -> None:
+        """`app_id` is the bot's (its token, from `authentication`, is what the calls carry)."""
         self._connector = JsonConnector(authentication.session, authentication.tokens, timeout_s=timeout_s)
-        self._app_id = app_id
+        self.app_id = app_id
 
     async def send(self, service_url: str, conversation_id: str, payload: dict[str, Any]) -> str:
         """Post a new activity (the stored JSON, as it is); returns the id Teams gave it."""
