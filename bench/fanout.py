@@ -436,12 +436,12 @@ async def run(args: argparse.Namespace) -> Json:
             ours = await ours_side(workdir, url, f"ours-{engine}", 1, n, bot_rps=rps, double_rps=rps,
                                    timeout=2.1 * n / rps + 10)
             ceilings, workers = [], []
-            for n in range(args.ceiling_rounds):
+            for round_ in range(args.ceiling_rounds):
                 ceilings.append(await ours_side(
-                    workdir, str(databases.url(engine, f"ceiling{n}")), f"ceiling{n}-{engine}", args.tenants,
+                    workdir, str(databases.url(engine, f"ceiling{round_}")), f"ceiling{round_}-{engine}", args.tenants,
                     args.per_tenant, bot_rps=args.ceiling_rps, double_rps=None, timeout=CEILING_TIMEOUT_S))
                 workers.append(await ours_side(
-                    workdir, str(databases.url(engine, f"worker{n}")), f"worker{n}-{engine}", args.tenants,
+                    workdir, str(databases.url(engine, f"worker{round_}")), f"worker{round_}-{engine}", args.tenants,
                     args.per_tenant, bot_rps=args.ceiling_rps, double_rps=None, timeout=CEILING_TIMEOUT_S,
                     preload=True))
             runs.append(EngineRun(engine, ours, median_side(ceilings), median_side(workers), ceilings, workers))
