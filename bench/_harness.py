@@ -23,11 +23,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def spawn(args: Sequence[str], env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start a Python subprocess from the repo root, its output going to `log` (or discarded)."""
+def spawn(args: Sequence[str], env: dict[str, str] | None = None, log: Path | None = None,
+          python: str | None = None) -> subprocess.Popen[bytes]:
+    """Start a Python subprocess (this interpreter, or `python`) from the repo root, its output going to `log`
+    (or discarded)."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
+        [python or sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out,
+        stderr=subprocess.STDOUT,
     )
 
 

@@ -190,7 +190,7 @@ async def one_run(args: argparse.Namespace, databases: Databases, workdir: Path,
                     return int((await get_json(session, delivery_url))["accepted"]) >= total // 2
 
                 await until(half, timeout, "half the messages")
-                for (process, bot_url) in bots:
+                for (_, bot_url) in bots:
                     run.owners[bot_url] = list((await get_json(session, bot_url + "healthz"))["replica"]["tenants"])
                 victim = max(bots, key=lambda b: len(run.owners[b[1]]))
                 run.victim_tenants = run.owners[victim[1]]

@@ -111,6 +111,7 @@ class BotApplication:
             welcome_team_members=config.welcome_team_members,
             alert_actions=AlertActions(self.watcher, self.preferences),
             preferences=self.preferences,
+            reply_slots=self.worker,
         )
         self.retention = Retention(self.outbox, self.prices, self.scheduler, self.clock,
                                    days=config.retention_days)

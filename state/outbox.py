@@ -18,6 +18,7 @@ from .db import Connection, Database, Row, chunks, marks
 
 Status = Literal["pending", "held", "sent", "failed", "dropped", "expired", "cancelled", "superseded", "merged"]
 PRIORITIES = {"normal": 0, "urgent": 1}
+REPLY_PRIORITY = 2  # a turn's reply that waits in the outbox: before every notification
 
 
 @dataclass

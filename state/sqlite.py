@@ -132,13 +132,12 @@ class SqliteDatabase:
             await tx.executemany(sql, rows)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        async with self._lock, self.conn.execute(sql, params) as cursor:
-            row: sqlite3.Row | None = await cursor.fetchone()
-            return row
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        async with self._lock, self.conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        async with self._lock:  # one trip to aiosqlite's thread, not three (execute, fetch, close)
+            return list(await self.conn.execute_fetchall(sql, params))
 
     def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
         self._subscribers.setdefault(channel, []).append(callback)

@@ -168,7 +168,7 @@ async def test_group_chat_analysis_result_waits_only_for_the_person_who_asked(
     assert [mentioned(p) for p in results] == ["29:bob"]
     await ada.say("gadget")
     await ada.say("below 5")  # the answer ends her topic
-    await settle(app)
+    await tick(app, fake_clock, 2)  # the chat's replies used its 8-per-2-s window (replies and sends share it)
     results = [p for p in posts(double, GROUP) if "Analysis of gadget is ready" in str(p)]
     assert [mentioned(p) for p in results] == ["29:bob", "29:ada"]
 

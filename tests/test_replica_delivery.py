@@ -148,3 +148,30 @@ async def test_a_replica_joining_takes_its_tenants_over_without_duplicates(clust
     assert b.ownership.owned == moving and a.ownership.owned == set(TENANTS) - moving
     await cluster.drain(a, b)
     assert cluster.sends() == Counter({f"{t}-c{n}": 2 for t in TENANTS for n in range(6)}), "each message once"
+
+
+async def test_an_announced_tenant_nobody_sends_for_is_taken_by_its_owner_without_waiting(cluster: Cluster) -> None:
+    a, b = await cluster.replica("r-a"), await cluster.replica("r-b")
+    await a.ownership.heartbeat()  # both see both alive
+    for_b = next(t for t in TENANTS if desired_owner(t, ["r-a", "r-b"]) == "r-b")
+    await cluster.seed(a, per_tenant=2)
+    rows = [r for r in await a._store.pending() if r.tenant_id == for_b]
+    await a.offer(rows)  # a queued them (a POST on a's side): not its tenant, so it announces them
+    assert for_b not in a.ownership.owned and not a._rows
+    b._announced(for_b)  # the NOTIFY reaching b
+    assert await b.claim_more() == len(rows), "claimed at once, not at the next maintenance pass"
+    assert for_b in b.ownership.owned
+    await cluster.drain(b)
+    assert cluster.sends() == Counter({r.conversation_id: 1 for r in rows})
+
+
+async def test_a_reply_takes_a_slot_only_on_the_replica_that_sends_for_its_tenant(cluster: Cluster) -> None:
+    a, b = await cluster.replica("r-a"), await cluster.replica("r-b")
+    await a.ownership.heartbeat()
+    for_a = next(t for t in TENANTS if desired_owner(t, ["r-a", "r-b"]) == "r-a")
+    for_b = next(t for t in TENANTS if desired_owner(t, ["r-a", "r-b"]) == "r-b")
+    assert not await a.acquire_reply_slot("19:chat", for_b, 1.0), "b's tenant: the reply goes to the outbox"
+    assert await a.acquire_reply_slot("19:chat", for_a, 1.0), "a's own tenant, nobody sending yet: a takes it"
+    assert for_a in a.ownership.owned
+    a.release_reply_slot("19:chat", for_a)
+    assert not await b.acquire_reply_slot("19:other", for_a, 1.0), "a holds the tenant's lease now"

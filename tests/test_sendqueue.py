@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from scheduler.clock import FakeClock
-from scheduler.sendqueue import SendQueue, Ticket
+from scheduler.sendqueue import EXPRESS_PRIORITY, SendQueue, Ticket
+from state.outbox import REPLY_PRIORITY
 
 
 class CountingLimiter:
@@ -148,3 +149,61 @@ def test_future_tickets_wake_the_queue_at_their_time() -> None:
     assert queue.next_wake() == clock.monotonic() + 5
     clock.advance(5)
     assert [t.row_id for t in queue.pop_ready(10)] == [1]
+
+
+# ---- a turn's replies ------------------------------------------------------------------------------------
+
+
+def test_reply_rows_use_the_express_lane() -> None:
+    assert REPLY_PRIORITY >= EXPRESS_PRIORITY
+
+
+def test_a_reply_goes_before_the_notifications_of_other_conversations_of_its_tenant() -> None:
+    clock = FakeClock()
+    queue = SendQueue(clock, CountingLimiter(clock, per_tenant=2))
+    for i in range(10):
+        queue.push(ticket(i, f"n{i}"))
+    queue.push(ticket(50, "busy"))  # a notification, queued before the reply that joins it below
+    start = clock.monotonic()
+    queue.push(ticket(100, "r", priority=EXPRESS_PRIORITY))
+    queue.push(ticket(101, "busy", priority=EXPRESS_PRIORITY))
+    sent = drain(queue, clock)
+    assert [row for _, row in sent] == [100, 101, *range(10), 50]
+    assert [at for at, _ in sent[:2]] == [start, start], "the replies take the first second's budget"
+
+
+def test_try_begin_takes_a_slot_only_without_overtaking() -> None:
+    clock = FakeClock()
+    limiter = CountingLimiter(clock, per_tenant=3)
+    queue = SendQueue(clock, limiter)
+    assert queue.try_begin("idle", "t"), "nothing waits: the reply goes at once"
+    assert not queue.try_begin("idle", "t"), "one send in flight per conversation"
+    queue.push(ticket(1, "queued"))
+    assert not queue.try_begin("queued", "t"), "a reply never overtakes what waits in its conversation"
+    waiting = ticket(2, "other-reply", priority=EXPRESS_PRIORITY)
+    queue.push(waiting)
+    assert not queue.try_begin("third", "t"), "nor another reply of its tenant that waits for a slot"
+    assert queue.try_begin("elsewhere", "t2"), "other tenants are not affected"
+    assert [t.row_id for t in queue.pop_ready(10)] == [2, 1]
+    assert not queue.try_begin("third", "t"), "the tenant's budget (3 per second) is spent"
+    queue.done("idle", "t")
+    assert limiter.completed == 1
+    clock.advance(1)
+    assert queue.try_begin("idle", "t")
+
+
+def test_a_withdrawn_ticket_is_never_popped() -> None:
+    clock = FakeClock()
+    queue = SendQueue(clock, CountingLimiter(clock, per_conversation=1))
+    queue.push(ticket(1, "a"))
+    reply = ticket(2, "a", priority=EXPRESS_PRIORITY)
+    queue.push(reply)
+    [first] = queue.pop_ready(10)
+    assert first.row_id == 2, "replies first within a conversation"
+    assert not queue.withdraw(reply), "already popped"
+    queue.done("a", "t")
+    late = ticket(3, "a", priority=EXPRESS_PRIORITY)
+    queue.push(late)
+    assert queue.withdraw(late) and len(queue) == 1
+    assert [r for _, r in drain(queue, clock)] == [1]
+    assert queue.next_wake() is None

@@ -14,12 +14,15 @@ waits here), and a replica claims only rows of the tenants it owns (ownership.py
 offered (`offer`): claimed at once if this replica owns their tenant, else announced so the owner claims
 them. A periodic `maintain()` heartbeats, takes over tenants (and a dead replica's rows once their claims
 expire), hands tenants over, renews claims and claims more.
+A turn's replies take their send slots from the same queue and limits (`acquire_reply_slot` /
+`release_reply_slot`), so replies and proactive sends share one budget per conversation and tenant.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -33,13 +36,15 @@ from bot.metrics import Metrics
 from scheduler.clock import Clock
 from scheduler.sendqueue import SendQueue, Ticket
 from state.model import conversation_key as channel_of
-from state.outbox import OutboxRow, OutboxStore, Outcome
+from state.outbox import REPLY_PRIORITY, OutboxRow, OutboxStore, Outcome
 from state.references import ConversationRecord, ConversationReferences
 
 from .failures import SendFailure
 from .ownership import Ownership, tenant_key
 
 log = logging.getLogger(__name__)
+
+_REPLY_TICKETS = 1 << 62  # ids of a turn's reply tickets: after every outbox row of the same priority
 
 
 class Limiter(Protocol):
@@ -129,10 +134,13 @@ class DeliveryWorker:
         self.ownership = ownership or Ownership(None, "local", clock)
         self._claim_batch = claim_batch
         self._claim_wanted = False  # a notification or a drained queue: claim more on the next pass
+        self._to_acquire: set[str] = set()  # announced tenants nobody owns that this replica should
         self._leaving: set[str] = set()  # tenants being handed over: no new sends, release when none in flight
         self._in_flight_tenants: dict[str, int] = {}
         self._maintenance: asyncio.TimerHandle | None = None
         self._maintenance_due = False
+        self._reply_ids = itertools.count(_REPLY_TICKETS)
+        self._reply_grants: dict[int, asyncio.Future[None]] = {}  # reply ticket id → the waiting turn
         store.subscribe(self._announced)
 
     @property
@@ -214,6 +222,8 @@ class DeliveryWorker:
     def _announced(self, tenant: str) -> None:
         """A notification: rows of `tenant` wait to be claimed (or '*': anything may have been missed)."""
         if tenant == "*" or self.ownership.owns(tenant) or self.ownership.wants(tenant):
+            if tenant != "*" and not self.ownership.owns(tenant):
+                self._to_acquire.add(tenant)  # nobody sends for it yet and it should be this replica
             self._claim_wanted = True
             self._wake.set()
 
@@ -239,6 +249,10 @@ class DeliveryWorker:
     async def claim_more(self) -> int:
         """Claim pending rows of the owned tenants while few wait here; returns how many were claimed."""
         self._claim_wanted = False
+        if self._to_acquire:
+            wanted, self._to_acquire = self._to_acquire, set()
+            for tenant in await self.ownership.acquire(wanted):
+                await self._took_over(tenant)
         tenants = sorted(t for t in self.ownership.owned if t not in self._leaving) if not \
             self.ownership.standalone else sorted(await self._store.tenants_with_work(self._clock.now().timestamp()))
         if not tenants or len(self._queue) >= self._claim_batch:
@@ -294,6 +308,54 @@ class DeliveryWorker:
         for row_id in row_ids:
             self._rows.pop(row_id, None)
 
+    # -- a turn's replies ------------------------------------------------------------------------
+
+    async def acquire_reply_slot(self, conversation_id: str, tenant_id: str | None, wait_s: float) -> bool:
+        """Take a send slot for a turn's reply, waiting at most `wait_s`; False: none in time (queue the reply).
+
+        At once if nothing waits or is in flight in the conversation and the limits allow it; otherwise the
+        reply waits as an express ticket behind what is already queued there (so it never overtakes an
+        earlier reply waiting in the outbox), ahead of other conversations' notifications. A True answer
+        must be followed by `release_reply_slot` when Teams has answered."""
+        tenant = tenant_key(tenant_id)
+        if not self._sends_for(tenant):
+            gained = await self.ownership.acquire([tenant]) if tenant not in self._leaving else set()
+            if not gained:  # another replica sends for this tenant: the outbox hands the reply to it
+                return False
+            await self._took_over(tenant)
+        conversation_id = channel_of(conversation_id)  # a channel's threads share the channel's windows
+        if self._queue.try_begin(conversation_id, tenant_id):
+            return True
+        if wait_s <= 0 or self._loop_task is None or self._stopping:
+            return False
+        ticket = Ticket(row_id=next(self._reply_ids), conversation=conversation_id, tenant=tenant_id,
+                        priority=REPLY_PRIORITY)
+        grant = asyncio.get_running_loop().create_future()
+        self._reply_grants[ticket.row_id] = grant
+        self._queue.push(ticket)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(grant, wait_s)
+            return True
+        except TimeoutError:
+            self._queue.withdraw(ticket)  # not popped (or dropped with its conversation): nothing to give back
+            return False
+        finally:
+            self._reply_grants.pop(ticket.row_id, None)
+
+    def release_reply_slot(self, conversation_id: str, tenant_id: str | None, *,
+                           throttled_for: float | None = None) -> None:
+        """The reply sent with a slot from `acquire_reply_slot` has been answered; `throttled_for`: Teams
+        answered 429 with this Retry-After, so the conversation waits that long."""
+        conversation_id = channel_of(conversation_id)
+        if throttled_for is not None:
+            self.metrics.message("reply", "throttled")
+            self.metrics.throttled(throttled_for)
+            if self._limiter is not None:
+                self._limiter.penalize(conversation_id, tenant_id, throttled_for)
+        self._queue.done(conversation_id, tenant_id)
+        self._wake.set()
+
     # -- the loop --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -337,11 +399,29 @@ class DeliveryWorker:
         if room <= 0 or self._stopping:
             return 0
         tickets = self._queue.pop_ready(room)
+        sends = []
         for ticket in tickets:
-            task = asyncio.create_task(self._deliver(ticket))
-            self._in_flight.add(task)
-            task.add_done_callback(self._finished)
+            if ticket.row_id >= _REPLY_TICKETS:
+                self._grant_reply(ticket)
+            else:
+                sends.append(ticket)
+        if sends:  # where the rows go: one lookup for the batch (after a restart nothing is cached yet)
+            targets = {channel_of(row.conversation_id) for t in sends
+                       if (row := self._rows.get(t.row_id)) and row.conversation_id}
+            lookup = asyncio.ensure_future(self._references.get_many(targets)) if targets else None
+            for ticket in sends:
+                task = asyncio.create_task(self._deliver(ticket, lookup))
+                self._in_flight.add(task)
+                task.add_done_callback(self._finished)
         return len(tickets)
+
+    def _grant_reply(self, ticket: Ticket) -> None:
+        grant = self._reply_grants.get(ticket.row_id)
+        if grant is None or grant.done():  # the turn stopped waiting: give the slot back
+            self._queue.done(ticket.conversation, ticket.tenant)
+            self._wake.set()
+        else:
+            grant.set_result(None)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -408,7 +488,8 @@ class DeliveryWorker:
 
     # -- one send --------------------------------------------------------------------------------
 
-    async def _deliver(self, ticket: Ticket) -> None:
+    async def _deliver(self, ticket: Ticket,
+                       lookup: asyncio.Future[dict[str, ConversationRecord]] | None = None) -> None:
         row = self._rows.get(ticket.row_id)
         if row is None:  # cancelled meanwhile
             self._queue.done(ticket.conversation, ticket.tenant)
@@ -417,13 +498,14 @@ class DeliveryWorker:
         self._in_flight_tenants[tenant] = self._in_flight_tenants.get(tenant, 0) + 1
         try:
             with log_context(conversation_id=row.conversation_id, tenant_id=row.tenant_id, outbox_id=row.id):
-                await self._deliver_row(row, ticket)
+                await self._deliver_row(row, ticket, lookup)
         finally:
             self._in_flight_tenants[tenant] -= 1
             if not self._in_flight_tenants[tenant]:
                 del self._in_flight_tenants[tenant]
 
-    async def _deliver_row(self, row: OutboxRow, ticket: Ticket) -> None:
+    async def _deliver_row(self, row: OutboxRow, ticket: Ticket,
+                           lookup: asyncio.Future[dict[str, ConversationRecord]] | None) -> None:
         retry: Ticket | None = None
         try:
             if row.expires_at is not None and row.expires_at <= self._clock.now().timestamp():
@@ -431,7 +513,7 @@ class DeliveryWorker:
                 return
             started = time.perf_counter()
             try:
-                activity_id = await self._send(row)
+                activity_id = await self._send(row, lookup)
             finally:
                 self.metrics.send_latency(time.perf_counter() - started)
             self._finish(row, Outcome(row.id, "sent", attempts=row.attempts + 1, activity_id=activity_id,
@@ -448,12 +530,14 @@ class DeliveryWorker:
             self._queue.done(ticket.conversation, ticket.tenant, retry)
 
     def _keeps(self, row: OutboxRow) -> bool:
-        tenant = tenant_key(row.tenant_id)
+        return self._sends_for(tenant_key(row.tenant_id))
+
+    def _sends_for(self, tenant: str) -> bool:
         return self.ownership.owns(tenant) and tenant not in self._leaving
 
-    async def _send(self, row: OutboxRow) -> str:
+    async def _send(self, row: OutboxRow, lookup: asyncio.Future[dict[str, ConversationRecord]] | None) -> str:
         try:
-            record = await self._target(row)
+            record = await self._target(row, lookup)
             activity_id = await self._activity_to_update(row) if row.kind == "update" else ""
         except SendFailure:
             raise
@@ -465,11 +549,14 @@ class DeliveryWorker:
             return await self._sender.update(record.service_url, record.conversation_id, activity_id, row.payload)
         return await self._sender.send(record.service_url, record.conversation_id, row.payload)
 
-    async def _target(self, row: OutboxRow) -> ConversationRecord:
+    async def _target(self, row: OutboxRow,
+                      lookup: asyncio.Future[dict[str, ConversationRecord]] | None) -> ConversationRecord:
         if row.conversation_id:
-            record = await self._references.get(channel_of(row.conversation_id))
+            channel = channel_of(row.conversation_id)
+            found = await asyncio.shield(lookup) if lookup is not None else {}
+            record = found.get(channel) or await self._references.get(channel)
             if record is None or not record.active:  # before giving up on it, make sure the cache is not stale
-                record = await self._references.get(channel_of(row.conversation_id), fresh=True)
+                record = await self._references.get(channel, fresh=True)
             if record is None:
                 raise SendFailure("gone", None, "UnknownConversation", "the bot has never seen this conversation")
             if not record.active:

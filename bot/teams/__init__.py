@@ -1,7 +1,8 @@
 """The Teams edge: everything that touches the Bot Framework SDK or the Bot Connector.
 
-The CloudAdapter and authentication (`adapter`), pooled connector clients (`connector`), the bot's
-token (`tokens`), the channel's JWT signing keys (`signing_keys`), turn replies that wait for a token
+The CloudAdapter and authentication (`adapter`), the Bot Connector's calls as JSON and pooled SDK
+clients (`connector`) over keep-alive connections (`http1`), models to and from JSON (`wire`), the bot's
+token (`tokens`), the channel's JWT signing keys (`signing_keys`), a turn's replies within Teams' limits
 (`replies`), the proactive sender (`sender`), the activity handler that runs each turn (`handler`),
 the /api/messages turn runner (`turns`), activity → record helpers (`activities`), the roster (`roster`)
 and the alert card buttons (`alert_buttons`). This is the one package of `bot/` that imports

@@ -15,6 +15,8 @@ from dialogs.welcome_card import InstallContext
 from state.model import conversation_key
 from state.references import ConversationRecord
 
+from .wire import to_json
+
 
 def tenant_of(activity: Activity) -> str | None:
     """Teams puts the tenant in channelData.tenant.id (the SDK loses conversation.tenantId on parse)."""
@@ -60,7 +62,7 @@ def record_from_activity(activity: Activity) -> ConversationRecord | None:
         conversation_id=key,
         channel_id=activity.channel_id or "msteams",
         service_url=activity.service_url,
-        reference=reference.serialize(),
+        reference=to_json(reference),
         tenant_id=tenant_id,
         conversation_type=conversation.conversation_type,
         user_id=sender.id if sender else None,

@@ -9,21 +9,21 @@ URLs (emulator, skills), which it fetches with blocking calls in the turn.
 
 Outbound: the stock SDK builds a new ConnectorClient (and synchronous MSAL credentials) for every turn;
 `ReusingConnectorFactory` keeps one pooled client per service URL (`connector.py`), whose token comes from
-`tokens.ChannelTokens`. `TeamsAdapter` hands a turn's replies to the outbox when there is no token to send
-them now, so the turn still answers at once while the identity service is down or slow.
+`tokens.ChannelTokens`. `TeamsAdapter` sends a turn's replies through `replies.TurnReplies`: within Teams'
+limits, as plain JSON, or through the outbox when they cannot go now (no slot within a second, no token,
+429), so the turn still answers at once.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from botbuilder.core import TurnContext
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
-from botbuilder.schema import Activity, ResourceResponse
+from botbuilder.schema import Activity, ActivityTypes, ResourceResponse
 from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import (
     AuthenticateRequestResult,
@@ -39,7 +39,6 @@ from botframework.connector.skills import BotFrameworkClient
 from bot.config import Config
 
 from .connector import BearerTokens, SharedSession, pooled_client
-from .tokens import token_unavailable_in
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +87,7 @@ class ReusingAuthentication(BotFrameworkAuthentication):
     ) -> None:
         self._inner = inner
         self.session = session
+        self.tokens = tokens
         self._issuer = token_issuer
         self._auth_enabled = auth_enabled
         self._factory = ReusingConnectorFactory(session, tokens)
@@ -156,27 +156,31 @@ def build_authentication(
                                  auth_enabled=config.auth_enabled)
 
 
-ReplyLater = Callable[[TurnContext, list[Activity], str], Awaitable[None]]
+class ReplySender(Protocol):
+    """Sends one reply of a turn, or hands it to the outbox (replies.TurnReplies)."""
+
+    async def send(self, context: TurnContext, activity: Activity) -> ResourceResponse: ...
+
+
+# handled by the SDK inside the turn: nothing goes to the Bot Connector for these
+_LOCAL = {"delay", ActivityTypes.invoke_response, ActivityTypes.trace}
 
 
 class TeamsAdapter(CloudAdapter):
-    """The SDK's CloudAdapter, except that replies it has no token for wait in the outbox (`reply_later`)."""
+    """The SDK's CloudAdapter, except that a turn's replies go through `replies` (see the module docstring)."""
 
     def __init__(self, authentication: BotFrameworkAuthentication) -> None:
         super().__init__(authentication)
-        self.reply_later: ReplyLater | None = None
+        self.replies: ReplySender | None = None
 
     async def send_activities(self, context: TurnContext, activities: list[Activity]) -> list[ResourceResponse]:
+        if self.replies is None:
+            return await super().send_activities(context, activities)
         responses: list[ResourceResponse] = []
-        for index, activity in enumerate(activities):
-            try:
+        for activity in activities:
+            if activity.type in _LOCAL:
                 responses.extend(await super().send_activities(context, [activity]))
-            except Exception as exc:
-                unavailable = token_unavailable_in(exc)
-                if unavailable is None or self.reply_later is None:
-                    raise
-                later = list(activities[index:])
-                await self.reply_later(context, later, unavailable.reason)
-                responses.extend(ResourceResponse() for _ in later)
-                break
+            else:
+                activity.id = None
+                responses.append(await self.replies.send(context, activity))
         return responses

@@ -1,23 +1,34 @@
-"""Connector clients that share one aiohttp session, and carry the bot's token.
+"""Calls to the Bot Connector with the bot's token, over connections shared by the whole process.
 
-The stock ConnectorClient sends through `requests` in the default thread pool (six threads on these
-machines), so concurrent turns queue for a thread, and its credentials fetch tokens synchronously on the
-event loop. These parts plug into the public seams of msrest and the SDK (`ConnectorClient(sender=...)`)
-so every client sends on the event loop over pooled connections, with a Bearer token obtained
-asynchronously (`tokens.py`). The same session (and its TLS trust, `bot/tls.py`) serves the identity
-service and the channel's signing keys.
+`JsonConnector` makes the calls on the hot paths (a turn's replies, proactive send / update, opening a
+1:1 chat) as plain JSON over keep-alive HTTP/1.1 connections (`http1.ConnectionPool`, which costs a third of
+an aiohttp request's CPU): the activity dict goes out as it is, the answer comes back as a dict, errors
+as `ConnectorError` with Teams' status, code and Retry-After. Building msrest models for them cost more
+CPU than everything else in a turn (see docs/architecture.md, "Turn cost and send cost").
+
+The SDK's ConnectorClient still serves the rest (rosters, the SDK's own update/delete in a turn) over the
+shared aiohttp session. The stock one sends through `requests` in the default thread pool and fetches tokens
+synchronously on the event loop; `pooled_client` plugs into the public seams of msrest and the SDK
+(`ConnectorClient(sender=...)`) so it too sends on the event loop over pooled connections, with a Bearer token
+obtained asynchronously (`tokens.py`). The same session (and its TLS trust, `bot/tls.py`, which the keep-alive
+connections share) serves the identity service and the channel's signing keys.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import ssl
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiohttp
 from botframework.connector import AsyncBfPipeline
 from botframework.connector.aio import ConnectorClient
 from msrest.pipeline import AsyncHTTPSender, Request, Response, SansIOHTTPPolicy
 from msrest.universal_http.aiohttp import AioHttpClientResponse
+
+from .http1 import ConnectionPool
 
 USER_AGENT = "teams-proactive-bot/0.1 (BotBuilder Python 4.17)"
 
@@ -29,14 +40,22 @@ class BearerTokens(Protocol):
 
 
 class SharedSession:
-    """One aiohttp ClientSession for all outbound traffic, opened lazily on the running loop."""
+    """One aiohttp ClientSession for outbound traffic, and the Bot Connector's keep-alive connections
+    (`connections()`), both opened lazily on the running loop with the same TLS trust."""
 
     def __init__(self, timeout_s: float = 30.0, max_connections: int = 200,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
+        self._ssl_context = ssl_context
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
+
+    def connections(self) -> ConnectionPool:
+        if self._pool is None:
+            self._pool = ConnectionPool(self._ssl_context, max_connections=self._max_connections)
+        return self._pool
 
     def get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -48,6 +67,9 @@ class SharedSession:
         return self._session
 
     async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -108,3 +130,81 @@ def pooled_client(service_url: str, session: SharedSession, tokens: BearerTokens
     )
     client.config.add_user_agent(USER_AGENT)
     return client
+
+
+class ConnectorError(Exception):
+    """The Bot Connector answered with an error status (Teams' error body: `{"error": {"code", "message"}}`)."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class JsonConnector:
+    """The Bot Connector's v3 REST calls as plain JSON over keep-alive connections (no msrest models).
+
+    Same requests as the SDK's ConnectorClient: `{serviceUrl}/v3/conversations/{id}/activities[/{activityId}]`
+    with the ids URL-quoted, `x-ms-conversation-id`, and the bot's Bearer token when it has credentials."""
+
+    def __init__(self, session: SharedSession, tokens: BearerTokens | None = None, *, timeout_s: float = 20.0) -> None:
+        self._session = session
+        self._tokens = tokens
+        self._timeout = timeout_s  # TimeoutError after it (the token wait included): the caller retries
+
+    async def send(self, service_url: str, conversation_id: str, activity: dict[str, Any],
+                   reply_to_id: str | None = None) -> dict[str, Any]:
+        """Post an activity (as a reply to `reply_to_id` when given); Teams' answer (`{"id": …}`), or {}."""
+        path = f"v3/conversations/{quote(conversation_id, safe='')}/activities"
+        if reply_to_id:
+            path += f"/{quote(reply_to_id, safe='')}"
+        return await self._call("POST", service_url, path, activity, conversation_id)
+
+    async def update(self, service_url: str, conversation_id: str, activity_id: str,
+                     activity: dict[str, Any]) -> dict[str, Any]:
+        path = f"v3/conversations/{quote(conversation_id, safe='')}/activities/{quote(activity_id, safe='')}"
+        return await self._call("PUT", service_url, path, activity, conversation_id)
+
+    async def create_conversation(self, service_url: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", service_url, "v3/conversations", parameters, None)
+
+    async def _call(self, method: str, service_url: str, path: str, body: dict[str, Any],
+                    conversation_id: str | None) -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": "application/json; charset=utf-8",
+                   "User-Agent": USER_AGENT}
+        if conversation_id is not None:
+            headers["x-ms-conversation-id"] = conversation_id
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        async with asyncio.timeout(self._timeout):
+            if self._tokens is not None:
+                headers["Authorization"] = f"Bearer {await self._tokens.token()}"
+            response = await self._session.connections().request(method, service_url, path, headers, data)
+        raw = response.body
+        if response.status >= 300:
+            raise _error(response.status, response.reason, raw, response.headers.get("retry-after"))
+        if not raw:
+            return {}
+        try:
+            answer = json.loads(raw)
+        except ValueError:  # accepted, but an answer we cannot read: the message went out all the same
+            return {}
+        return answer if isinstance(answer, dict) else {}
+
+
+def _error(status: int, reason: str | None, raw: bytes, retry_after: str | None) -> ConnectorError:
+    code = message = None
+    try:
+        error = json.loads(raw).get("error") if raw else None
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        code, message = error.get("code"), error.get("message")
+    return ConnectorError(status, str(code or f"HTTP{status}"),
+                          str(message or f"Operation returned an invalid status code {reason!r}"),
+                          _retry_after(retry_after))

@@ -34,9 +34,9 @@ from state.references import ConversationReferences
 
 from .adapter import TeamsAdapter, build_authentication
 from .alert_buttons import AlertButtons
-from .connector import SharedSession
+from .connector import JsonConnector, SharedSession
 from .handler import ProactiveBot
-from .replies import QueuedReplies
+from .replies import QueuedReplies, ReplySlots, TurnReplies
 from .roster import TeamsRoster
 from .sender import TeamsSender
 from .signing_keys import ChannelSigningKeys
@@ -51,6 +51,7 @@ class TeamsConnection:
 
     def __init__(self, config: Config, clock: Clock, metrics: Metrics | None = None) -> None:
         self.metrics = metrics or Metrics()
+        self._clock = clock
         self.session = SharedSession(ssl_context=trust_context(config.ca_files))
         self.tokens: ChannelTokens | None = None
         self.signing_keys: ChannelSigningKeys | None = None
@@ -76,6 +77,7 @@ class TeamsConnection:
         scheduler: Scheduler,
         welcome_team_members: bool,
         alert_actions: AlertActions,
+        reply_slots: ReplySlots,
         preferences: Preferences | None = None,
     ) -> SdkTurns:
         """The activity handler over `storage`, wrapped as the /api/messages turn processor."""
@@ -93,7 +95,8 @@ class TeamsConnection:
             alert_buttons=AlertButtons(alert_actions),
             preferences=preferences,
         )
-        self.adapter.reply_later = QueuedReplies(proactive)
+        self.adapter.replies = TurnReplies(JsonConnector(self.session, self.tokens, timeout_s=10.0), reply_slots,
+                                           QueuedReplies(proactive, self._clock))
         return SdkTurns(self.adapter, self.authentication, bot)
 
     def status(self) -> dict[str, object]:

@@ -1,7 +1,9 @@
 """Talks to the Bot Connector for the delivery worker: send, update, open a 1:1 chat.
 
-Implements the worker's `Sender` protocol with the SDK's ConnectorClient (pooled, see connector.py) and
-turns every failure into a `SendFailure` that says what Teams' documentation says to do with it.
+Implements the worker's `Sender` protocol: the stored activity JSON goes out as it is, over keep-alive
+connections (`connector.JsonConnector`), with no msrest model built on the way. Every failure becomes
+a `SendFailure` that says what Teams' documentation says to do with it (`classify`, also used for a
+turn's replies).
 """
 
 from __future__ import annotations
@@ -10,15 +12,13 @@ import asyncio
 from typing import Any
 
 import aiohttp
-from botbuilder.schema import ChannelAccount, ConversationParameters, ErrorResponseException
-from botframework.connector.aio import ConnectorClient
-from botframework.connector.auth import AuthenticationConstants, ClaimsIdentity
+from botbuilder.schema import ErrorResponseException
 from msrest.exceptions import ClientRequestError
 
 from bot.delivery.failures import SendFailure
 
-from .activities import activity_from_json
 from .adapter import ReusingAuthentication
+from .connector import ConnectorError, JsonConnector
 from .tokens import token_unavailable_in
 
 # Teams' error table (shared/teams-facts.md): what to do per status.
@@ -34,6 +34,14 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
+def _by_status(status: int, code: str, message: str, retry_after: float | None) -> SendFailure:
+    if status in _RETRY_STATUSES:
+        return SendFailure("retry", status, code, message, retry_after)
+    if status == 404 or (status == 403 and code in _GONE_CODES):
+        return SendFailure("gone", status, code, message)
+    return SendFailure("drop", status, code, message)
+
+
 def classify(exc: BaseException) -> SendFailure:
     """Map an exception from the connector call to what the worker should do."""
     if isinstance(exc, SendFailure):
@@ -42,17 +50,15 @@ def classify(exc: BaseException) -> SendFailure:
     if unavailable is not None:  # Teams was never asked: wait for the identity service, lose nothing
         return SendFailure("retry", None, "TokenUnavailable", unavailable.reason,
                            max(1.0, unavailable.retry_after), attempted=False)
-    if isinstance(exc, ErrorResponseException):
+    if isinstance(exc, ConnectorError):
+        return _by_status(exc.status, exc.code, exc.message, exc.retry_after)
+    if isinstance(exc, ErrorResponseException):  # the SDK's ConnectorClient (rosters, SDK calls in a turn)
         response = exc.response
         status = int(getattr(response, "status", 0) or getattr(response, "status_code", 0) or 0)
         error = getattr(exc.error, "error", None)
         code = str(getattr(error, "code", None) or f"HTTP{status}")
         message = str(getattr(error, "message", None) or exc.message or "")
-        if status in _RETRY_STATUSES:
-            return SendFailure("retry", status, code, message, _retry_after(getattr(response, "headers", None)))
-        if status == 404 or (status == 403 and code in _GONE_CODES):
-            return SendFailure("gone", status, code, message)
-        return SendFailure("drop", status, code, message)
+        return _by_status(status, code, message, _retry_after(getattr(response, "headers", None)))
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ClientError | ClientRequestError | ConnectionError):
         return SendFailure("retry", None, type(exc).__name__, str(exc) or "connection failed or timed out")
     return SendFailure("drop", None, type(exc).__name__, str(exc))
@@ -62,53 +68,35 @@ class TeamsSender:
     """The outbound calls of proactive delivery, with the bot's own credentials."""
 
     def __init__(self, authentication: ReusingAuthentication, app_id: str, timeout_s: float = 20.0) -> None:
-        self._authentication = authentication
-        self._claims = ClaimsIdentity(
-            {AuthenticationConstants.AUDIENCE_CLAIM: app_id, AuthenticationConstants.APP_ID_CLAIM: app_id},
-            is_authenticated=True,
-        )
-        self._timeout = timeout_s
-
-    async def _client(self, service_url: str) -> ConnectorClient:
-        factory = self._authentication.create_connector_factory(self._claims)
-        return await factory.create(service_url, None)
+        """`app_id` is the bot's (its token, from `authentication`, is what the calls carry)."""
+        self._connector = JsonConnector(authentication.session, authentication.tokens, timeout_s=timeout_s)
+        self.app_id = app_id
 
     async def send(self, service_url: str, conversation_id: str, payload: dict[str, Any]) -> str:
-        """Post a new activity; returns the id Teams gave it."""
-        client = await self._client(service_url)
-        activity = activity_from_json(payload)
+        """Post a new activity (the stored JSON, as it is); returns the id Teams gave it."""
         try:
-            async with asyncio.timeout(self._timeout):
-                response = await client.conversations.send_to_conversation(conversation_id, activity)
+            answer = await self._connector.send(service_url, conversation_id, payload)
         except Exception as exc:
             raise classify(exc) from exc
-        return str(getattr(response, "id", "") or "")
+        return str(answer.get("id") or "")
 
     async def update(self, service_url: str, conversation_id: str, activity_id: str, payload: dict[str, Any]) -> str:
         """Replace an activity in place (e.g. a progress message)."""
-        client = await self._client(service_url)
-        activity = activity_from_json(payload)
-        activity.id = activity_id
         try:
-            async with asyncio.timeout(self._timeout):
-                await client.conversations.update_activity(conversation_id, activity_id, activity)
+            await self._connector.update(service_url, conversation_id, activity_id, {**payload, "id": activity_id})
         except Exception as exc:
             raise classify(exc) from exc
         return activity_id
 
     async def open_personal_chat(self, service_url: str, tenant_id: str | None, bot_id: str, user_id: str) -> str:
         """Create (or get back) the 1:1 chat between the bot and a user; returns its conversation id."""
-        client = await self._client(service_url)
-        parameters = ConversationParameters(
-            bot=ChannelAccount(id=bot_id),
-            members=[ChannelAccount(id=user_id)],
-            is_group=False,
-            tenant_id=tenant_id,
-            channel_data={"tenant": {"id": tenant_id}} if tenant_id else None,
-        )
+        parameters: dict[str, Any] = {"isGroup": False, "bot": {"id": bot_id}, "members": [{"id": user_id}]}
+        if tenant_id:
+            parameters |= {"tenantId": tenant_id, "channelData": {"tenant": {"id": tenant_id}}}
         try:
-            async with asyncio.timeout(self._timeout):
-                response = await client.conversations.create_conversation(parameters)
+            answer = await self._connector.create_conversation(service_url, parameters)
         except Exception as exc:
             raise classify(exc) from exc
-        return str(response.id)
+        if not answer.get("id"):
+            raise SendFailure("retry", None, "NoConversationId", "Teams created no conversation id")
+        return str(answer["id"])

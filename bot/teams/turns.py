@@ -1,4 +1,4 @@
-"""The Bot Framework side of POST /api/messages: parse the activity, authenticate it, run the turn.
+"""The Bot Framework side of POST /api/messages: read the activity, authenticate it, run the turn.
 
 Implements `bot.api.messages.TurnProcessor` with the SDK's CloudAdapter, so the HTTP route never
 touches botbuilder types.
@@ -18,12 +18,14 @@ from bot.api.messages import TurnAnswer, TurnRefused
 from bot.logs import log_context
 
 from .activities import tenant_of
+from .wire import from_json
 
 log = logging.getLogger(__name__)
 
 
 class SdkTurns:
-    """Deserialises with msrest, authenticates with the SDK, runs `bot.on_turn` through the adapter."""
+    """Reads the activity (as msrest would, `wire.from_json`), authenticates with the SDK, runs `bot.on_turn`
+    through the adapter."""
 
     def __init__(self, adapter: CloudAdapter, authentication: BotFrameworkAuthentication, bot: Bot) -> None:
         self._adapter = adapter
@@ -32,7 +34,7 @@ class SdkTurns:
 
     async def process(self, body: dict[str, Any], auth_header: str) -> TurnAnswer:
         try:
-            activity = Activity().deserialize(body)
+            activity = from_json(Activity, body)
         except Exception as exc:  # msrest raises several types for shape errors
             raise TurnRefused(400, "BadActivity", f"activity does not match the Bot Framework schema: {exc}") from None
         try:
