@@ -80,6 +80,7 @@ class CountingDouble(ConnectorDouble):
     def delivery(self, tenants: Sequence[str], after: float) -> Json:
         reached = sum(1 for c in self.tenant_of if self.delivered[c])
         times = [t for tenant in self.accepted_at.values() for t in tenant[-1:]]
+        firsts = [t for tenant in self.accepted_at.values() for t in tenant[:1]]
         resumed = [t for tenant in tenants for t in self.accepted_at.get(tenant, []) if t > after]
         return {
             "accepted": sum(self.delivered.values()),
@@ -87,6 +88,7 @@ class CountingDouble(ConnectorDouble):
             "lost": len(self.tenant_of) - reached,
             "duplicated": sum(1 for c in self.tenant_of if self.delivered[c] > 1),
             "last_accepted_at": max(times, default=None),
+            "first_accepted_at": min(firsts, default=None),
             "first_after": min(resumed, default=None),
             "throttled": self.statuses.get(429, 0),
         }
@@ -118,6 +120,7 @@ class Run:
     label: str
     replicas: int
     seconds: float | None = None
+    first_s: float | None = None
     throttled: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -212,6 +215,8 @@ async def one_run(args: argparse.Namespace, databases: Databases, workdir: Path,
             run.throttled = int(seen["throttled"])
             if seen["last_accepted_at"] is not None and run.lost == 0:
                 run.seconds = seen["last_accepted_at"] - started_at
+            if seen["first_accepted_at"] is not None:
+                run.first_s = seen["first_accepted_at"] - started_at
             if killed_at is not None and seen["first_after"] is not None:
                 run.takeover_s = seen["first_after"] - killed_at
             if not run.owners:
@@ -235,12 +240,12 @@ def report(args: argparse.Namespace, runs: list[Run]) -> Json:
     print(f"one message to each of {total} conversations in {args.tenants} tenants; the double enforces Teams' "
           f"windows and {args.tenant_rps} requests/s per tenant; PostgreSQL; LEASE_SECONDS={args.lease_seconds:g}")
     print(f"{'run':<32}{'seconds':>9}{'vs bound':>10}{'429s':>7}{'lost':>7}{'dup convs':>11}{'take-over s':>13}"
-          f"  tenants per replica")
+          f"{'1st send s':>12}  tenants per replica")
     for run in runs:
         ratio = run.seconds / bound_s * 1.05 if run.seconds else None
         spread = " ".join(str(len(t)) for t in run.owners.values())
         print(f"{run.label:<32}{fmt(run.seconds, '.1f'):>9}{fmt(ratio, '.3f'):>10}{run.throttled:>7}{run.lost:>7}"
-              f"{run.duplicated:>11}{fmt(run.takeover_s, '.1f'):>13}  {spread}")
+              f"{run.duplicated:>11}{fmt(run.takeover_s, '.1f'):>13}{fmt(run.first_s, '.2f'):>12}  {spread}")
     print(f"{'bound: 1.05 x per-tenant / rps':<32}{bound_s:>9.1f}{1.05:>10.3f}{0:>7}{0:>7}{0:>11}"
           f"{'lease+' + format(args.lease_seconds / 3, '.0f'):>13}")
     by = {run.label: run for run in runs}
