@@ -472,8 +472,9 @@ def main() -> None:
     parser.add_argument("--ceiling-rounds", type=int, default=3, help="(b): rounds per row (median shown)")
     parser.add_argument("--sample-timeout", type=float, default=120, help="(a): give up on the samples' loop")
     parser.add_argument("--engines", default="sqlite,postgresql", help="database engines to run ours on")
-    parser.add_argument("--postgres-url", help="a PostgreSQL server to create the benchmark databases on "
-                                               "(default: a throwaway server from the machine's binaries)")
+    parser.add_argument("--postgres-url", "--database", dest="postgres_url",
+                        help="a PostgreSQL server to create the benchmark databases on "
+                             "(default: a throwaway server from the machine's binaries)")
     parser.add_argument("--metrics", action="store_true", help="print the bot's /metrics of (a) at the end")
     parser.add_argument("--role", choices=("bench", "double", "sample"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

@@ -291,8 +291,9 @@ def main() -> None:
     parser.add_argument("--tenant-rps", type=int, default=50, help="per-tenant budget, double and bot")
     parser.add_argument("--lease-seconds", type=float, default=20.0, help="the replicas' LEASE_SECONDS")
     parser.add_argument("--no-kill", action="store_true", help="leave out the run with a replica killed")
-    parser.add_argument("--postgres-url", help="a PostgreSQL server to create the benchmark databases on "
-                                               "(default: a throwaway server from the machine's binaries)")
+    parser.add_argument("--postgres-url", "--database", dest="postgres_url",
+                        help="a PostgreSQL server to create the benchmark databases on "
+                             "(default: a throwaway server from the machine's binaries)")
     parser.add_argument("--role", choices=("bench", "double"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -462,7 +462,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pg-n", type=int, default=20_000, help="jobs per engine in (d)")
     parser.add_argument("--pg-late-n", type=int, default=2_000, help="jobs due within 10 s in (d)")
-    parser.add_argument("--postgres-url", help="a PostgreSQL server for (d) (default: a throwaway server)")
+    parser.add_argument("--postgres-url", "--database", dest="postgres_url",
+                        help="a PostgreSQL server for (d) (default: a throwaway server)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

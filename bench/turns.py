@@ -345,8 +345,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-agents-sdk", dest="agents_sdk", action="store_false",
                         help="skip the Agents SDK column (no package index)")
-    parser.add_argument("--postgres-url", help="a PostgreSQL server to create the benchmark database on "
-                                               "(default: a throwaway server from the machine's binaries)")
+    parser.add_argument("--postgres-url", "--database", dest="postgres_url",
+                        help="a PostgreSQL server to create the benchmark database on "
+                             "(default: a throwaway server from the machine's binaries)")
     args = parser.parse_args()
     figures = asyncio.run(run(args))
     print(json.dumps(figures))

@@ -29,7 +29,7 @@ class SqliteDatabase:
     row_lock = ""
 
     def __init__(self, path: str, migrations: Iterable[Migration] = MIGRATIONS, *,
-                 busy_timeout_ms: int = 5000) -> None:
+                 busy_timeout_ms: int = 10_000) -> None:
         self.path = path
         self._migrations = tuple(sorted(migrations, key=lambda m: m.version))
         self._busy_timeout_ms = busy_timeout_ms
