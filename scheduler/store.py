@@ -126,10 +126,12 @@ class JobStore:
             rows = await self._db.fetchall(
                 "UPDATE scheduled_jobs SET state = 'running', lease_until = ?, attempts = attempts + 1,"
                 " claimed_by = ?"
-                f" WHERE id IN ({marks(len(chunk))})"
-                " AND ((state = 'pending' AND due_at <= ?) OR (state = 'running' AND lease_until <= ?))"
+                f" WHERE id IN ({marks(len(chunk))}) AND state IN ('pending', 'running')"
+                # one expression, not an OR of the partial indexes' predicates: a cached generic plan on
+                # PostgreSQL would scan those indexes (every due job) instead of looking the ids up
+                " AND CASE WHEN state = 'pending' THEN due_at ELSE lease_until END <= ?"
                 " RETURNING *",
-                (ts(lease_until), self.owner, *chunk, now_ts, now_ts),
+                (ts(lease_until), self.owner, *chunk, now_ts),
             )
             claimed.extend(job_from_row(row) for row in rows)
         return claimed
