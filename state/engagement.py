@@ -106,6 +106,9 @@ class Engagement:
             auto_transitions=False,
         )
         self._on_released: Released = _nothing
+        # (state, trigger) pairs the machine maps to an internal transition (nothing changes, no callback)
+        self._inert = {(state, trigger) for state in STATES for trigger in {t["trigger"] for t in TRANSITIONS}
+                       if all(t.dest is None for t in self._machine.get_transitions(trigger, source=state))}
 
     def on_topic_ended(self, callback: Released) -> None:
         """What to do when a topic ends (release held items): see `Released`."""
@@ -133,20 +136,27 @@ class Engagement:
         )
         return str(row["pending_prompt"]) if row and row["pending_prompt"] else None
 
-    async def fire(self, conversation_id: str, trigger: str, *, prompt: str | None = None) -> str:
+    async def _stored(self, conversation_id: str) -> str | None:
+        row = await self._db.fetchone("SELECT state FROM engagement WHERE conversation_id = ?", (conversation_id,))
+        return str(row["state"]) if row else None
+
+    async def fire(self, conversation_id: str, trigger: str, *, prompt: str | None = None,
+                   stored: str | Literal[False] | None = False) -> str:
         """Run `trigger` for a conversation; returns the new state. Unknown-in-state triggers are ignored.
+        `stored`: the state just read (None: no row yet), to save reading it again.
 
         The transition is a compare-and-set on the stored state (retried on a lost race), so two replicas
         moving one conversation at once cannot both end its topic: exactly one releases what it held."""
-        for _ in range(_CAS_ATTEMPTS):
-            row = await self._db.fetchone("SELECT state FROM engagement WHERE conversation_id = ?",
-                                          (conversation_id,))
+        for attempt in range(_CAS_ATTEMPTS):
+            current = stored if attempt == 0 and stored is not False else await self._stored(conversation_id)
+            if (current or "idle", trigger) in self._inert:
+                return current or "idle"  # the common end of a turn: nothing to run, nothing to write
             model = Conversation()
-            before, after = await self._run(model, str(row["state"]) if row else "idle", trigger)
+            before, after = await self._run(model, current or "idle", trigger)
             if after == before and trigger != "topic_started":
                 return after
             stored_prompt = prompt if after == "in_topic" else None
-            if not await self._store(conversation_id, row is not None, before, after, stored_prompt):
+            if not await self._store(conversation_id, current is not None, before, after, stored_prompt):
                 continue  # another turn or replica moved it first: decide again from what it wrote
             if after != before:
                 log.debug("conversation %s: %s → %s (%s)", conversation_id, before, after, trigger)
@@ -179,6 +189,8 @@ class Engagement:
                 "SELECT state FROM engagement_members WHERE conversation_id = ? AND user_id = ?",
                 (conversation_id, user_id),
             )
+            if (str(row["state"]) if row else "idle", trigger) in self._inert:
+                return str(row["state"]) if row else "idle"
             model = Conversation()
             before, after = await self._run(model, str(row["state"]) if row else "idle", trigger)
             if after == before and trigger != "topic_started":
@@ -222,11 +234,13 @@ class Engagement:
         personal chats. A message from a conversation the bot had lost (removed, blocked) shows it is
         reachable again."""
         key = conversation_key(conversation_id)
-        if await self.state(key) == "inactive":
-            await self.fire(key, "installed")
+        stored: str | Literal[False] | None = await self._stored(key)
+        if stored == "inactive":
+            await self.fire(key, "installed", stored=stored)
+            stored = False  # read it again
         trigger = "topic_started" if mid_topic else "topic_ended"
         if user_id is None:
-            return await self.fire(key, trigger, prompt=prompt)
+            return await self.fire(key, trigger, prompt=prompt, stored=stored)
         return await self.fire_member(conversation_id, user_id, trigger, prompt=prompt)
 
     async def member_in_topic(self, conversation_id: str, user_id: str, *, besides: str | None = None) -> bool:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from copy import copy
 from typing import Any, Protocol
 
 import jwt
 from botbuilder.core import TurnContext
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
-from botbuilder.schema import Activity, ActivityTypes, ResourceResponse
+from botbuilder.schema import Activity, ActivityTypes, DeliveryModes, ResourceResponse
 from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import (
     AuthenticateRequestResult,
@@ -166,12 +167,53 @@ class ReplySender(Protocol):
 _LOCAL = {"delay", ActivityTypes.invoke_response, ActivityTypes.trace}
 
 
+class TeamsTurnContext(TurnContext):
+    """The SDK's TurnContext, except that `send_activities` copies each outgoing activity shallowly.
+
+    The SDK deep-copies every activity it sends (its card included) so that the conversation reference it
+    stamps on the copy never reaches the caller's object. The stamp sets top-level fields only, and nothing in
+    this bot (no send middleware) changes an activity's nested parts once it is sent, so a shallow copy keeps
+    that guarantee; the deep copy of a help card was a tenth of a turn's CPU. `expectReplies` turns keep the
+    SDK's path."""
+
+    async def send_activities(self, activities: list[Activity]) -> list[ResourceResponse]:
+        if self.activity.delivery_mode == DeliveryModes.expect_replies:
+            return await super().send_activities(activities)
+        reference = TurnContext.get_conversation_reference(self.activity)
+        output = [_stamped(TurnContext.apply_conversation_reference(copy(activity), reference))
+                  for activity in activities]
+
+        async def logic() -> list[ResourceResponse]:
+            responses: list[ResourceResponse] = await self.adapter.send_activities(self, output)
+            if any(activity.type != ActivityTypes.trace for activity in output):
+                self.responded = True
+            return responses
+
+        result: list[ResourceResponse] = await self._emit(self._on_send_activities, output, logic())
+        return result
+
+
+def _stamped(activity: Activity) -> Activity:
+    """What the SDK's send does to each copy: a type, an input hint, no id."""
+    activity.type = activity.type or ActivityTypes.message
+    activity.input_hint = activity.input_hint or "acceptingInput"
+    activity.id = None
+    return activity
+
+
 class TeamsAdapter(CloudAdapter):
-    """The SDK's CloudAdapter, except that a turn's replies go through `replies` (see the module docstring)."""
+    """The SDK's CloudAdapter, except that a turn's replies go through `replies` (see the module docstring)
+    and its turn contexts are `TeamsTurnContext`s."""
 
     def __init__(self, authentication: BotFrameworkAuthentication) -> None:
         super().__init__(authentication)
         self.replies: ReplySender | None = None
+
+    def _create_turn_context(self, activity: Activity, *args: Any) -> TurnContext:
+        base = super()._create_turn_context(activity, *args)
+        context = TeamsTurnContext(base)
+        context.turn_state.update(base.turn_state)
+        return context
 
     async def send_activities(self, context: TurnContext, activities: list[Activity]) -> list[ResourceResponse]:
         if self.replies is None:

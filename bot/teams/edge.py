@@ -14,7 +14,6 @@ import logging
 from botbuilder.core import (
     ConversationState,
     MessageFactory,
-    PrivateConversationState,
     Storage,
     TurnContext,
     UserState,
@@ -35,6 +34,7 @@ from state.references import ConversationReferences
 from .adapter import TeamsAdapter, build_authentication
 from .alert_buttons import AlertButtons
 from .connector import JsonConnector, SharedSession
+from .dialog_state import DialogStackState
 from .handler import ProactiveBot
 from .replies import QueuedReplies, ReplySlots, TurnReplies
 from .roster import TeamsRoster
@@ -86,7 +86,7 @@ class TeamsConnection:
             references=references,
             conversation_state=ConversationState(storage),
             user_state=UserState(storage),
-            dialog_state=PrivateConversationState(storage),
+            dialog_state=DialogStackState(storage),
             dialog=dialog,
             engagement=engagement,
             proactive=proactive,
