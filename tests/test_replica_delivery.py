@@ -36,7 +36,7 @@ class Cluster:
     open_database: OpenDatabase
     sessions: list[SharedSession] = field(default_factory=list)
 
-    async def replica(self, name: str) -> DeliveryWorker:
+    async def replica(self, name: str, claim_batch: int = 1000) -> DeliveryWorker:
         db = await self.open_database()
         limiter = TeamsRateLimiter(self.clock)
         session = SharedSession()
@@ -45,6 +45,7 @@ class Cluster:
             OutboxStore(db, self.clock), ConversationReferences(db, self.clock),
             TeamsSender(build_authentication(Config(), session), ""), SendQueue(self.clock, limiter), self.clock,
             limiter=limiter, rng=random.Random(7), ownership=Ownership(Leases(db), name, self.clock, lease_s=20),
+            claim_batch=claim_batch,
         )
         await worker.ownership.heartbeat()
         return worker
@@ -175,3 +176,17 @@ async def test_a_reply_takes_a_slot_only_on_the_replica_that_sends_for_its_tenan
     assert for_a in a.ownership.owned
     a.release_reply_slot("19:chat", for_a)
     assert not await b.acquire_reply_slot("19:other", for_a, 1.0), "a holds the tenant's lease now"
+
+
+async def test_a_maintenance_pass_while_the_queue_is_full_keeps_the_wish_to_claim_more(cluster: Cluster) -> None:
+    a = await cluster.replica("r-a", claim_batch=4)
+    await cluster.seed(a, per_tenant=3)  # 12 rows, more than one claim's worth
+    await a.maintain()
+    assert len(a._queue) == 4 and a._claim_wanted, "a full claim: there may be more"
+    await a.maintain()  # the maintenance timer fires before the queue drained
+    assert a._claim_wanted, "still wanted: the rows left are claimed once these have gone (not minutes later)"
+    for _ in range(3):
+        await cluster.drain(a)
+        await a.claim_more()
+    await cluster.drain(a)
+    assert sum(cluster.sends().values()) == 12

@@ -167,7 +167,7 @@ async def resolve_targets(note: Notification, references: ConversationReferences
         )
 
     if note.target_all:
-        out.items = [item(r.conversation_id, r.tenant_id) for r in await references.all()]
+        out.items = [item(conversation_id, tenant_id) for conversation_id, tenant_id in await references.reachable()]
     for conversation_id in note.conversations:
         record = await references.get(conversation_key(conversation_id))
         if record is None:

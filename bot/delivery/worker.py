@@ -248,14 +248,16 @@ class DeliveryWorker:
 
     async def claim_more(self) -> int:
         """Claim pending rows of the owned tenants while few wait here; returns how many were claimed."""
-        self._claim_wanted = False
         if self._to_acquire:
             wanted, self._to_acquire = self._to_acquire, set()
             for tenant in await self.ownership.acquire(wanted):
                 await self._took_over(tenant)
         tenants = sorted(t for t in self.ownership.owned if t not in self._leaving) if not \
             self.ownership.standalone else sorted(await self._store.tenants_with_work(self._clock.now().timestamp()))
-        if not tenants or len(self._queue) >= self._claim_batch:
+        if len(self._queue) >= self._claim_batch:
+            return 0  # enough waits here; a wish to claim more (`_claim_wanted`) stands until it drains
+        self._claim_wanted = False
+        if not tenants:
             return 0
         now = self._clock.now().timestamp()
         rows = await self._store.claim(tenants, self.ownership.replica_id, now + self.ownership.lease_s, now,

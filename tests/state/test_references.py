@@ -88,6 +88,14 @@ async def test_all_filters_by_tenant(refs: ConversationReferences) -> None:
     assert [r.conversation_id for r in await refs.all(tenant_id="t2")] == ["b"]
 
 
+async def test_reachable_lists_active_conversations_with_their_tenants(refs: ConversationReferences) -> None:
+    await refs.upsert(record("a", tenant_id="t1"), reactivate=True)
+    await refs.upsert(record("b", tenant_id=None), reactivate=True)
+    await refs.upsert(record("c", tenant_id="t2"), reactivate=True)
+    await refs.mark_inactive("a", "uninstalled")
+    assert sorted(await refs.reachable(), key=lambda t: t[0]) == [("b", None), ("c", "t2")]
+
+
 async def test_migrations_are_versioned_and_idempotent(open_database: OpenDatabase) -> None:
     for _ in range(2):
         db = await open_database()
