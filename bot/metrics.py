@@ -62,6 +62,7 @@ class Metrics:
                                registry=r)
         self._db_errors = Counter("bot_database_errors", "Database operations that failed", ["where"], registry=r)
         self._totals: dict[str, int] = dict.fromkeys(SEND_OUTCOMES, 0)
+        self._send_counters: dict[tuple[str, str], Counter] = {}  # labelled children: two per send, looked up once
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -77,7 +78,13 @@ class Metrics:
         """`count` proactive messages of `category` reached `outcome` (one of SEND_OUTCOMES)."""
         if count <= 0:
             return
-        self._sends.labels(category if category in CATEGORIES else "other", outcome).inc(count)
+        key = (category, outcome)
+        counter = self._send_counters.get(key)
+        if counter is None:
+            counter = self._sends.labels(category if category in CATEGORIES else "other", outcome)
+            if category in CATEGORIES and outcome in SEND_OUTCOMES:  # bounded: never an unknown label value
+                self._send_counters[key] = counter
+        counter.inc(count)
         self._totals[outcome] = self._totals.get(outcome, 0) + count
 
     def send_latency(self, seconds: float) -> None:

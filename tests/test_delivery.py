@@ -248,6 +248,9 @@ async def test_stop_during_a_flush_does_not_hang() -> None:
     from scheduler.clock import SystemClock
 
     class IdleQueue:
+        def __len__(self) -> int:
+            return 0
+
         def next_wake(self) -> None:
             return None
 

@@ -31,6 +31,7 @@ from msrest.universal_http.aiohttp import AioHttpClientResponse
 from .http1 import ConnectionPool
 
 USER_AGENT = "teams-proactive-bot/0.1 (BotBuilder Python 4.17)"
+_HEADERS = {"Accept": "application/json", "Content-Type": "application/json; charset=utf-8", "User-Agent": USER_AGENT}
 
 
 class BearerTokens(Protocol):
@@ -176,8 +177,7 @@ class JsonConnector:
 
     async def _call(self, method: str, service_url: str, path: str, body: dict[str, Any],
                     conversation_id: str | None) -> dict[str, Any]:
-        headers = {"Accept": "application/json", "Content-Type": "application/json; charset=utf-8",
-                   "User-Agent": USER_AGENT}
+        headers = _HEADERS.copy()
         if conversation_id is not None:
             headers["x-ms-conversation-id"] = conversation_id
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
