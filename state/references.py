@@ -116,70 +116,81 @@ class ConversationReferences:
         mono = self._clock.monotonic()
         if seen is not None and seen[0] == fingerprint and mono - seen[1] < self.REFRESH_SECONDS:
             return
-        now = self._clock.now().timestamp()
         async with self._db.transaction() as tx:
-            await tx.execute(
-                """
-                INSERT INTO conversation_refs (
-                    conversation_id, channel_id, service_url, tenant_id, conversation_type,
-                    user_id, user_aad_id, user_name, bot_id, bot_name, team_id, team_name, channel_name, reference,
-                    active, inactive_reason, first_seen, last_seen)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, NULL, ?, ?)
-                ON CONFLICT (conversation_id) DO UPDATE SET
-                    channel_id = excluded.channel_id,
-                    service_url = excluded.service_url,
-                    tenant_id = COALESCE(excluded.tenant_id, conversation_refs.tenant_id),
-                    conversation_type = COALESCE(excluded.conversation_type, conversation_refs.conversation_type),
-                    user_id = COALESCE(excluded.user_id, conversation_refs.user_id),
-                    user_aad_id = COALESCE(excluded.user_aad_id, conversation_refs.user_aad_id),
-                    user_name = COALESCE(excluded.user_name, conversation_refs.user_name),
-                    bot_id = COALESCE(excluded.bot_id, conversation_refs.bot_id),
-                    bot_name = COALESCE(excluded.bot_name, conversation_refs.bot_name),
-                    team_id = COALESCE(excluded.team_id, conversation_refs.team_id),
-                    team_name = COALESCE(excluded.team_name, conversation_refs.team_name),
-                    channel_name = COALESCE(excluded.channel_name, conversation_refs.channel_name),
-                    reference = excluded.reference,
-                    active = CASE WHEN ? = 1 THEN 1 ELSE conversation_refs.active END,
-                    inactive_reason = CASE WHEN ? = 1 THEN NULL ELSE conversation_refs.inactive_reason END,
-                    last_seen = excluded.last_seen
-                """,
-                (
-                    record.conversation_id,
-                    record.channel_id,
-                    record.service_url,
-                    record.tenant_id,
-                    record.conversation_type,
-                    record.user_id,
-                    record.user_aad_id,
-                    record.user_name,
-                    record.bot_id,
-                    record.bot_name,
-                    record.team_id,
-                    record.team_name,
-                    record.channel_name,
-                    json.dumps(record.reference, separators=(",", ":")),
-                    now,
-                    now,
-                    int(reactivate),
-                    int(reactivate),
-                ),
-            )
-            if record.user_id:
-                await tx.execute(
-                    """
-                    INSERT INTO conversation_members (conversation_id, user_id, user_aad_id, user_name, last_seen)
-                    VALUES (?, ?, ?, ?, ?)
-                    ON CONFLICT (conversation_id, user_id) DO UPDATE SET
-                        user_aad_id = COALESCE(excluded.user_aad_id, conversation_members.user_aad_id),
-                        user_name = COALESCE(excluded.user_name, conversation_members.user_name),
-                        last_seen = excluded.last_seen
-                    """,
-                    (record.conversation_id, record.user_id, record.user_aad_id, record.user_name, now),
-                )
-            await self._announce(record.conversation_id, tx)
+            await self._write(tx, [record], reactivate, self._clock.now().timestamp())
         if len(self._fresh) > 100_000:
             self._fresh.clear()
         self._fresh[record.conversation_id] = (fingerprint, mono)
+
+    async def upsert_many(self, records: Iterable[ConversationRecord], *, reactivate: bool) -> None:
+        """`upsert` for many conversations in one transaction (e.g. importing them; no refresh is skipped)."""
+        now = self._clock.now().timestamp()
+        async with self._db.transaction() as tx:
+            await self._write(tx, list(records), reactivate, now)
+
+    async def _write(self, tx: Connection, records: list[ConversationRecord], reactivate: bool, now: float) -> None:
+        await tx.executemany(
+            """
+            INSERT INTO conversation_refs (
+                conversation_id, channel_id, service_url, tenant_id, conversation_type,
+                user_id, user_aad_id, user_name, bot_id, bot_name, team_id, team_name, channel_name, reference,
+                active, inactive_reason, first_seen, last_seen)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, NULL, ?, ?)
+            ON CONFLICT (conversation_id) DO UPDATE SET
+                channel_id = excluded.channel_id,
+                service_url = excluded.service_url,
+                tenant_id = COALESCE(excluded.tenant_id, conversation_refs.tenant_id),
+                conversation_type = COALESCE(excluded.conversation_type, conversation_refs.conversation_type),
+                user_id = COALESCE(excluded.user_id, conversation_refs.user_id),
+                user_aad_id = COALESCE(excluded.user_aad_id, conversation_refs.user_aad_id),
+                user_name = COALESCE(excluded.user_name, conversation_refs.user_name),
+                bot_id = COALESCE(excluded.bot_id, conversation_refs.bot_id),
+                bot_name = COALESCE(excluded.bot_name, conversation_refs.bot_name),
+                team_id = COALESCE(excluded.team_id, conversation_refs.team_id),
+                team_name = COALESCE(excluded.team_name, conversation_refs.team_name),
+                channel_name = COALESCE(excluded.channel_name, conversation_refs.channel_name),
+                reference = excluded.reference,
+                active = CASE WHEN ? = 1 THEN 1 ELSE conversation_refs.active END,
+                inactive_reason = CASE WHEN ? = 1 THEN NULL ELSE conversation_refs.inactive_reason END,
+                last_seen = excluded.last_seen
+            """,
+            [(
+                record.conversation_id,
+                record.channel_id,
+                record.service_url,
+                record.tenant_id,
+                record.conversation_type,
+                record.user_id,
+                record.user_aad_id,
+                record.user_name,
+                record.bot_id,
+                record.bot_name,
+                record.team_id,
+                record.team_name,
+                record.channel_name,
+                json.dumps(record.reference, separators=(",", ":")),
+                now,
+                now,
+                int(reactivate),
+                int(reactivate),
+            ) for record in records],
+        )
+        members = [(record.conversation_id, record.user_id, record.user_aad_id, record.user_name, now)
+                   for record in records if record.user_id]
+        if members:
+            await tx.executemany(
+                """
+                INSERT INTO conversation_members (conversation_id, user_id, user_aad_id, user_name, last_seen)
+                VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (conversation_id, user_id) DO UPDATE SET
+                    user_aad_id = COALESCE(excluded.user_aad_id, conversation_members.user_aad_id),
+                    user_name = COALESCE(excluded.user_name, conversation_members.user_name),
+                    last_seen = excluded.last_seen
+                """,
+                members,
+            )
+        for record in records:
+            await self._announce(record.conversation_id, tx)
 
     async def add_members(self, conversation_id: str, members: Iterable[tuple[str, str | None, str | None]]) -> None:
         """Record members of a conversation seen in its roster: (Teams user id, AAD object id, name)."""

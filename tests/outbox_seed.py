@@ -46,7 +46,9 @@ async def seed_references(database_url: str, service_url: str, conversations: Se
     await db.open()
     try:
         references = ConversationReferences(db, SystemClock())
-        for conversation_id, tenant_id in conversations:
-            await references.upsert(record(conversation_id, tenant_id, service_url), reactivate=True)
+        for start in range(0, len(conversations), 1000):
+            await references.upsert_many([record(conversation_id, tenant_id, service_url)
+                                          for conversation_id, tenant_id in conversations[start:start + 1000]],
+                                         reactivate=True)
     finally:
         await db.close()

@@ -96,6 +96,17 @@ async def test_reachable_lists_active_conversations_with_their_tenants(refs: Con
     assert sorted(await refs.reachable(), key=lambda t: t[0]) == [("b", None), ("c", "t2")]
 
 
+async def test_upsert_many_writes_each_record_as_upsert_would(refs: ConversationReferences) -> None:
+    await refs.upsert(record("a", service_url="https://old/"), reactivate=True)
+    await refs.mark_inactive("a", "uninstalled")
+    await refs.upsert_many([record("a", service_url="https://new/", user_name=None),
+                            record("b", tenant_id="t2", user_id="29:u2")], reactivate=True)
+    a, b = await refs.get("a", fresh=True), await refs.get("b", fresh=True)
+    assert a is not None and a.service_url == "https://new/" and a.active and a.user_name == "Ada"
+    assert b is not None and b.tenant_id == "t2"
+    assert [r.conversation_id for r in await refs.for_user("29:u2")] == ["b"]
+
+
 async def test_migrations_are_versioned_and_idempotent(open_database: OpenDatabase) -> None:
     for _ in range(2):
         db = await open_database()
