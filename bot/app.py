@@ -20,7 +20,7 @@ from scheduler.sendqueue import SendQueue
 from state.analyses import AnalysisStore
 from state.db import connect
 from state.engagement import Engagement
-from state.leases import Leases
+from state.leases import Leases, TurnLeases
 from state.outbox import OutboxStore
 from state.preferences import Preferences
 from state.prices import PriceLog
@@ -46,6 +46,7 @@ from .prices.sources import build_price_source
 from .prices.watching import PriceWatcher
 from .retention import Retention
 from .teams.edge import TeamsConnection
+from .turn_gate import TurnGate
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ class BotApplication:
             alert_actions=AlertActions(self.watcher, self.preferences),
             preferences=self.preferences,
             reply_slots=self.worker,
+            turn_gate=TurnGate(TurnLeases(self.db), config.replica_id, self.clock,
+                               shared=lambda: len(self.worker.ownership.live) > 1),
         )
         self.retention = Retention(self.outbox, self.prices, self.scheduler, self.clock,
                                    days=config.retention_days)

@@ -1,16 +1,21 @@
-"""Replicas and who sends for which tenant: heartbeats and tenant leases (tables `replicas`, `tenant_leases`).
+"""Replicas and what each holds: heartbeats, tenant leases and turn leases (tables `replicas`,
+`tenant_leases`, `turn_leases`).
 
-A tenant's proactive messages are sent by one replica at a time, the holder of its lease; see
-docs/architecture.md ("Several replicas"). Every statement is a conditional write, so two replicas racing
-for one lease settle in the database: exactly one holds it.
+A tenant's proactive messages are sent by one replica at a time, the holder of its lease; a conversation's
+turns run on one replica at a time, the holder of its turn lease; see docs/architecture.md ("Several
+replicas"). Every statement is a conditional write, so two replicas racing for one lease settle in the
+database: exactly one holds it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .db import Database, chunks, marks
+
+TURNS_CHANNEL = "bot_turns"
+"""Where a replica says that a conversation's turn lease is free (payload: the conversation id)."""
 
 
 @dataclass(frozen=True)
@@ -83,3 +88,32 @@ class Leases:
     async def all(self) -> list[Lease]:
         rows = await self._db.fetchall("SELECT tenant, owner, lease_until FROM tenant_leases ORDER BY tenant")
         return [Lease(str(r["tenant"]), str(r["owner"]), float(r["lease_until"])) for r in rows]
+
+
+class TurnLeases:
+    """One turn per conversation at a time across replicas (`turn_leases`)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def take(self, conversation_id: str, owner: str, until: float, now: float) -> bool:
+        """Hold the conversation's turn lease until `until` if it is free or expired; True if `owner` holds it."""
+        row = await self._db.fetchone(
+            "INSERT INTO turn_leases (conversation_id, owner, lease_until) VALUES (?, ?, ?) "
+            "ON CONFLICT (conversation_id) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until "
+            "WHERE turn_leases.lease_until < ? RETURNING owner",
+            (conversation_id, owner, until, now),
+        )
+        return row is not None
+
+    async def give_back(self, conversation_id: str, owner: str) -> None:
+        """End `owner`'s turn lease and wake the replicas waiting for it."""
+        async with self._db.transaction() as tx:
+            await tx.execute("DELETE FROM turn_leases WHERE conversation_id = ? AND owner = ?",
+                             (conversation_id, owner))
+            await self._db.notify(TURNS_CHANNEL, conversation_id, tx)
+
+    def on_free(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(conversation_id)` when any replica gives a turn lease back ("*": maybe several)."""
+        self._db.subscribe(TURNS_CHANNEL, callback)
+

@@ -404,6 +404,14 @@ CREATE TABLE tenant_leases (
 )
 """
 
+_TURN_LEASES_V13 = """
+CREATE TABLE turn_leases (
+    conversation_id TEXT PRIMARY KEY,
+    owner           TEXT NOT NULL,
+    lease_until     DOUBLE PRECISION NOT NULL
+)
+"""
+
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -591,4 +599,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "alert episodes: a watch counts the alerts it sent", _EPISODES_V10, _EPISODES_V10),
     Migration(11, "indexes for retention", _RETENTION_V11, _RETENTION_V11),
     Migration(12, "replicas: claims with leases, tenant leases, replica heartbeats", _REPLICAS_V12, _REPLICAS_V12),
+    Migration(13, "turn leases: one turn per conversation at a time across replicas", _TURN_LEASES_V13,
+              _TURN_LEASES_V13),
 )

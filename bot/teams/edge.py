@@ -25,6 +25,7 @@ from bot.delivery.proactive import ProactiveMessages
 from bot.metrics import Metrics
 from bot.prices.alert_actions import AlertActions
 from bot.tls import trust_context
+from bot.turn_gate import TurnGate
 from scheduler.clock import Clock
 from scheduler.scheduler import Scheduler
 from state.engagement import Engagement
@@ -79,6 +80,7 @@ class TeamsConnection:
         alert_actions: AlertActions,
         reply_slots: ReplySlots,
         preferences: Preferences | None = None,
+        turn_gate: TurnGate | None = None,
     ) -> SdkTurns:
         """The activity handler over `storage`, wrapped as the /api/messages turn processor."""
         bot = ProactiveBot(
@@ -94,6 +96,7 @@ class TeamsConnection:
             welcome_team_members=welcome_team_members,
             alert_buttons=AlertButtons(alert_actions),
             preferences=preferences,
+            turn_gate=turn_gate,
         )
         self.adapter.replies = TurnReplies(JsonConnector(self.session, self.tokens, timeout_s=10.0), reply_slots,
                                            QueuedReplies(proactive, self._clock))

@@ -9,12 +9,8 @@ each user's time zone from the `localTimezone` Teams puts on their activities (i
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
-from weakref import WeakValueDictionary
 
 from botbuilder.core import BotState, ConversationState, InvokeResponse, TurnContext, UserState
 from botbuilder.core.teams import TeamsActivityHandler
@@ -31,6 +27,7 @@ from msrest.exceptions import DeserializationError
 
 from bot.delivery.proactive import ProactiveMessages
 from bot.onboarding.team_members import WELCOME_TEAM_MEMBERS
+from bot.turn_gate import TurnGate
 from dialogs.runner import DIALOG_STATE_PROPERTY, pending_prompt, run_main_dialog
 from dialogs.runner import mid_topic as mid_topic_of
 from dialogs.welcome_card import welcome_payload
@@ -101,6 +98,7 @@ class ProactiveBot(TeamsActivityHandler):
         welcome_team_members: bool = False,
         alert_buttons: AlertButtons | None = None,
         preferences: Preferences | None = None,
+        turn_gate: TurnGate | None = None,
     ) -> None:
         self._bot_name = bot_name
         self._references = references
@@ -113,23 +111,13 @@ class ProactiveBot(TeamsActivityHandler):
         self._scheduler = scheduler
         self._welcome_team_members = welcome_team_members
         self._alert_buttons = alert_buttons
-        self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+        self._turns = turn_gate or TurnGate()
         self._preferences = preferences
-
-    @asynccontextmanager
-    async def _conversation_turn(self, conversation_id: str) -> AsyncIterator[None]:
-        """Turns of one conversation run one at a time, so their state writes never race."""
-        lock = self._locks.get(conversation_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[conversation_id] = lock
-        async with lock:
-            yield
 
     async def on_turn(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
         conversation_id = activity.conversation.id if activity.conversation else ""
-        async with self._conversation_turn(conversation_id):
+        async with self._turns.turn(conversation_id):  # one at a time, so their state writes never race
             await self._remember(turn_context)
             await super().on_turn(turn_context)
             for state in self._states:
