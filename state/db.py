@@ -85,6 +85,11 @@ class Database(Connection, Protocol):
 
     async def schema_version(self) -> int: ...
 
+    async def continue_ids(self, table: str, column: str) -> None:
+        """After rows were written with explicit ids (a transfer), make the next generated id follow the largest
+        (PostgreSQL's identity sequence; SQLite's AUTOINCREMENT follows by itself)."""
+        ...
+
     def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call `callback(payload)` for every `notify` on `channel`, from any process on this database (and with
         payload `"*"` when notifications may have been missed, e.g. after a lost connection: drop everything)."""

@@ -188,6 +188,11 @@ class PostgresDatabase:
         finally:
             self._relisten = None
 
+    async def continue_ids(self, table: str, column: str) -> None:
+        await self.execute(
+            f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), COALESCE(MAX({column}), 0) + 1, false) "
+            f"FROM {table}")
+
     async def schema_version(self) -> int:
         row = await self.fetchone("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
         return int(row["v"]) if row else 0

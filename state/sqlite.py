@@ -77,6 +77,9 @@ class SqliteDatabase:
             async with self._lock:
                 await conn.close()
 
+    async def continue_ids(self, table: str, column: str) -> None:
+        pass  # AUTOINCREMENT already continues after the largest id written
+
     async def schema_version(self) -> int:
         row = await self.fetchone("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
         return int(row["v"]) if row else 0
