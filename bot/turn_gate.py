@@ -50,8 +50,16 @@ class TurnGate:
                 yield
             finally:
                 if held:
-                    assert self._leases is not None
-                    await self._leases.give_back(conversation_id, self._replica_id)
+                    await self._give_back(conversation_id)
+
+    async def _give_back(self, conversation_id: str) -> None:
+        """After the turn's work is done: a failure here must not turn it into an error (the lease runs out)."""
+        assert self._leases is not None
+        try:
+            await self._leases.give_back(conversation_id, self._replica_id)
+        except Exception:
+            log.warning("conversation %s: could not give the turn lease back; it runs out in %.0f s",
+                        conversation_id, self._lease_s, exc_info=True)
 
     async def _take(self, conversation_id: str) -> bool:
         assert self._leases is not None and self._clock is not None

@@ -100,3 +100,15 @@ async def test_alone_a_replica_takes_no_lease(db: Database) -> None:
 async def _enter(g: TurnGate, conversation: str) -> bool:
     async with g.turn(conversation):
         return True
+
+
+async def test_a_lease_that_cannot_be_given_back_does_not_fail_the_finished_turn(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Failing(TurnLeases):
+        async def give_back(self, conversation_id: str, owner: str) -> None:
+            raise ConnectionError("database went away")
+
+    with caplog.at_level(logging.WARNING, logger="bot.turn_gate"):
+        assert await _enter(gate(db, "replica-1", FakeClock(), leases=Failing(db)), "19:c1")
+    assert "could not give the turn lease back" in caplog.text
