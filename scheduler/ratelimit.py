@@ -130,6 +130,12 @@ class TeamsRateLimiter:
         self._conversations: dict[str, _Log] = {}
         self._tenants: dict[str, _Log] = {}
 
+    @property
+    def history_s(self) -> float:
+        """How long a send still counts in some window (the longest, with the margin): what a replica taking a
+        tenant over must `remember` of the sends made before."""
+        return max(self._conversation.horizon, self._tenant.horizon)
+
     def wait_time(self, conversation_id: str, tenant_id: str | None) -> float:
         """Seconds until a send to this conversation may go (0.0: now). Records nothing."""
         return self._wait(conversation_id, tenant_id, self._clock.monotonic())

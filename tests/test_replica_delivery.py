@@ -18,7 +18,7 @@ from bot.teams.adapter import build_authentication
 from bot.teams.connector import SharedSession
 from bot.teams.sender import TeamsSender
 from scheduler.clock import FakeClock
-from scheduler.ratelimit import TeamsRateLimiter
+from scheduler.ratelimit import TEAMS_CONVERSATION_WINDOWS, TeamsRateLimiter, Window
 from scheduler.sendqueue import SendQueue
 from state.leases import Leases
 from state.outbox import OutboxItem, OutboxStore
@@ -36,9 +36,10 @@ class Cluster:
     open_database: OpenDatabase
     sessions: list[SharedSession] = field(default_factory=list)
 
-    async def replica(self, name: str, claim_batch: int = 1000) -> DeliveryWorker:
+    async def replica(self, name: str, claim_batch: int = 1000,
+                      windows: tuple[Window, ...] = TEAMS_CONVERSATION_WINDOWS) -> DeliveryWorker:
         db = await self.open_database()
-        limiter = TeamsRateLimiter(self.clock)
+        limiter = TeamsRateLimiter(self.clock, conversation_windows=windows)
         session = SharedSession()
         self.sessions.append(session)
         worker = DeliveryWorker(
@@ -149,6 +150,26 @@ async def test_a_replica_joining_takes_its_tenants_over_without_duplicates(clust
     assert b.ownership.owned == moving and a.ownership.owned == set(TENANTS) - moving
     await cluster.drain(a, b)
     assert cluster.sends() == Counter({f"{t}-c{n}": 2 for t in TENANTS for n in range(6)}), "each message once"
+
+
+async def test_the_new_sender_of_a_tenant_counts_the_sends_of_the_last_hour(cluster: Cluster) -> None:
+    hourly = (Window(1, 3600.0),)  # one send per conversation per hour, so one earlier send blocks
+    a = await cluster.replica("r-a", windows=hourly)
+    await cluster.seed(a, per_tenant=1)
+    await a.maintain()  # alone: it owns every tenant
+    await cluster.drain(a)
+    cluster.clock.advance(600)  # those sends are 10 minutes old: outside every window but the hourly one
+    b = await cluster.replica("r-b", windows=hourly)
+    await a.maintain()  # a sees b: hands b's tenants over (nothing in flight: the leases go at once)
+    before = sum(cluster.sends().values())
+    await cluster.seed(a, per_tenant=1)  # one more message per conversation
+    await b.maintain()  # b takes the tenants it should send for, now that they have work
+    assert b.ownership.owned, "with these names some tenant moves to r-b"
+    for tenant in b.ownership.owned:
+        wait = b._limiter.wait_time(f"{tenant}-c0", tenant) if b._limiter else 0.0
+        assert abs(wait - (3600 * 1.02 - 600)) < 1, f"{tenant}: b counts a's send of 10 minutes ago"
+    await cluster.drain(b)
+    assert sum(cluster.sends().values()) == before, "nothing goes before the hour is over"
 
 
 async def test_an_announced_tenant_nobody_sends_for_is_taken_by_its_owner_without_waiting(cluster: Cluster) -> None:

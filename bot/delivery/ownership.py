@@ -8,7 +8,7 @@ once: the old owner stops taking new sends, lets its sends in flight finish, han
 releases the lease; the new one acquires it then (or when it expires, if the old one died). Because all of a
 tenant's sends go through one process, its in-memory rate limiter sees everything Teams sees: the
 per-conversation windows and the per-tenant budget hold across replicas. The new owner starts its windows
-from the tenant's sends of the last 30 s (`OutboxStore.recent_sends`).
+from the tenant's sends that still count in one (the last hour; `OutboxStore.recent_sends`).
 
 Without a `Leases` store (a single process, tests of the worker alone) this replica owns every tenant.
 """

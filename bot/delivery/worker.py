@@ -54,6 +54,9 @@ class Limiter(Protocol):
 
     def remember(self, conversation_id: str, tenant_id: str | None, ago_s: float) -> None: ...
 
+    @property
+    def history_s(self) -> float: ...
+
 
 class Sender(Protocol):
     """The outbound Bot Connector calls (bot/teams/sender.py); failures raise `SendFailure`."""
@@ -268,11 +271,12 @@ class DeliveryWorker:
         return len(rows)
 
     async def _took_over(self, tenant: str) -> None:
-        """This replica now sends for `tenant`: start its rate windows from what was sent in the last 30 s."""
+        """This replica now sends for `tenant`: start its rate windows from the tenant's sends that still count
+        in one (the last hour: Teams' hourly per-conversation window)."""
         if self._limiter is None:
             return
         now = self._clock.now().timestamp()
-        for conversation_id, sent_at in await self._store.recent_sends(tenant, now - 30.0):
+        for conversation_id, sent_at in await self._store.recent_sends(tenant, now - self._limiter.history_s):
             if conversation_id:
                 self._limiter.remember(channel_of(conversation_id), tenant or None, now - sent_at)
 
