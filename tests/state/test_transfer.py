@@ -3,6 +3,8 @@ table equal afterwards, generated ids continuing after the copied ones, a non-em
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,8 +21,10 @@ from state.preferences import Preferences
 from state.prices import PriceLog
 from state.references import ConversationRecord, ConversationReferences
 from state.storage import DatabaseStorage
-from state.transfer import TABLES, TransferError, main, transfer
+from state.transfer import TABLES, TransferError, transfer
 from state.watches import WatchStore
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def fill(db: Database, clock: FakeClock) -> None:
@@ -83,14 +87,20 @@ async def test_everything_arrives_and_ids_continue(direction: str, tmp_path: Pat
         await postgres.close()
 
 
-def test_the_command_names_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["mysql://nope", f"sqlite:///{tmp_path}/t.sqlite3"]) == 2
-    assert "transfer refused" in capsys.readouterr().err
-    assert main(["only-one"]) == 2
-    assert "usage" in capsys.readouterr().err
+def transfer_command(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command as an operator runs it (its own process and event loop)."""
+    return subprocess.run([sys.executable, "-m", "state.transfer", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
 
 
-def test_the_command_copies_between_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([f"sqlite:///{tmp_path}/a.sqlite3", f"sqlite:///{tmp_path}/b.sqlite3"]) == 0
-    out = capsys.readouterr().out
-    assert "outbox" in out and out.strip().endswith("start the bot")
+def test_the_command_names_what_is_wrong(tmp_path: Path) -> None:
+    refused = transfer_command("mysql://nope", f"sqlite:///{tmp_path}/t.sqlite3")
+    assert refused.returncode == 2 and "transfer refused" in refused.stderr
+    usage = transfer_command("only-one")
+    assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_the_command_copies_between_files(tmp_path: Path) -> None:
+    done = transfer_command(f"sqlite:///{tmp_path}/a.sqlite3", f"sqlite:///{tmp_path}/b.sqlite3")
+    assert done.returncode == 0, done.stderr
+    assert "outbox" in done.stdout and done.stdout.strip().endswith("start the bot")
