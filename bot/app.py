@@ -114,7 +114,7 @@ class BotApplication:
             preferences=self.preferences,
             reply_slots=self.worker,
             turn_gate=TurnGate(TurnLeases(self.db), config.replica_id, self.clock,
-                               shared=lambda: len(self.worker.ownership.live) > 1),
+                               shared=lambda: len(self.worker.ownership.live) > 1, metrics=self.metrics),
         )
         self.retention = Retention(self.outbox, self.prices, self.scheduler, self.clock,
                                    days=config.retention_days)

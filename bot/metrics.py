@@ -61,6 +61,8 @@ class Metrics:
         self._tokens = Counter("bot_token_acquisitions", "Outbound token acquisitions by result", ["result"],
                                registry=r)
         self._db_errors = Counter("bot_database_errors", "Database operations that failed", ["where"], registry=r)
+        self._turn_waits = Counter("bot_turn_lease_waits", "Turns that waited for another replica's turn of the same "
+                                   "conversation, by how the wait ended", ["outcome"], registry=r)
         self._totals: dict[str, int] = dict.fromkeys(SEND_OUTCOMES, 0)
         self._send_counters: dict[tuple[str, str], Counter] = {}  # labelled children: two per send, looked up once
 
@@ -104,6 +106,10 @@ class Metrics:
 
     def database_error(self, where: str) -> None:
         self._db_errors.labels(where).inc()
+
+    def turn_waited(self, gave_up: bool) -> None:
+        """A turn waited for another replica's turn of its conversation (and then ran, or gave up waiting)."""
+        self._turn_waits.labels("gave_up" if gave_up else "ran_after").inc()
 
     # -- reading ---------------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from weakref import WeakValueDictionary
 
+from bot.metrics import Metrics
 from scheduler.clock import Clock
 from state.db import ANY
 from state.leases import TurnLeases
@@ -27,8 +28,9 @@ log = logging.getLogger(__name__)
 class TurnGate:
     def __init__(self, leases: TurnLeases | None = None, replica_id: str = "", clock: Clock | None = None,
                  shared: Callable[[], bool] = lambda: False, *, lease_s: float = 30.0, wait_s: float = 10.0,
-                 poll_s: float = 0.1) -> None:
+                 poll_s: float = 0.1, metrics: Metrics | None = None) -> None:
         self._leases = leases
+        self._metrics = metrics
         self._replica_id = replica_id
         self._clock = clock
         self._shared = shared  # whether other replicas are alive now
@@ -64,14 +66,20 @@ class TurnGate:
     async def _take(self, conversation_id: str) -> bool:
         assert self._leases is not None and self._clock is not None
         deadline = self._clock.monotonic() + self._wait_s
+        waited = False
         while True:
             now = self._clock.now().timestamp()
             if await self._leases.take(conversation_id, self._replica_id, now + self._lease_s, now):
+                if waited and self._metrics is not None:
+                    self._metrics.turn_waited(gave_up=False)
                 return True
+            waited = True
             left = deadline - self._clock.monotonic()
             if left <= 0:
                 log.warning("conversation %s: another replica's turn held it for %.0f s; this turn runs anyway",
                             conversation_id, self._wait_s)
+                if self._metrics is not None:
+                    self._metrics.turn_waited(gave_up=True)
                 return False
             freed = self._waiting.setdefault(conversation_id, asyncio.Event())
             try:

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from bot.metrics import Metrics
 from bot.turn_gate import TurnGate
 from scheduler.clock import FakeClock
 from state.db import Database
@@ -28,14 +29,15 @@ class CountingLeases(TurnLeases):
 
 
 def gate(db: Database, replica: str, clock: FakeClock, *, shared: bool = True,
-         leases: TurnLeases | None = None) -> TurnGate:
-    return TurnGate(leases or TurnLeases(db), replica, clock, shared=lambda: shared, poll_s=0.01)
+         leases: TurnLeases | None = None, metrics: Metrics | None = None) -> TurnGate:
+    return TurnGate(leases or TurnLeases(db), replica, clock, shared=lambda: shared, poll_s=0.01, metrics=metrics)
 
 
 async def test_a_conversations_turn_on_another_replica_waits_until_the_first_ends(db: Database) -> None:
     clock = FakeClock()
     waiting = CountingLeases(db)
-    first, second = gate(db, "replica-1", clock), gate(db, "replica-2", clock, leases=waiting)
+    metrics = Metrics()
+    first, second = gate(db, "replica-1", clock), gate(db, "replica-2", clock, leases=waiting, metrics=metrics)
     log: list[str] = []
     release, one_started = asyncio.Event(), asyncio.Event()
 
@@ -57,6 +59,7 @@ async def test_a_conversations_turn_on_another_replica_waits_until_the_first_end
     await asyncio.wait_for(asyncio.gather(one, two), 10)
     assert log == ["one starts", "other conversation starts", "other conversation ends", "one ends",
                    "two starts", "two ends"]
+    assert _waits(metrics) == {"ran_after": 1.0}
 
 
 async def test_a_lease_left_by_a_replica_that_died_mid_turn_runs_out(db: Database) -> None:
@@ -81,12 +84,14 @@ async def test_a_turn_that_waited_too_long_runs_anyway_and_says_so(
     leases = CountingLeases(db)
     now = clock.now().timestamp()
     assert await leases.take("19:c1", "stuck-replica", now + 30, now)
-    waiter = asyncio.create_task(_enter(gate(db, "replica-2", clock, leases=leases), "19:c1"))
+    metrics = Metrics()
+    waiter = asyncio.create_task(_enter(gate(db, "replica-2", clock, leases=leases, metrics=metrics), "19:c1"))
     await asyncio.wait_for(leases.refused.wait(), 10)
     clock.advance(10)  # the wait limit (the lease itself has 20 s left)
     with caplog.at_level(logging.WARNING, logger="bot.turn_gate"):
         assert await asyncio.wait_for(waiter, 10)
     assert "runs anyway" in caplog.text
+    assert _waits(metrics) == {"gave_up": 1.0}
 
 
 async def test_alone_a_replica_takes_no_lease(db: Database) -> None:
@@ -112,3 +117,8 @@ async def test_a_lease_that_cannot_be_given_back_does_not_fail_the_finished_turn
     with caplog.at_level(logging.WARNING, logger="bot.turn_gate"):
         assert await _enter(gate(db, "replica-1", FakeClock(), leases=Failing(db)), "19:c1")
     assert "could not give the turn lease back" in caplog.text
+
+
+def _waits(metrics: Metrics) -> dict[str, float]:
+    return {s.labels["outcome"]: s.value for m in metrics.registry.collect() if m.name == "bot_turn_lease_waits"
+            for s in m.samples if s.name == "bot_turn_lease_waits_total"}
