@@ -50,8 +50,8 @@ async def test_a_crashed_run_is_retried_after_its_lease_expires(
     clock.advance(59)
     assert await scheduler.run_due() == 0, "the lease has not expired: the run may still be alive"
     clock.advance(1)
-    assert await scheduler.run_due() == 1
-    assert recorder.runs[0][:2] == ("crashed", 2), "the crashed attempt counts"
+    await scheduler.run_due()  # (the real timer may start it first: what ran is checked, not the count)
+    assert [r[:2] for r in recorder.runs] == [("crashed", 2)], "run once more; the crashed attempt counts"
     assert await scheduler.get(job.id) is None
 
 
