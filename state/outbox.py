@@ -340,10 +340,11 @@ class OutboxStore:
     async def recent_sends(self, tenant: str, since: float) -> list[tuple[str | None, float]]:
         """(conversation id, sent at) of the tenant's rows sent since `since`, oldest first: the send history a
         replica taking the tenant over starts its rate windows from."""
+        # tenant_id compared as stored (NULL for ''), so the (tenant_id, sent_at) index finds the range
+        where = "tenant_id = ?" if tenant else "(tenant_id IS NULL OR tenant_id = '')"
         rows = await self._db.fetchall(
-            "SELECT conversation_id, sent_at FROM outbox WHERE COALESCE(tenant_id, '') = ? AND sent_at >= ? "
-            "ORDER BY sent_at",
-            (tenant, since),
+            f"SELECT conversation_id, sent_at FROM outbox WHERE {where} AND sent_at >= ? ORDER BY sent_at",
+            (tenant, since) if tenant else (since,),
         )
         return [(r["conversation_id"], float(r["sent_at"])) for r in rows]
 
