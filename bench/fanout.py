@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import ROOT, Databases, free_port, spawn, stop, wait_http
 
 sys.path.insert(0, str(ROOT))
-from scheduler.clock import SystemClock
+from state.clock import SystemClock
 from state.db import connect
 from state.outbox import OutboxItem, OutboxStore
 from tests.connector_double import ConnectorDouble, RecordedRequest, serve

@@ -13,11 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from dialogs.main_dialog import MainDialog
-from scheduler.clock import Clock, SystemClock
 from scheduler.ratelimit import TeamsRateLimiter
 from scheduler.scheduler import Scheduler
 from scheduler.sendqueue import SendQueue
 from state.analyses import AnalysisStore
+from state.clock import Clock, SystemClock
 from state.db import connect
 from state.engagement import Engagement
 from state.leases import Leases, TurnLeases

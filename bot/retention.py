@@ -13,9 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from scheduler.clock import Clock
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
+from state.clock import Clock
 from state.outbox import OutboxStore
 from state.prices import PriceLog
 

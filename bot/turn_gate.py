@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from weakref import WeakValueDictionary
 
 from bot.metrics import Metrics
-from scheduler.clock import Clock
+from state.clock import Clock
 from state.db import ANY
 from state.leases import TurnLeases
 

@@ -7,6 +7,6 @@
 - `welcome_card`, `alert_card`: the JSON of the welcome and alert messages; `mentions`: @mentions in them;
 - `runner.run_main_dialog`: what the Teams handler calls each turn.
 
-May import botbuilder, `state.model` and `scheduler.clock`; never `bot/`. Nothing is imported here, so
+May import botbuilder, `state.model` and `state.clock`; never `bot/`. Nothing is imported here, so
 `dialogs.commands` stays cheap to import.
 """

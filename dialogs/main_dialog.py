@@ -13,7 +13,7 @@ from typing import Any
 from botbuilder.core import MessageFactory, TurnContext
 from botbuilder.dialogs import ComponentDialog, DialogContext, DialogTurnResult, DialogTurnStatus
 
-from scheduler.clock import Clock
+from state.clock import Clock
 from state.model import QuietHours, local_time, parse_clock, timezone_name, user_subject
 
 from . import replies

@@ -6,7 +6,7 @@ import builtins
 from dataclasses import replace
 from datetime import datetime
 
-from scheduler.clock import Clock
+from state.clock import Clock
 from state.model import UNTIL_UNMUTED, Condition, NotificationSettings, QuietHours, UserRef, WatchResult, WatchView
 
 

@@ -1,11 +1,13 @@
-"""Time and deferred work: the clock, the persistent job scheduler, and the send-side rate limits.
+"""Deferred work: the persistent job scheduler and the send-side rate limits.
 
-`clock`, `jobs`/`store`/`heap`/`outcomes`/`dispatch`/`scheduler` (persistent jobs; SQL in `store` only),
-`ratelimit` (Teams' windows), `sendqueue` (fair order of sends). Imports only `state.db` (the job store's
-connection); never `bot/`, `dialogs/` or botbuilder.
+`jobs`/`store`/`heap`/`outcomes`/`dispatch`/`scheduler` (persistent jobs; SQL in `store` only),
+`ratelimit` (Teams' windows), `sendqueue` (fair order of sends). Imports from `state/` only `state.db` (the
+job store's connection) and `state.clock` (re-exported here); never `bot/`, `dialogs/` or botbuilder.
+`state/` never imports `scheduler/`.
 """
 
-from .clock import Clock, FakeClock, SystemClock
+from state.clock import Clock, FakeClock, SystemClock
+
 from .jobs import Handler, Job, JobSpec, JobState, Misfire, UnknownHandlerError
 from .scheduler import Scheduler
 

@@ -12,7 +12,8 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
-from .clock import Clock
+from state.clock import Clock
+
 from .heap import DueHeap
 from .jobs import CURRENT_JOB_ID, Handler, Job
 from .outcomes import Outcomes

@@ -7,7 +7,8 @@ import random
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
 
-from .clock import Clock
+from state.clock import Clock
+
 from .completions import Completions
 from .jobs import Job, Misfire, backoff_s, describe_error, next_slot, with_jitter
 from .store import JobStore

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from scheduler.clock import Clock
+from state.clock import Clock
 
 
 @dataclass(frozen=True)

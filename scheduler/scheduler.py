@@ -15,7 +15,8 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .clock import Clock
+from state.clock import Clock
+
 from .dispatch import Dispatcher
 from .jobs import (
     Handler,

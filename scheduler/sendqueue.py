@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .clock import Clock
+from state.clock import Clock
 
 EXPRESS_PRIORITY = 2
 """Tickets of at least this priority (turn replies) go before every other conversation of their tenant."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler.clock import Clock
+from state.clock import Clock
 
 from .db import Connection, Database, Row
 from .model import product_key

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from transitions.extensions.asyncio import AsyncMachine
 
-from scheduler.clock import Clock
+from state.clock import Clock
 
 from .db import Database, chunks, marks
 from .model import conversation_key

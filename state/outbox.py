@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from scheduler.clock import Clock
+from state.clock import Clock
 
 from .db import Connection, Database, Row, chunks, marks
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from scheduler.clock import Clock
+from state.clock import Clock
 
 from .db import ANY, CACHE_CHANNEL, Database, Row, chunks, marks
 from .model import DEFAULT_TIMEZONE, UNTIL_UNMUTED, NotificationSettings, QuietHours

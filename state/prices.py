@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from scheduler.clock import Clock
+from state.clock import Clock
 
 from .db import Connection, Database
 from .model import Condition, Observation, product_key

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.clock import Clock
+from state.clock import Clock
 
 from .db import ANY, CACHE_CHANNEL, Connection, Database, Row, chunks, marks
 

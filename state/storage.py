@@ -16,7 +16,7 @@ from botbuilder.core import Storage
 from jsonpickle.pickler import Pickler
 from jsonpickle.unpickler import Unpickler
 
-from scheduler.clock import Clock, SystemClock
+from state.clock import Clock, SystemClock
 
 from .db import Connection, Database, chunks, marks
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from scheduler.clock import Clock
+from state.clock import Clock
 
 from .db import Database
 from .model import Condition, UserRef, WatchResult, WatchView, product_key

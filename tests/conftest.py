@@ -23,7 +23,7 @@ import pytest
 
 from bot.app import BotApplication
 from bot.config import Config
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from state.db import Database, connect
 from state.migrations import MIGRATIONS
 from tests.pg_server import PostgresServer

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from scheduler.clock import SystemClock
+from state.clock import SystemClock
 from state.db import connect
 from state.references import ConversationRecord, ConversationReferences
 

@@ -21,7 +21,7 @@ import pytest
 
 from bot.app import BotApplication
 from bot.config import Config
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from tests.chat import Chat
 from tests.conftest import StartBot, bot_url
 from tests.connector_double import ConnectorDouble

@@ -36,7 +36,7 @@ from dialogs.cards import help_card, watch_list_card
 from dialogs.commands import help_text
 from dialogs.settings_card import settings_card
 from dialogs.welcome_card import InstallContext, welcome_payload
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from state.model import UNTIL_UNMUTED, Condition, NotificationSettings, Observation, QuietHours, WatchView
 from state.outbox import OutboxRow
 from tests.chat import Chat

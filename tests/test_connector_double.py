@@ -18,7 +18,7 @@ from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import MicrosoftAppCredentials
 from botframework.connector.models import ErrorResponseException
 
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from tests.connector_double import FAULTS, ConnectorDouble, Limits
 
 TENANT = "tenant-1"

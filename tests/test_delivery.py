@@ -14,10 +14,10 @@ from bot.delivery.worker import DeliveryWorker, RetryPolicy
 from bot.teams.adapter import build_authentication
 from bot.teams.connector import SharedSession
 from bot.teams.sender import TeamsSender
-from scheduler.clock import FakeClock
 from scheduler.ratelimit import TeamsRateLimiter
 from scheduler.scheduler import Scheduler
 from scheduler.sendqueue import SendQueue, Ticket
+from state.clock import FakeClock
 from state.db import Database
 from state.engagement import Engagement
 from state.outbox import OutboxItem, OutboxStore
@@ -245,7 +245,7 @@ async def test_stop_during_a_flush_does_not_hang() -> None:
     """Regression: stop() called while the loop was writing outcomes used to wait forever."""
     import asyncio
 
-    from scheduler.clock import SystemClock
+    from state.clock import SystemClock
 
     class IdleQueue:
         def __len__(self) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from tests.chat import Chat
 from tests.conftest import StartBot, bot_url
 from tests.connector_double import ConnectorDouble

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from bot.app import BotApplication
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from state.outbox import OutboxItem
 from tests.chat import Chat
 from tests.conftest import StartBot

@@ -69,8 +69,29 @@ def test_scheduler_imports_neither_bot_nor_dialogs_nor_the_sdk(name: str) -> Non
 
 
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith("state")))
-def test_state_imports_neither_bot_nor_dialogs(name: str) -> None:
-    assert _hits(name, ("bot", "dialogs")) == []
+def test_state_imports_neither_bot_nor_dialogs_nor_scheduler(name: str) -> None:
+    """`state/` is the bottom floor: `scheduler/` may build on it, never the other way round."""
+    assert _hits(name, ("bot", "dialogs", "scheduler")) == []
+
+
+@pytest.mark.parametrize("source", [
+    "from scheduler.clock import Clock\n",
+    "import scheduler\n",
+    "def later():\n    from scheduler import Scheduler\n",
+    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from scheduler.store import JobStore\n",
+    "from ..scheduler import jobs\n",
+])
+def test_the_scanner_sees_an_import_from_state_into_scheduler(tmp_path: Path, source: str) -> None:
+    """The rule above cannot pass vacuously: every spelling of such an import is found."""
+    module = tmp_path / "outbox.py"
+    module.write_text(source)
+    hits = sorted(i for i in imports_of("state.outbox", module) if i == "scheduler" or i.startswith("scheduler."))
+    assert hits, source
+
+
+def test_the_clock_sits_on_the_bottom_floor() -> None:
+    assert "state.clock" in MODULES and "scheduler.clock" not in MODULES
+    assert "state.clock" in IMPORTS["scheduler.scheduler"]
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.app import BotApplication
 from bot.logs import JsonFormatter
 from bot.metrics import Metrics, TenantQueue, bounded_tenants
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from state.outbox import OutboxItem
 from tests.conftest import StartBot, bot_url
 from tests.connector_double import ConnectorDouble

@@ -23,7 +23,7 @@ from bot.prices.sources import (
     build_price_source,
     parse_price_push,
 )
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 
 HANG = "hang"
 Make = Callable[..., HttpJsonSource]

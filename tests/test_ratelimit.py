@@ -10,8 +10,8 @@ from collections import defaultdict
 
 import pytest
 
-from scheduler.clock import FakeClock
 from scheduler.ratelimit import TEAMS_CONVERSATION_WINDOWS, TeamsRateLimiter, Window
+from state.clock import FakeClock
 
 MARGIN = 0.02
 

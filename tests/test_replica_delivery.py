@@ -17,9 +17,9 @@ from bot.delivery.worker import DeliveryWorker
 from bot.teams.adapter import build_authentication
 from bot.teams.connector import SharedSession
 from bot.teams.sender import TeamsSender
-from scheduler.clock import FakeClock
 from scheduler.ratelimit import TEAMS_CONVERSATION_WINDOWS, TeamsRateLimiter, Window
 from scheduler.sendqueue import SendQueue
+from state.clock import FakeClock
 from state.leases import Leases
 from state.outbox import OutboxItem, OutboxStore
 from state.references import ConversationRecord, ConversationReferences

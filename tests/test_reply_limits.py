@@ -17,7 +17,7 @@ import pytest
 from bot.app import BotApplication
 from bot.config import Config
 from bot.teams.replies import TurnReplies
-from scheduler.clock import FakeClock, SystemClock
+from state.clock import FakeClock, SystemClock
 from state.outbox import REPLY_PRIORITY
 from tests.chat import Chat
 from tests.conftest import StartBot

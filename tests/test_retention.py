@@ -6,10 +6,10 @@ from datetime import timedelta
 from decimal import Decimal
 
 from bot.retention import Retention
-from scheduler.clock import FakeClock
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
 from state.analyses import AnalysisStore
+from state.clock import FakeClock
 from state.db import Database
 from state.model import Observation
 from state.outbox import OutboxItem, OutboxStore, Outcome

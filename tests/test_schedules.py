@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from bot.app import BotApplication
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from state.model import deferred_key
 from state.outbox import OutboxItem
 from tests.chat import Chat

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from scheduler.clock import FakeClock
 from scheduler.sendqueue import EXPRESS_PRIORITY, SendQueue, Ticket
+from state.clock import FakeClock
 from state.outbox import REPLY_PRIORITY
 
 

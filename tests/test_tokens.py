@@ -19,7 +19,7 @@ from bot.metrics import Metrics
 from bot.teams.connector import SharedSession
 from bot.teams.tokens import ChannelTokens, TokenUnavailable, credential_factory, split_login_url
 from bot.tls import trust_context
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from tests.identity_double import IdentityDouble
 
 APP_ID = "app-1"

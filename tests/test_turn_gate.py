@@ -9,7 +9,7 @@ import pytest
 
 from bot.metrics import Metrics
 from bot.turn_gate import TurnGate
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from state.db import Database
 from state.leases import TurnLeases
 

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from bot.app import BotApplication
-from scheduler.clock import FakeClock
 from scheduler.jobs import JobState
+from state.clock import FakeClock
 from state.model import Condition, UserRef
 from tests.chat import Chat
 from tests.conftest import StartBot, bot_url

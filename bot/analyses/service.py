@@ -18,10 +18,10 @@ from typing import Any
 from bot.delivery.proactive import ProactiveMessages
 from bot.prices.sources import PriceSource
 from dialogs.mentions import with_mention
-from scheduler.clock import Clock
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
 from state.analyses import AnalysisRow, AnalysisStore
+from state.clock import Clock
 from state.db import Connection
 from state.model import GROUP_SCOPES, UserRef, user_subject
 from state.outbox import OutboxItem

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bot.prices.sources import PriceBodyError, parse_price_push
-from scheduler.clock import Clock
+from state.clock import Clock
 from state.model import Observation
 
 from .errors import JsonBody, field_error

@@ -19,7 +19,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 
-from scheduler.clock import Clock
+from state.clock import Clock
 from state.leases import Leases
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from bot.metrics import Metrics
-from scheduler.clock import Clock
 from scheduler.jobs import JobState
 from scheduler.scheduler import Scheduler
+from state.clock import Clock
 from state.engagement import Decision, Engagement, decide
 from state.model import (
     DAILY_DIGEST,

@@ -33,8 +33,8 @@ from typing import Any, Protocol
 
 from bot.logs import log_context
 from bot.metrics import Metrics
-from scheduler.clock import Clock
 from scheduler.sendqueue import SendQueue, Ticket
+from state.clock import Clock
 from state.model import conversation_key as channel_of
 from state.outbox import REPLY_PRIORITY, OutboxRow, OutboxStore, Outcome
 from state.references import ConversationRecord, ConversationReferences

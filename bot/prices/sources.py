@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from scheduler.clock import Clock
+from state.clock import Clock
 from state.model import Observation
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from decimal import Decimal, InvalidOperation
 
 from bot.delivery.proactive import ProactiveMessages
 from dialogs.alert_card import Alert, alert_payload
-from scheduler.clock import Clock
 from scheduler.jobs import Job, JobState
 from scheduler.scheduler import Scheduler
+from state.clock import Clock
 from state.model import (
     GROUP_SCOPES,
     Condition,

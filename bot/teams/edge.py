@@ -26,8 +26,8 @@ from bot.metrics import Metrics
 from bot.prices.alert_actions import AlertActions
 from bot.tls import trust_context
 from bot.turn_gate import TurnGate
-from scheduler.clock import Clock
 from scheduler.scheduler import Scheduler
+from state.clock import Clock
 from state.engagement import Engagement
 from state.preferences import Preferences
 from state.references import ConversationReferences

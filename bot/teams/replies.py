@@ -26,7 +26,7 @@ from botbuilder.schema import Activity, ActivityTypes, ResourceResponse
 
 from bot.delivery.failures import SendFailure
 from bot.delivery.proactive import ProactiveMessages
-from scheduler.clock import Clock
+from state.clock import Clock
 from state.outbox import REPLY_PRIORITY, OutboxItem
 
 from .activities import tenant_of

@@ -24,7 +24,7 @@ from typing import Any
 import jwt
 from botframework.connector.auth import JwtTokenExtractor
 
-from scheduler.clock import Clock
+from state.clock import Clock
 
 from .connector import SharedSession
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from dialog_chat import Chat
 
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from botbuilder.schema import Activity, ActivityTypes, ChannelAccount, Conversat
 from dialogs.main_dialog import MainDialog
 from dialogs.memory import InMemoryAnalyses, InMemoryPreferences, InMemoryWatchBook
 from dialogs.runner import DIALOG_STATE_PROPERTY, is_mid_topic, mid_topic, pending_prompt, run_main_dialog
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 
 USER = ChannelAccount(id="29:ada", name="Ada Lovelace", aad_object_id="aad-ada")
 CONVERSATION = "a:conversation-1"

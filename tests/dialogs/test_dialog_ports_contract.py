@@ -10,7 +10,7 @@ import pytest
 
 from dialogs.memory import InMemoryAnalyses, InMemoryPreferences, InMemoryWatchBook
 from dialogs.ports import Analyses, Preferences, WatchBook
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from state.model import UNTIL_UNMUTED, Condition, UserRef, WatchView
 from state.preferences import Preferences as DatabasePreferences
 from state.watches import WatchStore

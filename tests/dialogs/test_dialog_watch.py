@@ -10,7 +10,7 @@ from botbuilder.schema import ChannelAccount
 from dialog_chat import CONVERSATION, Chat, PickledMemoryStorage
 
 from dialogs.watch_dialog import MAX_BAD_ANSWERS
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from state.model import Condition, UserRef, WatchView
 
 ASK_PRODUCT = "Which product should I watch? For example `gadget`."

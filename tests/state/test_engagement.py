@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from state.db import Database
 from state.engagement import Engagement, decide
 from tests.conftest import OpenDatabase

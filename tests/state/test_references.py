@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from state.db import Database, connect
 from state.references import ConversationRecord, ConversationReferences
 from tests.conftest import OpenDatabase

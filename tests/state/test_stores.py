@@ -10,10 +10,10 @@ import asyncio
 from datetime import timedelta
 from decimal import Decimal
 
-from scheduler.clock import FakeClock
 from scheduler.jobs import Job
 from scheduler.store import JobStore, insert_row
 from state.analyses import AnalysisStore
+from state.clock import FakeClock
 from state.db import Database
 from state.model import Condition, Observation, UserRef
 from state.outbox import OutboxItem, OutboxStore, Outcome

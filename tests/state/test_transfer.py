@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from scheduler.clock import FakeClock
 from scheduler.scheduler import Scheduler
+from state.clock import FakeClock
 from state.db import Database, connect
 from state.model import Condition, Observation, UserRef
 from state.outbox import OutboxItem, OutboxStore

@@ -1,4 +1,7 @@
-"""One clock for the whole process: monotonic time for intervals, UTC wall time for storage."""
+"""One clock for the whole process: monotonic time for intervals, UTC wall time for storage.
+
+Lives on the bottom floor (`state/`) so every package, `scheduler/` included, can import it.
+"""
 
 from __future__ import annotations
 
