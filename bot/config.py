@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ PUBLIC_TOKEN_ISSUER = "https://api.botframework.com"
 PUBLIC_LOGIN_HOST = "https://login.microsoftonline.com"
 MULTI_TENANT_LOGIN_TENANT = "botframework.com"
 PUBLIC_OAUTH_SCOPE = "https://api.botframework.com"
+PUBLIC_GRAPH_URL = "https://graph.microsoft.com"
+PUBLIC_TEAMS_SERVICE_URL = "https://smba.trafficmanager.net/teams/"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 
@@ -72,6 +75,10 @@ class Config:
     alert_coalesce_seconds: float = 3.0
     retention_days: float = 30.0
     lease_seconds: float = 20.0
+    graph_url: str = PUBLIC_GRAPH_URL  # GRAPH_URL: Microsoft Graph of the bot's cloud
+    proactive_install: bool = False  # PROACTIVE_INSTALL: install the app for people Teams says lack it
+    teams_catalog_app_id: str = ""  # TEAMS_CATALOG_APP_ID: the app's id in the organisation's catalog
+    teams_service_url: str = PUBLIC_TEAMS_SERVICE_URL  # TEAMS_SERVICE_URL: for tenants never heard from
 
     @property
     def database(self) -> DatabaseUrl:
@@ -92,6 +99,12 @@ class Config:
         if self.app_type == "MultiTenant" or not self.app_tenant_id:
             return f"{PUBLIC_LOGIN_HOST}/{MULTI_TENANT_LOGIN_TENANT}"
         return f"{PUBLIC_LOGIN_HOST}/{self.app_tenant_id}"
+
+    def graph_login_url(self, tenant_id: str) -> str:
+        """Where Graph tokens for a customer's tenant come from: the origin of `ToChannelFromBotLoginUrl` and
+        that tenant (never botframework.com: Graph needs a token of the organisation it acts in)."""
+        parts = urlsplit(self.channel_login_url)
+        return f"{parts.scheme}://{parts.netloc}/{tenant_id}"
 
     def sdk_settings(self) -> SdkSettings:
         """The object the SDK's ConfigurationBotFrameworkAuthentication reads with getattr."""
@@ -198,6 +211,23 @@ def _https_url(name: str, value: str, *, needs_path: bool = False) -> str:
     return value
 
 
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _guid(name: str, value: str) -> str:
+    if value and not _GUID.fullmatch(value):
+        raise ConfigError(f"{name} must be empty or a GUID like 00000000-0000-0000-0000-000000000000, got {value!r}")
+    return value.lower()
+
+
+def _origin(name: str, value: str) -> str:
+    """An https origin (scheme and host, no path): Graph's base URL."""
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or parts.path.strip("/") or parts.query or parts.fragment:
+        raise ConfigError(f"{name} must be an https origin like https://graph.microsoft.com, got {value!r}")
+    return f"https://{parts.netloc}"
+
+
 def _ca_files(values: Mapping[str, str]) -> tuple[str, ...]:
     files: list[str] = []
     for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
@@ -282,6 +312,11 @@ def load_config(
         lease_seconds=_lease("LEASE_SECONDS", get("LEASE_SECONDS", str(defaults.lease_seconds))),
         alert_coalesce_seconds=_non_negative(
             "ALERT_COALESCE_SECONDS", get("ALERT_COALESCE_SECONDS", str(defaults.alert_coalesce_seconds))),
+        graph_url=_origin("GRAPH_URL", get("GRAPH_URL", defaults.graph_url) or defaults.graph_url),
+        proactive_install=_flag("PROACTIVE_INSTALL", get("PROACTIVE_INSTALL", "false")),
+        teams_catalog_app_id=_guid("TEAMS_CATALOG_APP_ID", get("TEAMS_CATALOG_APP_ID", "")),
+        teams_service_url=_https_url("TEAMS_SERVICE_URL", get("TEAMS_SERVICE_URL", defaults.teams_service_url)
+                                     or defaults.teams_service_url).rstrip("/") + "/",
     )
     try:
         config.database  # noqa: B018 - validates the URL
@@ -303,6 +338,8 @@ def load_config(
         raise ConfigError("MicrosoftAppType=UserAssignedMSI needs MicrosoftAppTenantId")
     if config.login_url:
         _https_url("ToChannelFromBotLoginUrl", config.login_url, needs_path=True)
+    if config.proactive_install and not config.app_id:
+        raise ConfigError("PROACTIVE_INSTALL=true needs MicrosoftAppId (Graph installs the app in its name)")
     if require_credentials and not config.auth_enabled and not config.allow_unauthenticated \
             and not is_loopback(config.host):
         raise ConfigError(

@@ -8,8 +8,10 @@ One HTTPS server, with a certificate from a `trustme` test CA (its PEM is `ca_fi
   `/{tenant}/v2.0/.well-known/openid-configuration` document token clients read;
 - App Service's managed identity endpoint (`/msi/token`, what IDENTITY_ENDPOINT / IDENTITY_HEADER name).
 
-It mints inbound channel tokens with its keys (`channel_token`), issues opaque access tokens, records
-every request, and can hold requests open (`hold`, until `release`) or fail them (`fail_next`).
+It mints inbound channel tokens with its keys (`channel_token`), issues access tokens as Entra does (RS256
+JWTs naming the audience, i.e. the requested scope without `/.default`, the tenant as `tid` and the client as
+`appid`; `decode_access_token` checks one as a resource such as the Graph double does), records every request,
+and can hold requests open (`hold`, until `release`) or fail them (`fail_next`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ ENDORSED_KID = "endorsed-key"
 UNENDORSED_KID = "unendorsed-key"
 UNPUBLISHED_KID = "unpublished-key"
 ROLLED_KID = "rolled-key"
+ACCESS_KID = "access-token-key"  # signs the access tokens the token endpoint issues
 ROUTES = ("metadata", "keys", "token", "token_discovery", "msi")
 
 
@@ -76,6 +79,7 @@ class IdentityDouble:
     directory: Path
     clients: dict[str, str] = field(default_factory=dict)  # app id → client secret
     msi_header: str = "identity-header-secret"
+    msi_tenant: str = "11111111-1111-4111-8111-111111111111"  # the managed identity's home tenant
     token_lifetime_s: int = 3600
     published: list[dict[str, Any]] = field(default_factory=lambda: [
         jwk(ENDORSED_KID, ["msteams", "skype"]), jwk(UNENDORSED_KID, ["webchat", "directline"]),
@@ -231,10 +235,20 @@ class IdentityDouble:
     async def _keys(self, record: IdentityRequest, request: web.Request) -> web.Response:
         return web.json_response({"keys": self.published})
 
-    def _issue(self) -> str:
-        token = f"bot-token-{next(self._ids)}"
+    def _issue(self, tenant: str, audience: str, client_id: str) -> str:
+        now = int(time.time())
+        token = jwt.encode({"aud": audience, "iss": f"{self.url}{tenant}/v2.0", "tid": tenant, "appid": client_id,
+                            "iat": now, "nbf": now, "exp": now + self.token_lifetime_s, "uti": str(next(self._ids))},
+                           rsa_key(ACCESS_KID), algorithm="RS256", headers={"kid": ACCESS_KID})
         self.issued.append(token)
         return token
+
+    def decode_access_token(self, token: str, audience: str) -> dict[str, Any]:
+        """The claims of a token this double issued, checked as a resource checks them (signature, expiry,
+        audience); raises jwt.InvalidTokenError otherwise."""
+        claims: dict[str, Any] = jwt.decode(token, rsa_key(ACCESS_KID).public_key(), algorithms=["RS256"],
+                                            audience=audience)
+        return claims
 
     async def _token(self, record: IdentityRequest, request: web.Request) -> web.Response:
         form = record.form
@@ -244,8 +258,11 @@ class IdentityDouble:
             return web.json_response({"error": "invalid_client",
                                       "error_description": "AADSTS7000215: Invalid client secret provided."},
                                      status=401)
+        scope = form.get("scope", "")
+        audience = scope.removesuffix("/.default") if scope.endswith("/.default") else scope
+        token = self._issue(request.match_info["tenant"], audience, form["client_id"])
         return web.json_response({"token_type": "Bearer", "expires_in": self.token_lifetime_s,
-                                  "ext_expires_in": self.token_lifetime_s, "access_token": self._issue()})
+                                  "ext_expires_in": self.token_lifetime_s, "access_token": token})
 
     async def _discovery(self, record: IdentityRequest, request: web.Request) -> web.Response:
         tenant = request.match_info["tenant"]
@@ -264,7 +281,9 @@ class IdentityDouble:
             return web.json_response({"error": "invalid_request", "error_description": "unknown identity"},
                                      status=400)
         return web.json_response({
-            "access_token": self._issue(), "expires_on": str(int(time.time()) + self.token_lifetime_s),
+            "access_token": self._issue(self.msi_tenant, record.query.get("resource", "").rstrip("/"),
+                                        record.query["client_id"]),
+            "expires_on": str(int(time.time()) + self.token_lifetime_s),
             "resource": record.query.get("resource", ""), "token_type": "Bearer",
             "client_id": record.query["client_id"],
         })

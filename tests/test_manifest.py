@@ -156,6 +156,11 @@ def test_bot_id_commands_and_scopes(tmp_path: Path) -> None:
         assert all(c["description"] for c in command_list["commands"])
 
 
+def test_web_application_info_names_the_bots_entra_app_for_graph_consent(tmp_path: Path) -> None:
+    manifest, _ = build(tmp_path, env())
+    assert manifest["webApplicationInfo"] == {"id": APP_ID, "resource": f"api://botid-{APP_ID}"}
+
+
 def test_developer_details_come_from_the_environment(tmp_path: Path) -> None:
     manifest, _ = build(
         tmp_path,

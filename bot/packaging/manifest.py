@@ -167,6 +167,8 @@ def build_manifest(config: Config, settings: Mapping[str, str], version: str = "
         ],
         "permissions": ["identity", "messageTeamMembers"],
         "validDomains": valid_domains,
+        # The bot's Entra app: what a tenant admin consents to for Graph installs (README "Reaching everyone")
+        "webApplicationInfo": {"id": app_id, "resource": f"api://botid-{app_id}"},
     }
     return Package(manifest, (warning,) if warning else ())
 
