@@ -20,7 +20,7 @@ from bot.teams.connector import SharedSession
 from bot.teams.graph_tokens import GraphTokens
 from bot.teams.tokens import TokenUnavailable
 from bot.tls import trust_context
-from scheduler.clock import FakeClock
+from state.clock import FakeClock
 from tests.graph_double import GraphDouble
 from tests.identity_double import IdentityDouble
 

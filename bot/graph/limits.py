@@ -8,8 +8,8 @@ tenant. Per process: with several replicas each holds its own windows (see docs/
 
 from __future__ import annotations
 
-from scheduler.clock import Clock
 from scheduler.ratelimit import TeamsRateLimiter, Window
+from state.clock import Clock
 
 INSTALLS_PER_TENANT = 30
 INSTALLS_PER_APP = 300

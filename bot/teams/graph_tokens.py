@@ -16,7 +16,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.identity.aio import ClientSecretCredential, ManagedIdentityCredential
 
 from bot.config import Config
-from scheduler.clock import Clock
+from state.clock import Clock
 
 from .connector import SharedSession
 from .tokens import ChannelTokens, TokenCredential, TokenUnavailable, split_login_url
