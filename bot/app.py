@@ -125,7 +125,7 @@ class BotApplication:
             lambda: self.clock.now().timestamp(),
         )
         self.web_app = build_web_app(
-            MessagesEndpoint(turns, self.metrics), self.health, notify,
+            MessagesEndpoint(turns, self.metrics, local=not config.auth_enabled), self.health, notify,
             PricesEndpoint(notify.refuse, self.watcher.observe, self.clock),
             MetricsEndpoint(config.metrics_token, self.metrics, self._refresh_gauges), self.metrics,
         )

@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import signal
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
@@ -377,14 +378,16 @@ class ConnectorDouble:
         app.router.add_get("/_double/stats", self._stats)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on `host:port` (0: a free port); returns and sets `url`."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None,
+                    name: str | None = None) -> str:
+        """Serve on `host:port` (0: a free port), over TLS with `ssl_context`; returns and sets `url` (with
+        `name` for the host in it when given, e.g. a name only a test proxy resolves)."""
         self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
         bound = self._runner.addresses[0][1]
-        self.url = f"http://{host}:{bound}/"
+        self.url = f"{'https' if ssl_context else 'http'}://{name or host}:{bound}/"
         return self.url
 
     async def stop(self) -> None:

@@ -173,14 +173,20 @@ class IdentityDouble:
         app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration",
                            self._route("token_discovery", self._discovery))
         app.router.add_get("/msi/token", self._route("msi", self._msi))
-        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+        server_context = self.server_context()
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=server_context)
         await site.start()
         self.url = f"https://127.0.0.1:{self._runner.addresses[0][1]}/"
         return self
+
+    def server_context(self) -> ssl.SSLContext:
+        """A server TLS context with a certificate of the test CA for 127.0.0.1, localhost and the test-only
+        names under example.test (what the proxy tests reach the doubles by); other doubles use it too."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert("127.0.0.1", "localhost", "*.example.test").configure_cert(context)
+        return context
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.release()

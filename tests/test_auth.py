@@ -41,9 +41,12 @@ async def identity(tmp_path: Path) -> AsyncIterator[IdentityDouble]:
 
 
 @pytest.fixture
-async def double() -> AsyncIterator[ConnectorDouble]:
-    async with ConnectorDouble() as connector:
-        yield connector
+async def double(identity: IdentityDouble) -> AsyncIterator[ConnectorDouble]:
+    """With auth on, a serviceUrl must be https: the double serves TLS with the identity double's test CA."""
+    connector = ConnectorDouble()
+    await connector.start(ssl_context=identity.server_context())
+    yield connector
+    await connector.stop()
 
 
 def auth_config(tmp_path: Path, identity: IdentityDouble, **overrides: Any) -> Config:

@@ -39,7 +39,7 @@ def describe(exc: ValidationError) -> tuple[str, str]:
     field = ".".join(str(part) for part in first["loc"]) or "body"
     if first["type"] == "extra_forbidden":
         return field, "unknown field"
-    return field, f"{field}: {first['msg']}"
+    return field, f"{field}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def validation_error(exc: ValidationError) -> web.Response:

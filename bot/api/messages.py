@@ -12,31 +12,22 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Protocol
-from urllib.parse import urlsplit
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError, ValidationInfo
 
 from bot.metrics import Metrics
+from bot.validation import check_id, check_optional_id, check_service_url
 
 from .errors import describe, error, parse_json
 
 MAX_BODY_BYTES = 256 * 1024
-MAX_URL_CHARS = 2048
+LOCAL = "local"  # validation context: True while the bot runs without MicrosoftAppId (http loopback allowed)
 
 
-def service_url(value: str) -> str:
-    """An absolute http(s) URL of printable ASCII without user info: where replies to this activity go."""
-    if len(value) > MAX_URL_CHARS or not value.isascii() or not value.isprintable() or " " in value:
-        raise ValueError(f"must be an absolute http(s) URL of at most {MAX_URL_CHARS} printable ASCII characters")
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-    except ValueError:
-        raise ValueError("must be an absolute http(s) URL") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
-        raise ValueError("must be an absolute http(s) URL without user info, e.g. https://smba.trafficmanager.net/amer/")
-    return value
+def service_url(value: str, info: ValidationInfo) -> str:
+    """Where replies to this activity go: an absolute https URL (`bot.validation.check_service_url`)."""
+    return check_service_url(value, local=bool(info.context and info.context.get(LOCAL)))
 
 
 def iso_datetime(value: str) -> str:
@@ -49,6 +40,8 @@ def iso_datetime(value: str) -> str:
 
 
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+Id = Annotated[StrictStr, AfterValidator(check_id)]
+OptionalId = Annotated[StrictStr, AfterValidator(check_optional_id)]
 DateTime = Annotated[StrictStr, AfterValidator(iso_datetime)]
 
 
@@ -59,20 +52,20 @@ class _Open(BaseModel):
 
 
 class Account(_Open):
-    id: NonEmpty
+    id: Id
     name: StrictStr | None = None
-    aadObjectId: StrictStr | None = None
+    aadObjectId: OptionalId | None = None
 
 
 class Conversation(_Open):
-    id: NonEmpty
+    id: Id
     conversationType: StrictStr | None = None
-    tenantId: StrictStr | None = None
+    tenantId: OptionalId | None = None
     isGroup: bool | None = None
 
 
 class NamedId(_Open):
-    id: StrictStr | None = None
+    id: OptionalId | None = None
     name: StrictStr | None = None
 
 
@@ -91,7 +84,7 @@ class ActivityEnvelope(_Open):
     the turn (or be stored and replied to) instead of being refused."""
 
     type: NonEmpty
-    id: StrictStr | None = None
+    id: OptionalId | None = None
     serviceUrl: Annotated[StrictStr, AfterValidator(service_url)]
     channelId: StrictStr | None = None
     conversation: Conversation
@@ -100,7 +93,7 @@ class ActivityEnvelope(_Open):
     name: StrictStr | None = None
     text: StrictStr | None = None
     action: StrictStr | None = None
-    replyToId: StrictStr | None = None
+    replyToId: OptionalId | None = None
     locale: StrictStr | None = None
     localTimezone: StrictStr | None = None
     timestamp: DateTime | None = None
@@ -116,12 +109,13 @@ class ActivityEnvelope(_Open):
     reactionsRemoved: list[dict[str, Any]] | None = None
 
 
-def check_activity(body: Any) -> tuple[str, str] | None:
-    """None when `body` is an activity the bot can process; else (field, message)."""
+def check_activity(body: Any, *, local: bool = False) -> tuple[str, str] | None:
+    """None when `body` is an activity the bot can process; else (field, message). `local`: the bot runs
+    without MicrosoftAppId, so a loopback http serviceUrl (the Playground's) is fine."""
     if not isinstance(body, dict):
         return "body", "body must be a JSON object (an activity)"
     try:
-        ActivityEnvelope.model_validate(body)
+        ActivityEnvelope.model_validate(body, context={LOCAL: local})
     except ValidationError as exc:
         field, message = describe(exc)
         return field, f"activity {message}" if message != "unknown field" else message
@@ -158,9 +152,10 @@ def _outcome(status: int) -> str:
 
 
 class MessagesEndpoint:
-    def __init__(self, turns: TurnProcessor, metrics: Metrics | None = None) -> None:
+    def __init__(self, turns: TurnProcessor, metrics: Metrics | None = None, *, local: bool = False) -> None:
         self._turns = turns
         self._metrics = metrics or Metrics()
+        self._local = local  # no MicrosoftAppId: http serviceUrls of loopback hosts are accepted
 
     async def __call__(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -184,7 +179,7 @@ class MessagesEndpoint:
             return error(400, "BadJson", str(exc))
         if isinstance(body, dict) and isinstance(body.get("type"), str):
             kind[0] = body["type"]
-        problem = check_activity(body)
+        problem = check_activity(body, local=self._local)
         if problem is not None:
             return web.json_response(
                 {"error": {"code": "BadActivity", "field": problem[0], "message": problem[1]}}, status=400)

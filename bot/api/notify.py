@@ -25,11 +25,11 @@ from pydantic import (
     Field,
     PlainValidator,
     StrictStr,
-    StringConstraints,
     ValidationError,
 )
 
 from bot.delivery.proactive import Admission
+from bot.validation import check_id, check_printable
 from state.model import conversation_key
 from state.outbox import PRIORITIES, OutboxItem, OutboxStore
 from state.references import ConversationReferences
@@ -71,7 +71,7 @@ def _aware_datetime(text: Any) -> datetime:
     return when
 
 
-Id = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
+Id = Annotated[StrictStr, AfterValidator(check_id)]  # printable, `;messageid=` digits (bot/validation.py)
 Ids = Annotated[list[Id], Field(min_length=1, max_length=MAX_TARGETS)]
 
 
@@ -93,7 +93,7 @@ class NotifyRequest(_Strict):
     to: Recipients
     text: Annotated[StrictStr, AfterValidator(_not_blank)] | None = None
     card: Annotated[dict[str, Any], AfterValidator(_adaptive_card)] | None = None
-    dedupKey: Annotated[StrictStr, StringConstraints(max_length=200), AfterValidator(_not_blank)] | None = None
+    dedupKey: Annotated[StrictStr, AfterValidator(lambda key: check_printable(key, 200))] | None = None
     priority: Literal["normal", "urgent"] = "normal"
     expiresAt: Annotated[datetime, PlainValidator(_aware_datetime)] | None = None
 

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from bot.validation import unsafe_character
 from state.clock import Clock
 from state.model import Observation
 
@@ -61,9 +62,16 @@ def _currency(value: Any) -> str:
     return code.upper()
 
 
+def _printable(value: str) -> str:
+    if (bad := unsafe_character(value)) is not None:
+        raise ValueError(f"must hold only printable characters, found {bad}")
+    return value
+
+
 def _url(value: Any) -> str:
     if not isinstance(value, str) or len(value) > 2000:
         raise ValueError("must be a URL of at most 2000 characters")
+    _printable(value)
     parts = urlsplit(value.strip())  # raises ValueError for a malformed host
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http or https URL")
@@ -71,7 +79,7 @@ def _url(value: Any) -> str:
 
 
 def _text(value: Any) -> str:
-    if not isinstance(value, str) or not 0 < len(text := value.strip()) <= 100:
+    if not isinstance(value, str) or not 0 < len(text := _printable(value).strip()) <= 100:
         raise ValueError("must be a non-empty string of at most 100 characters")
     return text
 

@@ -16,6 +16,7 @@ its connection; a connection is reused only when the response said keep-alive an
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -36,6 +37,35 @@ class ConnectionLost(ConnectionError):
     """The connection failed, or closed before the whole response arrived."""
 
 
+class InvalidRequest(ValueError):
+    """A request that would not be one well-formed HTTP/1.1 request (a CR, LF or NUL where it would split a
+    line, a method or header name that is not a token): refused before a byte is written."""
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")  # controls and spaces would end or split the request line
+_BAD_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but HTAB (RFC 9110 field-value)
+
+
+def request_head(method: str, host: str, target: str, headers: dict[str, str], length: int) -> bytes:
+    """The request line and headers, checked: `InvalidRequest` names the part that would inject a line."""
+    if not _TOKEN.fullmatch(method):
+        raise InvalidRequest(f"the method {method!r} is not an HTTP token")
+    if _BAD_IN_TARGET.search(host):
+        raise InvalidRequest(f"the host {host!r} holds a control character or a space")
+    if not target.startswith("/") or _BAD_IN_TARGET.search(target):
+        raise InvalidRequest(f"the request target {target!r} holds a control character or a space")
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    for name, value in headers.items():
+        if not _TOKEN.fullmatch(name):
+            raise InvalidRequest(f"the header name {name!r} is not an HTTP token")
+        if _BAD_IN_VALUE.search(value):
+            raise InvalidRequest(f"the value of header {name} holds a control character")
+        lines.append(f"{name}: {value}")
+    lines += [f"Content-Length: {length}", "", ""]
+    return "\r\n".join(lines).encode("utf-8")
+
+
 @dataclass(frozen=True)
 class _Origin:
     scheme: str
@@ -45,7 +75,8 @@ class _Origin:
     @property
     def host_header(self) -> str:
         default = 443 if self.scheme == "https" else 80
-        return self.host if self.port == default else f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        return host if self.port == default else f"{host}:{self.port}"
 
 
 class _Connection(asyncio.Protocol):
@@ -136,9 +167,7 @@ class ConnectionPool:
                       body: bytes = b"") -> HttpResponse:
         """`method` `base_url` + `path` (already URL-quoted) with `headers` and `body`; the whole response."""
         origin, prefix = self._origin(base_url)
-        head = [f"{method} {prefix}/{path} HTTP/1.1", f"Host: {origin.host_header}",
-                *(f"{name}: {value}" for name, value in headers.items()), f"Content-Length: {len(body)}", "", ""]
-        request = "\r\n".join(head).encode("latin-1") + body
+        request = request_head(method, origin.host_header, f"{prefix}/{path}", headers, len(body)) + body
         async with self._slots:
             connection = self._reuse(origin) or await self._connect(origin)
             try:
