@@ -125,7 +125,8 @@ class BotApplication:
             lambda: self.clock.now().timestamp(),
         )
         self.web_app = build_web_app(
-            MessagesEndpoint(turns, self.metrics, local=not config.auth_enabled), self.health, notify,
+            MessagesEndpoint(turns, self.metrics, local=not config.auth_enabled,
+                             service_urls=self.teams.service_urls), self.health, notify,
             PricesEndpoint(notify.refuse, self.watcher.observe, self.clock),
             MetricsEndpoint(config.metrics_token, self.metrics, self._refresh_gauges), self.metrics,
         )
@@ -171,7 +172,7 @@ class BotApplication:
             self.metrics.database_error("healthz")
         delivery = self.worker.health()
         reasons = ([] if database_ok else ["the database does not answer"]) + (
-            [] if delivery["ok"] else [str(delivery["reason"])])
+            [] if delivery["ok"] else [str(delivery["reason"])]) + self.teams.problems()
         report: dict[str, Any] = {"ok": not reasons, "database": "ok" if database_ok else "unavailable"}
         if reasons:
             report["reasons"] = reasons

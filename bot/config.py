@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from bot.service_urls import DEFAULT_SERVICE_URL_HOSTS, parse_hosts
 from state.db import DatabaseUrl, DatabaseUrlError, parse_database_url
 
 APP_TYPES = ("MultiTenant", "SingleTenant", "UserAssignedMSI")
@@ -75,6 +76,7 @@ class Config:
     alert_coalesce_seconds: float = 3.0
     retention_days: float = 30.0
     lease_seconds: float = 20.0
+    service_url_hosts: tuple[str, ...] = DEFAULT_SERVICE_URL_HOSTS  # SERVICE_URL_HOSTS: where the token may go
     graph_url: str = PUBLIC_GRAPH_URL  # GRAPH_URL: Microsoft Graph of the bot's cloud
     proactive_install: bool = False  # PROACTIVE_INSTALL: install the app for people Teams says lack it
     teams_catalog_app_id: str = ""  # TEAMS_CATALOG_APP_ID: the app's id in the organisation's catalog
@@ -241,6 +243,15 @@ def _ca_files(values: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(files)
 
 
+def _service_url_hosts(value: str) -> tuple[str, ...]:
+    if not value:
+        return DEFAULT_SERVICE_URL_HOSTS
+    try:
+        return parse_hosts(value)
+    except ValueError as exc:
+        raise ConfigError(f"SERVICE_URL_HOSTS {exc}") from None
+
+
 def is_loopback(host: str) -> bool:
     """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     if host.lower() == "localhost":
@@ -310,6 +321,7 @@ def load_config(
         progress_delays=_delays(get("PROGRESS_DELAYS", ",".join(f"{d:g}" for d in defaults.progress_delays))),
         retention_days=_positive("RETENTION_DAYS", get("RETENTION_DAYS", str(defaults.retention_days))),
         lease_seconds=_lease("LEASE_SECONDS", get("LEASE_SECONDS", str(defaults.lease_seconds))),
+        service_url_hosts=_service_url_hosts(get("SERVICE_URL_HOSTS", "")),
         alert_coalesce_seconds=_non_negative(
             "ALERT_COALESCE_SECONDS", get("ALERT_COALESCE_SECONDS", str(defaults.alert_coalesce_seconds))),
         graph_url=_origin("GRAPH_URL", get("GRAPH_URL", defaults.graph_url) or defaults.graph_url),

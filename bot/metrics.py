@@ -60,6 +60,12 @@ class Metrics:
         self._dead = Gauge("bot_scheduler_dead_jobs", "Jobs out of attempts (read at scrape)", registry=r)
         self._tokens = Counter("bot_token_acquisitions", "Outbound token acquisitions by result", ["result"],
                                registry=r)
+        self._credentials_refused = Counter(
+            "bot_teams_credentials_refused", "401 answers from Teams to a freshly fetched token (sending pauses)",
+            registry=r)
+        self._service_url_refused = Counter(
+            "bot_service_url_refused", "Service URLs refused: not https or host not on SERVICE_URL_HOSTS",
+            ["where"], registry=r)
         self._db_errors = Counter("bot_database_errors", "Database operations that failed", ["where"], registry=r)
         self._turn_waits = Counter("bot_turn_lease_waits", "Turns that waited for another replica's turn of the same "
                                    "conversation, by how the wait ended", ["outcome"], registry=r)
@@ -103,6 +109,14 @@ class Metrics:
     def token_acquired(self, ok: bool) -> None:
         """Call once per outbound token acquisition (a cache hit is not one)."""
         self._tokens.labels("ok" if ok else "failed").inc()
+
+    def credentials_refused(self) -> None:
+        """Teams answered 401 to a call made with a freshly fetched token."""
+        self._credentials_refused.inc()
+
+    def service_url_refused(self, where: str) -> None:
+        """A service URL the bot's token may not go to (not https, host not on SERVICE_URL_HOSTS)."""
+        self._service_url_refused.labels(where).inc()
 
     def database_error(self, where: str) -> None:
         self._db_errors.labels(where).inc()

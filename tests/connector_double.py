@@ -177,6 +177,7 @@ class ConnectorDouble:
         self.max_hold = max_hold  # longest real time a "timeout" fault holds a request
         self.strict_activities = strict_activities  # update/delete of an unknown activity id -> 404
         self.url = ""  # the serviceUrl, "http://127.0.0.1:PORT/", once started
+        self.accepts_token: Callable[[str], bool] | None = None  # set: 401 for an Authorization it refuses
         self.requests: deque[RecordedRequest] = deque(maxlen=max_records)
         self.ops: Counter[str] = Counter()  # requests per operation
         self.statuses: Counter[int] = Counter()  # answers per HTTP status
@@ -462,6 +463,8 @@ class ConnectorDouble:
         delay = self.conversation_latency.get(record.conversation_id or "", self.latency)
         if delay > 0:
             await asyncio.sleep(delay)
+        if self.accepts_token is not None and not self.accepts_token(record.authorization or ""):
+            raise _Reject(401, "BotNotRegistered", "Authorization has been denied for this request.")
         if self._scripts:
             fault = self._take_fault(record)
             if fault is not None and fault.hold_seconds is not None:

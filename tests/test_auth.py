@@ -54,6 +54,7 @@ def auth_config(tmp_path: Path, identity: IdentityDouble, **overrides: Any) -> C
         database_url=f"sqlite:///{tmp_path}/bot.sqlite3", app_id=APP_ID, app_password=SECRET,
         open_id_metadata_url=identity.metadata_url, token_issuer=ISSUER, oauth_scope=SCOPE,
         login_url=identity.login_url("botframework.com"), ca_files=(identity.ca_file,), notify_token=NOTIFY,
+        service_url_hosts=("127.0.0.1",),  # the doubles' host, as an operator of a test setup would set it
     )
     return replace(base, **overrides)
 

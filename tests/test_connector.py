@@ -1,7 +1,8 @@
 """Pooled connector clients send on the event loop (not through `requests`) and carry the bot's token.
 
-The token source here is the smallest thing with `async token()`; the real one (tokens.ChannelTokens
-with azure-identity) is tested against the identity double in test_tokens.py and test_auth.py.
+The token source here is the smallest thing with the connectors' `BearerTokens` calls; the real one
+(credentials.ConnectorCredentials over tokens.ChannelTokens with azure-identity) is tested against the identity
+double in test_tokens.py, test_auth.py and test_credentials.py.
 """
 
 from __future__ import annotations
@@ -17,8 +18,17 @@ from tests.connector_double import ConnectorDouble
 
 
 class FixedToken:
-    async def token(self) -> str:
+    async def token_for(self, service_url: str) -> str:
         return "token-123"
+
+    async def renewed(self, stale: str) -> str:
+        return "token-123"
+
+    def answered(self, *, refused: bool, detail: str = "") -> float:
+        return 0.0
+
+    def unanswered(self) -> None:
+        pass
 
 
 def _no_requests(*args: Any, **kwargs: Any) -> None:

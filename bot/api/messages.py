@@ -8,6 +8,7 @@ side, bot/teams/turns.py), which authenticates and runs the turn.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,9 +18,12 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError, ValidationInfo
 
 from bot.metrics import Metrics
+from bot.service_urls import ServiceUrlHosts
 from bot.validation import check_id, check_optional_id, check_service_url
 
 from .errors import describe, error, parse_json
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
 LOCAL = "local"  # validation context: True while the bot runs without MicrosoftAppId (http loopback allowed)
@@ -152,10 +156,12 @@ def _outcome(status: int) -> str:
 
 
 class MessagesEndpoint:
-    def __init__(self, turns: TurnProcessor, metrics: Metrics | None = None, *, local: bool = False) -> None:
+    def __init__(self, turns: TurnProcessor, metrics: Metrics | None = None, *, local: bool = False,
+                 service_urls: ServiceUrlHosts | None = None) -> None:
         self._turns = turns
         self._metrics = metrics or Metrics()
         self._local = local  # no MicrosoftAppId: http serviceUrls of loopback hosts are accepted
+        self._service_urls = service_urls  # SERVICE_URL_HOSTS (auth on): where the bot's token may go
 
     async def __call__(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -180,6 +186,13 @@ class MessagesEndpoint:
         if isinstance(body, dict) and isinstance(body.get("type"), str):
             kind[0] = body["type"]
         problem = check_activity(body, local=self._local)
+        if problem is None and self._service_urls is not None:
+            refusal = self._service_urls.refusal(body["serviceUrl"])
+            if refusal is not None:
+                self._metrics.service_url_refused("inbound")
+                log.warning("refused an activity whose serviceUrl %s the bot's token may not go to: %s",
+                            body["serviceUrl"][:200], refusal)
+                problem = ("serviceUrl", f"serviceUrl: {refusal}")
         if problem is not None:
             return web.json_response(
                 {"error": {"code": "BadActivity", "field": problem[0], "message": problem[1]}}, status=400)

@@ -35,9 +35,16 @@ _HEADERS = {"Accept": "application/json", "Content-Type": "application/json; cha
 
 
 class BearerTokens(Protocol):
-    """Where the sender gets the bot's token (tokens.ChannelTokens)."""
+    """Where the connectors get the bot's token for a service URL (credentials.ConnectorCredentials): only for
+    allowed URLs, renewed once after a 401, and told how Teams answered."""
 
-    async def token(self) -> str: ...
+    async def token_for(self, service_url: str) -> str: ...
+
+    async def renewed(self, stale: str) -> str: ...
+
+    def answered(self, *, refused: bool, detail: str = "") -> float: ...
+
+    def unanswered(self) -> None: ...
 
 
 class SharedSession:
@@ -101,11 +108,26 @@ class AiohttpSender(AsyncHTTPSender):
         if http_request.files:
             raise NotImplementedError("multipart uploads are not used by this bot")
         headers = dict(http_request.headers)
-        if self._tokens is not None:
-            headers["Authorization"] = f"Bearer {await self._tokens.token()}"
-        raw = await self._session.get().request(
-            http_request.method, http_request.url, headers=headers, data=http_request.data
-        )
+        session = self._session.get()
+        if self._tokens is None:
+            raw = await session.request(http_request.method, http_request.url, headers=headers, data=http_request.data)
+        else:
+            tokens, answered = self._tokens, False
+            token = await tokens.token_for(http_request.url)
+            try:
+                headers["Authorization"] = f"Bearer {token}"
+                raw = await session.request(http_request.method, http_request.url, headers=headers,
+                                            data=http_request.data)
+                if raw.status == 401:  # drop the cached token, fetch a fresh one, try once more
+                    raw.release()
+                    headers["Authorization"] = f"Bearer {await tokens.renewed(token)}"
+                    raw = await session.request(http_request.method, http_request.url, headers=headers,
+                                                data=http_request.data)
+                answered = True
+                tokens.answered(refused=raw.status == 401, detail=raw.reason or "")
+            finally:
+                if not answered:
+                    tokens.unanswered()
         response = _LoadedResponse(http_request, raw)
         await response.load_body()
         return Response(request, response)
@@ -139,6 +161,11 @@ class ConnectorError(Exception):
     def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+class CredentialsRefused(ConnectorError):
+    """Teams answered 401 to the bot's token twice, the second time to a freshly fetched one: sending is paused
+    for `retry_after` seconds (credentials.ConnectorCredentials), nothing is dropped."""
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -181,13 +208,30 @@ class JsonConnector:
         if conversation_id is not None:
             headers["x-ms-conversation-id"] = conversation_id
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        pool, tokens, paused = self._session.connections(), self._tokens, 0.0
         async with asyncio.timeout(self._timeout):
-            if self._tokens is not None:
-                headers["Authorization"] = f"Bearer {await self._tokens.token()}"
-            response = await self._session.connections().request(method, service_url, path, headers, data)
+            if tokens is None:
+                response = await pool.request(method, service_url, path, headers, data)
+            else:
+                token, answered = await tokens.token_for(service_url), False
+                try:
+                    headers["Authorization"] = f"Bearer {token}"
+                    response = await pool.request(method, service_url, path, headers, data)
+                    if response.status == 401:  # drop the cached token, fetch a fresh one, try once more
+                        headers["Authorization"] = f"Bearer {await tokens.renewed(token)}"
+                        response = await pool.request(method, service_url, path, headers, data)
+                    answered = True
+                    refused = response.status == 401
+                    paused = tokens.answered(refused=refused, detail=_detail(response.body) if refused else "")
+                finally:
+                    if not answered:
+                        tokens.unanswered()
         raw = response.body
         if response.status >= 300:
-            raise _error(response.status, response.reason, raw, response.headers.get("retry-after"))
+            error = _error(response.status, response.reason, raw, response.headers.get("retry-after"))
+            if tokens is not None and response.status == 401:
+                raise CredentialsRefused(401, error.code, error.message, paused)
+            raise error
         if not raw:
             return {}
         try:
@@ -195,6 +239,12 @@ class JsonConnector:
         except ValueError:  # accepted, but an answer we cannot read: the message went out all the same
             return {}
         return answer if isinstance(answer, dict) else {}
+
+
+def _detail(raw: bytes) -> str:
+    """Teams' error code and message from an error body, for a log line."""
+    error = _error(401, None, raw, None)
+    return f"{error.code}: {error.message}"
 
 
 def _error(status: int, reason: str | None, raw: bytes, retry_after: str | None) -> ConnectorError:

@@ -24,6 +24,7 @@ from bot.config import Config
 from bot.delivery.proactive import ProactiveMessages
 from bot.metrics import Metrics
 from bot.prices.alert_actions import AlertActions
+from bot.service_urls import ServiceUrlHosts
 from bot.tls import trust_context
 from bot.turn_gate import TurnGate
 from scheduler.scheduler import Scheduler
@@ -35,6 +36,7 @@ from state.references import ConversationReferences
 from .adapter import TeamsAdapter, build_authentication
 from .alert_buttons import AlertButtons
 from .connector import JsonConnector, SharedSession
+from .credentials import ConnectorCredentials
 from .dialog_state import DialogStackState
 from .handler import ProactiveBot
 from .replies import QueuedReplies, ReplySlots, TurnReplies
@@ -55,12 +57,17 @@ class TeamsConnection:
         self._clock = clock
         self.session = SharedSession(ssl_context=trust_context(config.ca_files))
         self.tokens: ChannelTokens | None = None
+        self.credentials: ConnectorCredentials | None = None  # the token, only where it belongs, paused on 401s
+        self.service_urls: ServiceUrlHosts | None = None  # SERVICE_URL_HOSTS (auth on only)
         self.signing_keys: ChannelSigningKeys | None = None
         if config.auth_enabled:
             self.tokens = ChannelTokens(credential_factory(config, self.session), config.oauth_scope, clock,
                                         on_acquired=self.metrics.token_acquired)
             self.signing_keys = ChannelSigningKeys(config.open_id_metadata_url, self.session, clock)
-        self.authentication = build_authentication(config, self.session, self.tokens)
+        if self.tokens is not None:
+            self.service_urls = ServiceUrlHosts(config.service_url_hosts)
+            self.credentials = ConnectorCredentials(self.tokens, self.service_urls, clock, metrics=self.metrics)
+        self.authentication = build_authentication(config, self.session, self.credentials)
         self.adapter = TeamsAdapter(self.authentication)
         self.adapter.on_turn_error = self._on_turn_error
         self.sender = TeamsSender(self.authentication, config.app_id)
@@ -98,7 +105,7 @@ class TeamsConnection:
             preferences=preferences,
             turn_gate=turn_gate,
         )
-        self.adapter.replies = TurnReplies(JsonConnector(self.session, self.tokens, timeout_s=10.0), reply_slots,
+        self.adapter.replies = TurnReplies(JsonConnector(self.session, self.credentials, timeout_s=10.0), reply_slots,
                                            QueuedReplies(proactive, self._clock))
         return SdkTurns(self.adapter, self.authentication, bot)
 
@@ -107,6 +114,10 @@ class TeamsConnection:
         if self.tokens is None or self.signing_keys is None:
             return {"authentication": "off"}
         return {"authentication": "on", "token": self.tokens.state, "signing_keys": self.signing_keys.count}
+
+    def problems(self) -> list[str]:
+        """For /healthz: why sending to Teams cannot work now (Teams refuses the bot's credentials)."""
+        return self.credentials.problems() if self.credentials is not None else []
 
     async def start(self) -> None:
         """Start getting the bot's token, and load the channel's signing keys (waiting a few seconds at most)."""

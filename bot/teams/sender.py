@@ -16,9 +16,10 @@ from botbuilder.schema import ErrorResponseException
 from msrest.exceptions import ClientRequestError
 
 from bot.delivery.failures import SendFailure
+from bot.service_urls import ServiceUrlRefused
 
 from .adapter import ReusingAuthentication
-from .connector import ConnectorError, JsonConnector
+from .connector import ConnectorError, CredentialsRefused, JsonConnector
 from .tokens import token_unavailable_in
 
 # Teams' error table (shared/teams-facts.md): what to do per status.
@@ -50,6 +51,10 @@ def classify(exc: BaseException) -> SendFailure:
     if unavailable is not None:  # Teams was never asked: wait for the identity service, lose nothing
         return SendFailure("retry", None, "TokenUnavailable", unavailable.reason,
                            max(1.0, unavailable.retry_after), attempted=False)
+    if isinstance(exc, CredentialsRefused):  # sending is paused, not this message's fault: lose nothing
+        return SendFailure("retry", 401, exc.code, exc.message, max(1.0, exc.retry_after or 0.0), attempted=False)
+    if isinstance(exc, ServiceUrlRefused):  # never sent: the bot's token does not go there
+        return SendFailure("drop", None, "ServiceUrlNotAllowed", exc.reason)
     if isinstance(exc, ConnectorError):
         return _by_status(exc.status, exc.code, exc.message, exc.retry_after)
     if isinstance(exc, ErrorResponseException):  # the SDK's ConnectorClient (rosters, SDK calls in a turn)

@@ -164,6 +164,11 @@ class ChannelTokens:
             return "requesting"
         return f"unavailable: {self._last_error}" if self._last_error else "not requested"
 
+    def drop(self, stale: str | None) -> None:
+        """Forget the cached token if it is `stale` (None: whatever is cached): Teams refused it."""
+        if self._token is not None and (stale is None or self._token.value == stale):
+            self._token = None
+
     def warm(self) -> None:
         """Start getting a token now (at start-up), so the first turn does not wait for it."""
         self._start()
