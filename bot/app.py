@@ -86,7 +86,7 @@ class BotApplication:
         self.price_source = build_price_source(
             config.price_source, clock=self.clock, url_template=config.price_url_template,
             price_path=config.price_field, currency_path=config.price_currency_field,
-            url_path=config.price_url_field, source_name=config.price_source_name,
+            url_path=config.price_url_field, source_name=config.price_source_name, proxies=config.proxies,
         )
         self.prices = PriceLog(self.db, self.clock)
         self.watcher = PriceWatcher(

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from bot.proxy import ProxySettings
 from bot.service_urls import DEFAULT_SERVICE_URL_HOSTS, parse_hosts
 from state.db import DatabaseUrl, DatabaseUrlError, parse_database_url
 
@@ -77,6 +78,7 @@ class Config:
     retention_days: float = 30.0
     lease_seconds: float = 20.0
     service_url_hosts: tuple[str, ...] = DEFAULT_SERVICE_URL_HOSTS  # SERVICE_URL_HOSTS: where the token may go
+    proxies: ProxySettings = field(default_factory=ProxySettings)  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY
     graph_url: str = PUBLIC_GRAPH_URL  # GRAPH_URL: Microsoft Graph of the bot's cloud
     proactive_install: bool = False  # PROACTIVE_INSTALL: install the app for people Teams says lack it
     teams_catalog_app_id: str = ""  # TEAMS_CATALOG_APP_ID: the app's id in the organisation's catalog
@@ -243,6 +245,13 @@ def _ca_files(values: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(files)
 
 
+def _proxies(values: Mapping[str, str]) -> ProxySettings:
+    try:
+        return ProxySettings.from_values(values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _service_url_hosts(value: str) -> tuple[str, ...]:
     if not value:
         return DEFAULT_SERVICE_URL_HOSTS
@@ -322,6 +331,7 @@ def load_config(
         retention_days=_positive("RETENTION_DAYS", get("RETENTION_DAYS", str(defaults.retention_days))),
         lease_seconds=_lease("LEASE_SECONDS", get("LEASE_SECONDS", str(defaults.lease_seconds))),
         service_url_hosts=_service_url_hosts(get("SERVICE_URL_HOSTS", "")),
+        proxies=_proxies(values),
         alert_coalesce_seconds=_non_negative(
             "ALERT_COALESCE_SECONDS", get("ALERT_COALESCE_SECONDS", str(defaults.alert_coalesce_seconds))),
         graph_url=_origin("GRAPH_URL", get("GRAPH_URL", defaults.graph_url) or defaults.graph_url),

@@ -2,7 +2,8 @@
 
 Every outbound call asks `ProxySettings.for_url(url)` which proxy to use, if any: `HTTPS_PROXY` for https URLs,
 `HTTP_PROXY` for http ones, none for a host `NO_PROXY` lists (the standard library's reading:
-comma-separated host names or domain suffixes, optional `:port`, `*` for everything). A proxy is an `http://`
+comma-separated host names or domain suffixes, optional `:port`, `*` for everything) nor for loopback and
+link-local hosts (a proxy cannot reach them: App Service's managed identity endpoint, IMDS). A proxy is an `http://`
 URL, with Basic credentials in it when the proxy wants them (`http://user:password@proxy:3128`). https goes
 through a CONNECT tunnel (TLS end to end, verified against the bot's trust store), http as absolute-form requests.
 """
@@ -10,6 +11,7 @@ through a CONNECT tunnel (TLS end to end, verified against the bot's trust store
 from __future__ import annotations
 
 import base64
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +60,8 @@ def parse_proxy(name: str, value: str) -> Proxy:
         parts = urlsplit(value if "://" in value else f"http://{value}")
         port = parts.port or 80
     except ValueError:
-        raise ValueError(f"{name} must be a proxy URL like http://proxy.internal:3128, got {value!r}") from None
+        raise ValueError(f"{name} must be a proxy URL like http://proxy.internal:3128, got {_redacted(value)!r}") \
+            from None
     if parts.scheme.lower() != "http" or not parts.hostname or parts.path.strip("/") or parts.query:
         raise ValueError(f"{name} must be an http:// proxy URL like http://user:password@proxy.internal:3128 "
                          f"(TLS to the target runs through the proxy's CONNECT tunnel), got {_redacted(value)!r}")
@@ -102,7 +105,7 @@ class ProxySettings:
         parts = urlsplit(url)
         proxy = self.https if parts.scheme.lower() == "https" else self.http if parts.scheme.lower() == "http" \
             else None
-        if proxy is None or not parts.hostname:
+        if proxy is None or not parts.hostname or _local(parts.hostname):
             return None
         if self.no_proxy and proxy_bypass_environment(_host_port(parts.hostname, parts.port),
                                                       {"no": self.no_proxy}):
@@ -110,11 +113,11 @@ class ProxySettings:
         return proxy
 
     def aiohttp_kwargs(self, url: str) -> dict[str, Any]:
-        """`proxy=` and `proxy_headers=` for one aiohttp request to `url` ({} when it goes direct)."""
+        """`proxy=` for one aiohttp request to `url` ({} when it goes direct)."""
         proxy = self.for_url(url)
         if proxy is None:
             return {}
-        return {"proxy": proxy.url, "proxy_headers": proxy.headers()}
+        return {"proxy": proxy.url_with_credentials}  # aiohttp sends them as Proxy-Authorization, CONNECT or not
 
     def azure_proxies(self, url: str) -> dict[str, str]:
         """azure-core's `proxies=` for a credential whose endpoint is `url` ({} when it goes direct)."""
@@ -122,6 +125,17 @@ class ProxySettings:
         if proxy is None:
             return {}
         return {urlsplit(url).scheme.lower(): proxy.url_with_credentials}
+
+
+def _local(host: str) -> bool:
+    """Loopback and link-local hosts (App Service's identity endpoint, IMDS) never go through a proxy."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_link_local
 
 
 def _host_port(host: str, port: int | None) -> str:

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from bot.proxy import ProxySettings
 from bot.validation import unsafe_character
 from state.clock import Clock
 from state.model import Observation
@@ -108,7 +109,9 @@ class HttpJsonSource:
     def __init__(self, url_template: str, price_path: str, *, clock: Clock, currency_path: str | None = None,
                  url_path: str | None = None, source_name: str = "price feed", timeout_s: float = 5.0,
                  retries: int = 2, poll_interval_s: float = 300.0, session: aiohttp.ClientSession | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, backoff_s: float = 0.5) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, backoff_s: float = 0.5,
+                 proxies: ProxySettings | None = None) -> None:
+        self._proxies = proxies or ProxySettings()  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY
         if "{product}" not in url_template:
             raise ValueError("url_template must contain {product}")
         self.name, self.poll_interval_s, self._template, self._clock = source_name, poll_interval_s, url_template, clock
@@ -139,7 +142,8 @@ class HttpJsonSource:
     async def _get(self, url: str) -> tuple[int, bytes]:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        async with self._session.get(url, timeout=self._timeout, headers={"Accept": "application/json"}) as resp:
+        async with self._session.get(url, timeout=self._timeout, headers={"Accept": "application/json"},
+                                     **self._proxies.aiohttp_kwargs(url)) as resp:
             body = bytearray()
             async for chunk in resp.content.iter_chunked(65536):
                 body += chunk
@@ -278,7 +282,8 @@ def parse_price_push(body: Any, clock: Clock) -> PriceQuote:
 
 
 def build_price_source(kind: str, *, clock: Clock, url_template: str = "", price_path: str = "",
-                       currency_path: str = "", url_path: str = "", source_name: str = "") -> PriceSource | None:
+                       currency_path: str = "", url_path: str = "", source_name: str = "",
+                       proxies: ProxySettings | None = None) -> PriceSource | None:
     """The polling source selected by PRICE_SOURCE (demo | http | none); ValueError names the bad setting."""
     kind = kind.strip().lower()
     if kind in ("none", "demo"):
@@ -298,4 +303,4 @@ def build_price_source(kind: str, *, clock: Clock, url_template: str = "", price
     if len(name) > 100:
         raise ValueError("PRICE_SOURCE_NAME must be at most 100 characters")
     return HttpJsonSource(template, price_path, clock=clock, currency_path=currency_path.strip() or None,
-                          url_path=url_path.strip() or None, source_name=name)
+                          url_path=url_path.strip() or None, source_name=name, proxies=proxies)

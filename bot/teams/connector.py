@@ -28,6 +28,8 @@ from botframework.connector.aio import ConnectorClient
 from msrest.pipeline import AsyncHTTPSender, Request, Response, SansIOHTTPPolicy
 from msrest.universal_http.aiohttp import AioHttpClientResponse
 
+from bot.proxy import ProxySettings
+
 from .http1 import ConnectionPool
 
 USER_AGENT = "teams-proactive-bot/0.1 (BotBuilder Python 4.17)"
@@ -52,7 +54,8 @@ class SharedSession:
     (`connections()`), both opened lazily on the running loop with the same TLS trust."""
 
     def __init__(self, timeout_s: float = 30.0, max_connections: int = 200,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, proxies: ProxySettings | None = None) -> None:
+        self.proxies = proxies or ProxySettings()  # every request through the session passes `proxy_for(url)`
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
         self._ssl_context = ssl_context
@@ -62,7 +65,8 @@ class SharedSession:
 
     def connections(self) -> ConnectionPool:
         if self._pool is None:
-            self._pool = ConnectionPool(self._ssl_context, max_connections=self._max_connections)
+            self._pool = ConnectionPool(self._ssl_context, max_connections=self._max_connections,
+                                        proxies=self.proxies)
         return self._pool
 
     def get(self) -> aiohttp.ClientSession:
@@ -73,6 +77,10 @@ class SharedSession:
                                                ssl=self._ssl),
             )
         return self._session
+
+    def proxy_for(self, url: str) -> dict[str, Any]:
+        """The aiohttp keyword arguments that send a request to `url` through the organisation's proxy (if any)."""
+        return self.proxies.aiohttp_kwargs(url)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -110,19 +118,20 @@ class AiohttpSender(AsyncHTTPSender):
         headers = dict(http_request.headers)
         session = self._session.get()
         if self._tokens is None:
-            raw = await session.request(http_request.method, http_request.url, headers=headers, data=http_request.data)
+            raw = await session.request(http_request.method, http_request.url, headers=headers, data=http_request.data,
+                                        **self._session.proxy_for(http_request.url))
         else:
             tokens, answered = self._tokens, False
             token = await tokens.token_for(http_request.url)
             try:
                 headers["Authorization"] = f"Bearer {token}"
                 raw = await session.request(http_request.method, http_request.url, headers=headers,
-                                            data=http_request.data)
+                                            data=http_request.data, **self._session.proxy_for(http_request.url))
                 if raw.status == 401:  # drop the cached token, fetch a fresh one, try once more
                     raw.release()
                     headers["Authorization"] = f"Bearer {await tokens.renewed(token)}"
                     raw = await session.request(http_request.method, http_request.url, headers=headers,
-                                                data=http_request.data)
+                                                data=http_request.data, **self._session.proxy_for(http_request.url))
                 answered = True
                 tokens.answered(refused=raw.status == 401, detail=raw.reason or "")
             finally:

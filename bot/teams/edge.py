@@ -55,7 +55,7 @@ class TeamsConnection:
     def __init__(self, config: Config, clock: Clock, metrics: Metrics | None = None) -> None:
         self.metrics = metrics or Metrics()
         self._clock = clock
-        self.session = SharedSession(ssl_context=trust_context(config.ca_files))
+        self.session = SharedSession(ssl_context=trust_context(config.ca_files), proxies=config.proxies)
         self.tokens: ChannelTokens | None = None
         self.credentials: ConnectorCredentials | None = None  # the token, only where it belongs, paused on 401s
         self.service_urls: ServiceUrlHosts | None = None  # SERVICE_URL_HOSTS (auth on only)

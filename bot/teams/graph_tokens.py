@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from azure.core.pipeline.transport import AioHttpTransport
 from azure.identity.aio import ClientSecretCredential, ManagedIdentityCredential
 
 from bot.config import Config
 from state.clock import Clock
 
 from .connector import SharedSession
-from .tokens import ChannelTokens, TokenCredential, TokenUnavailable, split_login_url
+from .tokens import ChannelTokens, ProxiedTransport, TokenCredential, TokenUnavailable, split_login_url
 
 
 class GraphTokens:
@@ -51,7 +50,7 @@ class GraphTokens:
         config = self._config
 
         def make() -> TokenCredential:
-            transport = AioHttpTransport(session=self._session.get(), session_owner=False)
+            transport = ProxiedTransport(self._session)  # the shared session's TLS trust and proxy
             if config.app_type == "UserAssignedMSI":
                 if tenant_id != config.app_tenant_id:
                     raise TokenUnavailable(f"the managed identity has no token for tenant {tenant_id}", 3600)

@@ -305,37 +305,60 @@ class ConnectionPool:
         return connection
 
     async def _tunnel(self, origin: _Origin, tls: ssl.SSLContext | None) -> _Connection:
-        """A connection through the proxy: for https a CONNECT tunnel with TLS to the origin inside it."""
+        """A connection through the proxy: for https a CONNECT tunnel with TLS to the origin inside it; for http
+        the proxy itself (requests in absolute form)."""
         proxy = origin.proxy
         assert proxy is not None
         loop = asyncio.get_running_loop()
-        connection = _Connection(*self._limits)
+        if tls is None:
+            try:
+                _, connection = await loop.create_connection(lambda: _Connection(*self._limits), proxy.host,
+                                                             proxy.port)
+            except OSError as exc:
+                raise ConnectionLost(f"cannot connect to the proxy {proxy.url}: {exc}") from exc
+            return connection
         try:
-            reader, writer = await asyncio.open_connection(proxy.host, proxy.port, limit=self._limits[0])
+            transport, handshake = await loop.create_connection(lambda: _Handshake(self._limits[0]), proxy.host,
+                                                                proxy.port)
         except OSError as exc:
             raise ConnectionLost(f"cannot connect to the proxy {proxy.url}: {exc}") from exc
         try:
-            if tls is None:  # plain http: requests go to the proxy in absolute form
-                transport = writer.transport
-                transport.set_protocol(connection)
-                connection.connection_made(transport)
-                return connection
             authority = origin.authority
-            writer.write(request_head("CONNECT", authority, authority, proxy.headers(), None))
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-                raise ConnectionLost(f"the proxy {proxy.url} did not answer CONNECT {authority}") from exc
-            status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            transport.write(request_head("CONNECT", authority, authority, proxy.headers(), None))
+            status_line = await handshake.answer
             parts = status_line.split(" ", 2)
             if len(parts) < 2 or not parts[1].startswith("2"):
                 raise ConnectionLost(f"the proxy {proxy.url} refused CONNECT {authority}: {status_line[:200]}")
-            tunnel = await loop.start_tls(writer.transport, connection, tls, server_hostname=origin.host)
+            connection = _Connection(*self._limits)
+            try:
+                tunnel = await loop.start_tls(transport, connection, tls, server_hostname=origin.host)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConnectionLost(f"cannot open TLS to {origin.host} through {proxy.url}: {exc}") from exc
             assert tunnel is not None
             connection.connection_made(tunnel)
             return connection
-        except BaseException as exc:
-            writer.close()
-            if isinstance(exc, ssl.SSLError | OSError) and not isinstance(exc, ConnectionLost):
-                raise ConnectionLost(f"cannot open TLS to {origin.host} through {proxy.url}: {exc}") from exc
+        except BaseException:
+            transport.close()
             raise
+
+
+class _Handshake(asyncio.Protocol):
+    """Reads the proxy's answer to CONNECT: `answer` is its status line once the head is complete."""
+
+    def __init__(self, max_head_bytes: int) -> None:
+        self.answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._head = bytearray()
+        self._max = max_head_bytes
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer.done():
+            return
+        self._head += data
+        if b"\r\n\r\n" in self._head:
+            self.answer.set_result(bytes(self._head).split(b"\r\n", 1)[0].decode("latin-1"))
+        elif len(self._head) > self._max:
+            self.answer.set_exception(ResponseTooLarge("the proxy's answer to CONNECT is too large"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ConnectionLost(f"the proxy closed the connection during CONNECT ({exc})"))

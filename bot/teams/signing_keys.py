@@ -159,12 +159,12 @@ class ChannelSigningKeys:
 
     async def _fetch(self) -> dict[str, SigningKey]:
         session = self._session.get()
-        async with session.get(self.url) as response:
+        async with session.get(self.url, **self._session.proxy_for(self.url)) as response:
             response.raise_for_status()
             metadata = await response.json(content_type=None)
         jwks_uri = metadata.get("jwks_uri") if isinstance(metadata, dict) else None
         if not isinstance(jwks_uri, str) or not jwks_uri.startswith("https://"):
             raise ValueError("the OpenID metadata has no https 'jwks_uri'")
-        async with session.get(jwks_uri) as response:
+        async with session.get(jwks_uri, **self._session.proxy_for(jwks_uri)) as response:
             response.raise_for_status()
             return parse_keys(await response.json(content_type=None))

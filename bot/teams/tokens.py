@@ -78,6 +78,22 @@ def split_login_url(login_url: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}", tenant
 
 
+class ProxiedTransport(AioHttpTransport):
+    """azure-core's aiohttp transport over the shared session, through the organisation's proxy for the URLs
+    `bot/proxy.py` sends through one (the token endpoint, its discovery documents, a managed identity endpoint
+    off the machine)."""
+
+    def __init__(self, session: SharedSession) -> None:
+        super().__init__(session=session.get(), session_owner=False)
+        self._proxies = session.proxies
+
+    async def send(self, request: Any, **config: Any) -> Any:
+        proxy = self._proxies.for_url(request.url)
+        if proxy is not None:
+            config["proxy"] = proxy.url_with_credentials
+        return await super().send(request, **config)
+
+
 def credential_factory(config: Config, session: SharedSession) -> Callable[[], TokenCredential]:
     """Builds (on the running loop) the azure-identity credential the settings call for.
 
@@ -85,7 +101,7 @@ def credential_factory(config: Config, session: SharedSession) -> Callable[[], T
     its job (on its injected clock), so the credential's own retries are off and its cache never decides."""
 
     def make() -> TokenCredential:
-        transport = AioHttpTransport(session=session.get(), session_owner=False)
+        transport = ProxiedTransport(session)
         if config.app_type == "UserAssignedMSI":
             return ManagedIdentityCredential(client_id=config.app_id, transport=transport, retry_total=0)
         authority, tenant = split_login_url(config.channel_login_url)
