@@ -1,21 +1,48 @@
-# Two commands on a fresh machine with python3 and make: `make run` and `make test`.
+# Two commands on a fresh machine with python3 and make: `make run` and `make test`; `make playground` to chat.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+NODE_DIR := tests/node
+# What each target needs, installed once (again when setup.cfg changes): running needs only the runtime
+# dependencies; the test and benchmark extras come with `make test` / `make bench`.
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: run test lint package bench screenshots clean
+.PHONY: run playground test lint package bench screenshots image clean
 
-$(STAMP): setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(RUN_STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing the bot's dependencies into $(VENV) (once; about 30 s)…"
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e . >$(VENV)/install.log 2>&1 \
+		|| { cat $(VENV)/install.log; exit 1; }
+	@touch $@
+
+$(TEST_STAMP): $(RUN_STAMP)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
-	touch $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
 
-run: $(STAMP)
-	$(PY) main.py
+$(BENCH_STAMP): $(RUN_STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@
 
-lint: $(STAMP)
+# The pinned Agents Playground (and the manifest/card schema tools the tests use).
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "make playground needs node and npm (Node.js 20+)"; exit 1; }
+	@echo "Installing the Agents Playground into $(NODE_DIR)/node_modules (once)…"
+	@cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error >/dev/null
+	@touch $@
+
+run: $(RUN_STAMP)
+	@$(PY) main.py
+
+# The bot and the Microsoft 365 Agents Playground together; prints the URL to open; Ctrl-C stops both.
+playground: $(RUN_STAMP) $(NODE_STAMP)
+	@$(PY) playground.py
+
+lint: $(TEST_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
@@ -23,14 +50,14 @@ test: lint
 	$(PY) -m pytest
 	BOT_TEST_DATABASE=postgresql $(PY) -m pytest -m bot -q
 
-package: $(STAMP)
+package: $(RUN_STAMP)
 	$(PY) -m bot.packaging.manifest --out appPackage.zip
 
 # docs/img/*.png from the real-browser test (headless Chromium on the Agents Playground; needs node and chromium).
-screenshots: $(STAMP)
+screenshots: $(TEST_STAMP)
 	SCREENSHOTS_DIR=docs/img REQUIRE_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_playground_browser.py
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bot.app import BotApplication
+    from bot.config import Config
 
 
 def main() -> int:
@@ -24,6 +25,8 @@ def main() -> int:
     from bot.logs import configure_logging
 
     configure_logging(config.log_level, config.log_format, config.replica_id)
+    if config.log_format == "text":  # JSON logs are for machines: no free text among them
+        print(banner(config), flush=True)
     # azure-core logs every identity request at INFO; bot.teams.tokens logs what matters about tokens
     logging.getLogger("azure").setLevel(logging.WARNING)
     logging.getLogger("azure.identity").setLevel(logging.ERROR)
@@ -50,6 +53,19 @@ def main() -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def banner(config: Config) -> str:
+    """The first lines a person sees: where the bot listens and how to talk to it."""
+    from bot.config import is_loopback
+
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    lines = [f"{config.bot_name}: starting on http://{host}:{config.port}/api/messages"]
+    if not config.auth_enabled and is_loopback(config.host):
+        lines.append("Chat with it: make playground   (another terminal; the Agents Playground, offline)")
+    else:
+        lines.append("Teams reaches it at https://<your public host>/api/messages (the Azure Bot's endpoint)")
+    return "\n".join(lines)
 
 
 async def _serve(app: BotApplication) -> None:

@@ -335,16 +335,7 @@ class Playground:
         self._tasks.append(asyncio.create_task(self._pump_output(port_found)))
         try:
             self.port = await asyncio.wait_for(port_found, timeout)
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-            remaining = max(1.0, timeout - (time.monotonic() - started))
-            self.settings = (await self._wait_for_config(remaining))["config"]
-            for path, handler in (
-                ("/_ws_conversation/v1/conversations/stream", self._on_conversation_event),
-                ("/_ws/log/stream", self._on_log_event),
-            ):
-                ws = await self._session.ws_connect(self.base_url + path, heartbeat=None)
-                self._sockets.append(ws)
-                self._tasks.append(asyncio.create_task(self._listen(ws, handler)))
+            await self._connect(max(1.0, timeout - (time.monotonic() - started)))
         except BaseException as exc:
             note = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"failed: {exc!r}"
             diagnostics = self.diagnostics()
@@ -353,6 +344,30 @@ class Playground:
                 raise
             raise PlaygroundError(f"Playground start {note}\n{diagnostics}") from exc
         self.startup_seconds = time.monotonic() - started
+
+    async def attach(self, port: int, *, timeout: float = 30.0) -> None:
+        """Talk to a Playground someone else started (e.g. `make playground`) on `port`; `stop()` then
+        closes only this driver's connections, never that process."""
+        if self._proc is not None or self.port is not None:
+            raise PlaygroundError("already started")
+        self.port = port
+        try:
+            await self._connect(timeout)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _connect(self, timeout: float) -> None:
+        """Read the Playground's config (once it answers) and listen on both of its WebSockets."""
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        self.settings = (await self._wait_for_config(timeout))["config"]
+        for path, handler in (
+            ("/_ws_conversation/v1/conversations/stream", self._on_conversation_event),
+            ("/_ws/log/stream", self._on_log_event),
+        ):
+            ws = await self._session.ws_connect(self.base_url + path, heartbeat=None)
+            self._sockets.append(ws)
+            self._tasks.append(asyncio.create_task(self._listen(ws, handler)))
 
     async def _pump_output(self, port_found: asyncio.Future[int]) -> None:
         """Copy the process's output to `output_path`; resolve `port_found` from `Listening on N`."""
