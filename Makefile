@@ -40,7 +40,7 @@ run: $(RUN_STAMP)
 
 # The bot and the Microsoft 365 Agents Playground together; prints the URL to open; Ctrl-C stops both.
 playground: $(RUN_STAMP) $(NODE_STAMP)
-	@$(PY) playground.py
+	@$(PY) local_playground.py
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check .

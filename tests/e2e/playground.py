@@ -233,7 +233,7 @@ class Playground:
 
     def __init__(
         self,
-        tools: NodeTools,
+        tools: NodeTools | None,
         log_dir: Path,
         *,
         channel: str = "msteams",
@@ -304,6 +304,8 @@ class Playground:
         """
         if self._proc is not None:
             raise PlaygroundError("already started")
+        if self.tools is None:
+            raise PlaygroundError("no NodeTools given: this driver can only attach() to a running Playground")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in loopback_env().items() if not _PLAYGROUND_ENV.match(k)}
         env["TEAMSAPPTESTER_BROWSER"] = "none"  # never open a browser

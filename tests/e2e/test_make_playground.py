@@ -186,7 +186,7 @@ async def test_make_playground_chats_and_stops_cleanly_on_ctrl_c(
     assert alive(bot_pid) and alive(playground_pid)
     assert (clone / ".venv" / "bin" / "python").is_file() and (clone / "tests/node/node_modules").is_dir()
 
-    async with Playground(NodeTools("", "", Path()), clone / "data" / "driver") as chat:
+    async with Playground(None, clone / "data" / "driver") as chat:
         await chat.attach(playground_port)
         sent = await chat.send_text("help")
         reply = await chat.wait_for_message(after=sent, timeout=30)
