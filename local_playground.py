@@ -209,7 +209,8 @@ async def run() -> int:
             if await answers(session, f"http://127.0.0.1:{port}/livez"):
                 say(f"a bot already answers on port {port}: the Playground talks to it (Ctrl-C leaves it running)")
             else:
-                bot = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "main.py"), env=env, cwd=ROOT)
+                bot = await asyncio.create_subprocess_exec(  # its stdout holds only the banner for `make run`
+                    sys.executable, str(ROOT / "main.py"), env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL)
                 say(f"bot starting (pid {bot.pid}) on {endpoint}")
                 await _until_or_stopped(wait_until_live(session, f"http://127.0.0.1:{port}/livez", bot), stop)
         started = None if stop.is_set() else await _until_or_stopped(start_playground(endpoint), stop)
