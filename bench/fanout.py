@@ -325,7 +325,7 @@ async def ours_side(
                 await asyncio.sleep(POLL_S)
             bot_cpu, double_cpu = cpu_seconds(bot_process) - bot_cpu, cpu_seconds(double_process) - double_cpu
             side = await observe(session, double_url, messages, started_at)
-            health = await get_json(session, bot_url + "healthz")
+            health = await get_json(session, bot_url + "healthz?detail=1")
             async with session.get(bot_url + "metrics") as response:
                 scrape = await response.text()
         side.metrics = scrape

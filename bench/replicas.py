@@ -130,6 +130,11 @@ class Run:
     owners: dict[str, list[str]] = field(default_factory=dict)
 
 
+async def tenants_of(session: aiohttp.ClientSession, bot_url: str) -> list[str]:
+    """The tenants a replica sends for (from its /healthz details)."""
+    return list((await get_json(session, bot_url + "healthz?detail=1"))["replica"]["tenants"])
+
+
 async def get_json(session: aiohttp.ClientSession, url: str) -> Json:
     async with session.get(url) as response:
         response.raise_for_status()
@@ -175,7 +180,7 @@ async def one_run(args: argparse.Namespace, databases: Databases, workdir: Path,
                 await wait_http(bot_url + "healthz")
 
             async def all_see_each_other() -> bool:
-                lives = [len((await get_json(session, b + "healthz"))["replica"]["live"]) for _, b in bots]
+                lives = [len((await get_json(session, b + "healthz?detail=1"))["replica"]["live"]) for _, b in bots]
                 return all(live == replicas for live in lives)
 
             await until(all_see_each_other, 60, "replicas seeing each other")
@@ -194,7 +199,7 @@ async def one_run(args: argparse.Namespace, databases: Databases, workdir: Path,
 
                 await until(half, timeout, "half the messages")
                 for (_, bot_url) in bots:
-                    run.owners[bot_url] = list((await get_json(session, bot_url + "healthz"))["replica"]["tenants"])
+                    run.owners[bot_url] = await tenants_of(session, bot_url)
                 victim = max(bots, key=lambda b: len(run.owners[b[1]]))
                 run.victim_tenants = run.owners[victim[1]]
                 victim[0].send_signal(signal.SIGKILL)
@@ -221,7 +226,7 @@ async def one_run(args: argparse.Namespace, databases: Databases, workdir: Path,
                 run.takeover_s = seen["first_after"] - killed_at
             if not run.owners:
                 for (_, bot_url) in bots:
-                    run.owners[bot_url] = list((await get_json(session, bot_url + "healthz"))["replica"]["tenants"])
+                    run.owners[bot_url] = await tenants_of(session, bot_url)
         return run
     finally:
         for process, _ in bots:

@@ -278,7 +278,7 @@ async def drain(bot_url: str, limit_s: float) -> Json:
     counts: Json = {}
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
-            async with http.get(bot_url + "healthz") as response:
+            async with http.get(bot_url + "healthz?detail=1") as response:
                 counts = (await response.json()).get("outbox", {})
             if not counts.get("pending") and not counts.get("held"):
                 break
@@ -296,7 +296,8 @@ async def run(args: argparse.Namespace) -> Json:
     double_url, bot_url = f"http://127.0.0.1:{double_port}/", f"http://127.0.0.1:{bot_port}/"
     bot = spawn(["main.py"], env={
         "HOST": "127.0.0.1", "PORT": str(bot_port), "DATABASE_URL": f"sqlite:///{db_path}",
-        "NOTIFY_TOKEN": TOKEN, "PRICE_SOURCE": "none", "ANALYZE_SECONDS": "20", "LOG_LEVEL": "WARNING",
+        "NOTIFY_TOKEN": TOKEN, "PRICES_TOKEN": TOKEN, "PRICE_SOURCE": "none", "ANALYZE_SECONDS": "20",
+        "LOG_LEVEL": "WARNING",
         "MicrosoftAppId": "", "MicrosoftAppPassword": "", "MicrosoftAppTenantId": "",
     }, log=workdir / "bot.log")
     try:
@@ -308,7 +309,7 @@ async def run(args: argparse.Namespace) -> Json:
         async with aiohttp.ClientSession() as http:
             async with http.get(double_url + "_soak/seen") as response:
                 seen: Json = await response.json()
-            async with http.get(bot_url + "healthz") as response:
+            async with http.get(bot_url + "healthz?detail=1") as response:
                 health: Json = await response.json()
     finally:
         stop(bot)

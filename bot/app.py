@@ -28,13 +28,16 @@ from state.references import ConversationReferences
 from state.storage import DatabaseStorage
 from state.watches import WatchStore
 
+from .access import AllowedTenants
 from .analyses.service import AnalysisService
+from .api.guards import TokenGate
+from .api.health import CachedHealth, HealthEndpoint
 from .api.messages import MessagesEndpoint
 from .api.metrics import MetricsEndpoint
 from .api.notify import MAX_MESSAGE_BYTES, NotifyEndpoints
 from .api.prices import PricesEndpoint
 from .api.routes import build_web_app
-from .config import Config
+from .config import Config, is_loopback
 from .delivery.ownership import Ownership
 from .delivery.proactive import ProactiveMessages
 from .delivery.settings import NotificationPreferences
@@ -58,6 +61,7 @@ class BotApplication:
         self.config = config
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
+        self.tenants = AllowedTenants(config.allowed_tenants)
         self.db = connect(config.database_url, startup_timeout_s=config.database_startup_timeout,
                           pool_size=config.database_pool_size)
         self.storage = DatabaseStorage(self.db, self.clock)
@@ -82,6 +86,7 @@ class BotApplication:
         self.proactive = ProactiveMessages(
             self.outbox, self.worker, self.references, self.engagement, self.preferences, self.scheduler,
             self.clock, hold_max_seconds=config.hold_max_seconds, max_message_bytes=MAX_MESSAGE_BYTES,
+            tenants=self.tenants,
         )
         self.price_source = build_price_source(
             config.price_source, clock=self.clock, url_template=config.price_url_template,
@@ -122,13 +127,18 @@ class BotApplication:
             self.teams.roster, self.references, self.proactive, config.bot_name))
         notify = NotifyEndpoints(
             config.notify_token, self.references, self.outbox, self.proactive.enqueue,
-            lambda: self.clock.now().timestamp(),
+            lambda: self.clock.now().timestamp(), self.tenants,
         )
+        operators = TokenGate(config.metrics_token, "METRICS_TOKEN", "Metrics",
+                              open_when_unset=config.allow_open_metrics or is_loopback(config.host))
         self.web_app = build_web_app(
             MessagesEndpoint(turns, self.metrics, local=not config.auth_enabled,
-                             service_urls=self.teams.service_urls), self.health, notify,
-            PricesEndpoint(notify.refuse, self.watcher.observe, self.clock),
-            MetricsEndpoint(config.metrics_token, self.metrics, self._refresh_gauges), self.metrics,
+                             service_urls=self.teams.service_urls, tenants=self.tenants),
+            HealthEndpoint(CachedHealth(self.health, self.clock), operators), notify,
+            PricesEndpoint(TokenGate(config.prices_token, "PRICES_TOKEN", "Prices").refuse, self.watcher.observe,
+                           self.clock),
+            MetricsEndpoint(operators, self.metrics, self._refresh_gauges), self.metrics,
+            local_mode=not config.auth_enabled,
         )
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None

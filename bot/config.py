@@ -61,6 +61,9 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_token: str = field(default="", repr=False)
+    allow_open_metrics: bool = False  # /metrics without METRICS_TOKEN on a non-loopback HOST
+    prices_token: str = field(default="", repr=False)  # Bearer token of POST /api/prices; empty = off
+    allowed_tenants: tuple[str, ...] = ()  # ALLOWED_TENANTS; empty = every tenant
     replica_id: str = field(default_factory=default_replica_id)
     bot_name: str = "Price Watch"
     tenant_rps: float = 50.0
@@ -207,6 +210,14 @@ def _flag(name: str, value: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
+def _tenants(value: str) -> tuple[str, ...]:
+    tenants = tuple(dict.fromkeys(part.strip().lower() for part in value.split(",") if part.strip()))
+    for tenant in tenants:
+        if len(tenant) > 100 or not tenant.isascii() or not tenant.isprintable() or " " in tenant:
+            raise ConfigError(f"ALLOWED_TENANTS must be comma-separated tenant ids, got {tenant!r}")
+    return tenants
+
+
 def _https_url(name: str, value: str, *, needs_path: bool = False) -> str:
     parts = urlsplit(value)
     if parts.scheme != "https" or not parts.hostname or (needs_path and not parts.path.strip("/")):
@@ -314,6 +325,9 @@ def load_config(
         log_level=log_level,
         log_format=_choice("LOG_FORMAT", get("LOG_FORMAT", defaults.log_format).lower(), LOG_FORMATS),
         metrics_token=get("METRICS_TOKEN", ""),
+        allow_open_metrics=_flag("ALLOW_OPEN_METRICS", get("ALLOW_OPEN_METRICS", "false")),
+        prices_token=get("PRICES_TOKEN", ""),
+        allowed_tenants=_tenants(get("ALLOWED_TENANTS", "")),
         replica_id=get("REPLICA_ID", "") or defaults.replica_id,
         bot_name=get("BOT_NAME", defaults.bot_name) or defaults.bot_name,
         tenant_rps=_positive("TEAMS_TENANT_RPS", get("TEAMS_TENANT_RPS", str(defaults.tenant_rps))),
@@ -368,6 +382,13 @@ def load_config(
             f"MicrosoftAppId is empty, so the bot would accept unauthenticated requests, and HOST={config.host} is "
             "not a loopback address: anyone could make it send to any serviceUrl. Set MicrosoftAppId (and its "
             "secret), listen on 127.0.0.1, or set ALLOW_UNAUTHENTICATED=true"
+        )
+    if require_credentials and not config.metrics_token and not config.allow_open_metrics \
+            and not is_loopback(config.host):
+        raise ConfigError(
+            f"METRICS_TOKEN is empty and HOST={config.host} is not a loopback address: /metrics and the /healthz "
+            "details (tenants, queues) would be public. Set METRICS_TOKEN, listen on 127.0.0.1, or set "
+            "ALLOW_OPEN_METRICS=true"
         )
     logging.getLogger(__name__).debug("config loaded: %r", config)
     return config

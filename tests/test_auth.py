@@ -230,7 +230,7 @@ async def test_a_hanging_token_service_blocks_no_turn_and_the_pending_reply_and_
 
     assert await asyncio.wait_for(bob.post(bob.activity("conversationUpdate")), GUARD_S) == 200
     assert await asyncio.wait_for(ada.post(ada.activity("message", text="help")), GUARD_S) == 200
-    async with http.get(bot_url(app, "/healthz")) as response:
+    async with http.get(bot_url(app, "/healthz?detail=1")) as response:
         assert response.status == 200
         assert (await response.json())["teams"] == {"authentication": "on", "token": "requesting", "signing_keys": 2}
     answer = await asyncio.wait_for(notify(http, app, {"to": {"conversations": ["dm-bob"]}, "text": "Heads up"}),
@@ -274,7 +274,7 @@ async def test_a_failing_token_service_keeps_rows_pending_without_using_up_attem
     assert app.worker.counts["retried"] >= 50, "every round, every message asked for a token"
     assert identity.counts["token"] <= 12, "token requests follow the backoff, not the send rate"
     assert list(double.requests) == []
-    async with http.get(bot_url(app, "/healthz")) as response:
+    async with http.get(bot_url(app, "/healthz?detail=1")) as response:
         token_state = (await response.json())["teams"]["token"]
     assert token_state.startswith("unavailable") and "temporarily_unavailable" in token_state
 

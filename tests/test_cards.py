@@ -236,8 +236,8 @@ async def double() -> AsyncIterator[ConnectorDouble]:
 async def test_every_card_sent_in_a_conversation_parses(
     node: str, start_bot: StartBot, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock
 ) -> None:
-    app = await start_bot(notify_token="tok", price_source="none", alert_coalesce_seconds=2.0, analyze_seconds=30.0,
-                          progress_delays=(5.0,))
+    app = await start_bot(notify_token="tok", prices_token="tok", price_source="none", alert_coalesce_seconds=2.0,
+                          analyze_seconds=30.0, progress_delays=(5.0,))
     chat = Chat(http, app, double)
 
     async def tick(seconds: float) -> None:

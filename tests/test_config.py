@@ -125,8 +125,8 @@ def test_us_government_settings_are_read(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("env", [
     {"HOST": "127.0.0.1"}, {"HOST": "127.0.0.5"}, {"HOST": "::1"}, {"HOST": "localhost"},
-    {"HOST": "0.0.0.0", "ALLOW_UNAUTHENTICATED": "true"},
-    {"HOST": "0.0.0.0", "MicrosoftAppId": "id", "MicrosoftAppPassword": "pw"},
+    {"HOST": "0.0.0.0", "ALLOW_UNAUTHENTICATED": "true", "METRICS_TOKEN": "m"},
+    {"HOST": "0.0.0.0", "MicrosoftAppId": "id", "MicrosoftAppPassword": "pw", "ALLOW_OPEN_METRICS": "true"},
 ])
 def test_unauthenticated_is_accepted_on_loopback_or_when_allowed(env: dict[str, str]) -> None:
     assert load_config(env, env_file=None).host == env["HOST"]

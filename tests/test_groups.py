@@ -37,8 +37,8 @@ async def double() -> AsyncIterator[ConnectorDouble]:
 
 @pytest.fixture
 async def app(start_bot: StartBot) -> BotApplication:
-    return await start_bot(notify_token=TOKEN, price_source="none", analyze_seconds=30.0, progress_delays=(5.0,),
-                           alert_coalesce_seconds=2.0)
+    return await start_bot(notify_token=TOKEN, prices_token=TOKEN, price_source="none", analyze_seconds=30.0,
+                           progress_delays=(5.0,), alert_coalesce_seconds=2.0)
 
 
 def people(http: aiohttp.ClientSession, app: BotApplication, double: ConnectorDouble, conversation_id: str,

@@ -85,7 +85,7 @@ async def test_a_fan_out_with_one_429_and_one_403_shows_in_the_right_counters(
     assert value(samples, "bot_queue_pending", tenant="t1") == 0
     assert value(samples, "bot_turns_total", type="conversationUpdate", outcome="ok") == 4
     assert value(samples, "bot_turn_seconds_count", type="conversationUpdate") == 4
-    async with http.get(bot_url(app, "/healthz")) as response:
+    async with http.get(bot_url(app, "/healthz?detail=1")) as response:
         delivery = (await response.json())["delivery"]
     assert (delivery["sent"], delivery["throttled"], delivery["cancelled"]) == (3, 1, 1), "one bookkeeping"
 
@@ -94,14 +94,18 @@ async def test_refused_and_unknown_turns_are_counted_with_bounded_labels(
     start_bot: StartBot, http: aiohttp.ClientSession, double: ConnectorDouble,
 ) -> None:
     app = await start_bot()
-    activity = {"type": "x" * 50, "serviceUrl": double.url, "conversation": {"id": "c"}, "from": {"id": "u"}}
+    activity = {"type": "x" * 50, "channelId": "msteams", "serviceUrl": double.url, "conversation": {"id": "c"},
+                "from": {"id": "u"}}
     async with http.post(bot_url(app), json=activity) as response:
         assert response.status == 200
     async with http.post(bot_url(app), json={**activity, "type": "message", "serviceUrl": "nope"}) as response:
         assert response.status == 400
+    async with http.post(bot_url(app), json={**activity, "type": "message", "channelId": "webchat"}) as response:
+        assert response.status == 403
     samples = await scrape(http, app)
     assert value(samples, "bot_turns_total", type="other", outcome="ok") == 1, "client-chosen types are not labels"
     assert value(samples, "bot_turns_total", type="message", outcome="refused") == 1
+    assert value(samples, "bot_turns_total", type="message", outcome="forbidden") == 1, "other channels are counted"
 
 
 async def test_metrics_token_protects_the_route(start_bot: StartBot, http: aiohttp.ClientSession) -> None:

@@ -207,6 +207,6 @@ async def test_healthz_shows_delivery_counts(start_bot: StartBot, http: aiohttp.
     await say_hello(http, app, double, "c1", "29:a")
     await notify(http, app, {"to": {"all": True}, "text": "x"})
     await settle(app)
-    async with http.get(bot_url(app, "/healthz")) as response:
+    async with http.get(bot_url(app, "/healthz?detail=1")) as response:
         report = await response.json()
     assert report["delivery"]["sent"] == 1 and report["outbox"] == {"sent": 1}

@@ -28,7 +28,8 @@ EXAMPLES = 8  # per operation, generation mode and auth: 8 operations x 2 x 2 x 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBot]:
-    with LiveBot(tmp_path_factory.mktemp("openapi"), notify_token=TOKEN, metrics_token=TOKEN) as bot:
+    with LiveBot(tmp_path_factory.mktemp("openapi"), notify_token=TOKEN, metrics_token=TOKEN,
+                 prices_token=TOKEN) as bot:
         yield bot
 
 

@@ -72,7 +72,7 @@ async def notify(http: aiohttp.ClientSession, bot: Bot, body: dict[str, Any]) ->
 
 
 async def health(http: aiohttp.ClientSession, bot: Bot) -> dict[str, Any]:
-    async with http.get(f"{bot.url}/healthz") as response:
+    async with http.get(f"{bot.url}/healthz?detail=1") as response:
         result: dict[str, Any] = await response.json()
         return result
 

@@ -22,7 +22,7 @@ from tests.connector_double import ConnectorDouble
 
 TOKEN = "tok"
 BERLIN = "Europe/Berlin"
-SETTINGS = {"notify_token": TOKEN, "price_source": "none", "alert_coalesce_seconds": 2.0}
+SETTINGS = {"notify_token": TOKEN, "prices_token": TOKEN, "price_source": "none", "alert_coalesce_seconds": 2.0}
 
 
 @pytest.fixture

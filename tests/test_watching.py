@@ -29,7 +29,7 @@ async def double() -> AsyncIterator[ConnectorDouble]:
 
 @pytest.fixture
 async def chat(start_bot: StartBot, http: aiohttp.ClientSession, double: ConnectorDouble) -> Chat:
-    app = await start_bot(notify_token=TOKEN, price_source="none", analyze_seconds=30.0,
+    app = await start_bot(notify_token=TOKEN, prices_token=TOKEN, price_source="none", analyze_seconds=30.0,
                           progress_delays=(5.0, 15.0), alert_coalesce_seconds=2.0)
     chat = Chat(http, app, double)
     await chat.install()

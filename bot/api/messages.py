@@ -17,6 +17,7 @@ from typing import Annotated, Any, Protocol
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError, ValidationInfo
 
+from bot.access import AllowedTenants, activity_refusal
 from bot.metrics import Metrics
 from bot.service_urls import ServiceUrlHosts
 from bot.validation import check_id, check_optional_id, check_service_url
@@ -152,16 +153,18 @@ class TurnProcessor(Protocol):
 def _outcome(status: int) -> str:
     if status < 300:
         return "ok"
-    return {401: "unauthorized", 501: "not_implemented"}.get(status, "refused" if status < 500 else "error")
+    return {401: "unauthorized", 403: "forbidden", 501: "not_implemented"}.get(
+        status, "refused" if status < 500 else "error")
 
 
 class MessagesEndpoint:
     def __init__(self, turns: TurnProcessor, metrics: Metrics | None = None, *, local: bool = False,
-                 service_urls: ServiceUrlHosts | None = None) -> None:
+                 service_urls: ServiceUrlHosts | None = None, tenants: AllowedTenants | None = None) -> None:
         self._turns = turns
         self._metrics = metrics or Metrics()
         self._local = local  # no MicrosoftAppId: http serviceUrls of loopback hosts are accepted
         self._service_urls = service_urls  # SERVICE_URL_HOSTS (auth on): where the bot's token may go
+        self._tenants = tenants or AllowedTenants()
 
     async def __call__(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -196,6 +199,10 @@ class MessagesEndpoint:
         if problem is not None:
             return web.json_response(
                 {"error": {"code": "BadActivity", "field": problem[0], "message": problem[1]}}, status=400)
+        forbidden = activity_refusal(body, self._tenants)  # Teams only, allowed tenants only (bot/access.py)
+        if forbidden is not None:
+            code, field, message = forbidden
+            return web.json_response({"error": {"code": code, "field": field, "message": message}}, status=403)
         try:
             answer = await self._turns.process(body, request.headers.get("Authorization", ""))
         except TurnRefused as refused:

@@ -1,29 +1,28 @@
-"""GET /metrics: this replica's Prometheus metrics, behind METRICS_TOKEN (Bearer) when it is set."""
+"""GET /metrics: this replica's Prometheus metrics, behind METRICS_TOKEN (Bearer).
+
+Without the token it is open only where the config allows that: a loopback HOST, or ALLOW_OPEN_METRICS=true."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from bot.metrics import CONTENT_TYPE, Metrics
 
-from .errors import error
+from .guards import TokenGate
 
 
 class MetricsEndpoint:
-    def __init__(self, token: str, metrics: Metrics, refresh: Callable[[], Awaitable[None]]) -> None:
-        self._token = token.encode()
+    def __init__(self, gate: TokenGate, metrics: Metrics, refresh: Callable[[], Awaitable[None]]) -> None:
+        self._gate = gate
         self._metrics = metrics
         self._refresh = refresh  # fills the gauges read at scrape time (outbox, queues, dead jobs)
 
     async def get(self, request: web.Request) -> web.Response:
-        if self._token:
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token):
-                return error(401, "Unauthorized", "missing or wrong Bearer token (METRICS_TOKEN)",
-                             **{"WWW-Authenticate": "Bearer"})
+        refused = self._gate.refuse(request)
+        if refused is not None:
+            return refused
         await self._refresh()
         response = web.Response(body=self._metrics.exposition())
         response.headers["Content-Type"] = CONTENT_TYPE

@@ -8,7 +8,6 @@ own id (`…;messageid=…`) posts a reply in that thread.
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 import uuid
@@ -28,6 +27,7 @@ from pydantic import (
     ValidationError,
 )
 
+from bot.access import AllowedTenants
 from bot.delivery.proactive import Admission
 from bot.validation import check_id, check_printable
 from state.model import conversation_key
@@ -35,6 +35,7 @@ from state.outbox import PRIORITIES, OutboxItem, OutboxStore
 from state.references import ConversationReferences
 
 from .errors import JsonBody, describe, error, field_error, row_id
+from .guards import TokenGate
 
 MAX_TARGETS = 10_000
 MAX_MESSAGE_BYTES = 28_000  # Teams caps a message at about 28 KB
@@ -154,9 +155,12 @@ class Resolved:
     inactive_conversations: list[str] = field(default_factory=list)
 
 
-async def resolve_targets(note: Notification, references: ConversationReferences) -> Resolved:
-    """One outbox item per reachable target; the rest reported."""
+async def resolve_targets(note: Notification, references: ConversationReferences,
+                          tenants: AllowedTenants | None = None) -> Resolved:
+    """One outbox item per reachable target; the rest reported (a target in a tenant the bot does not serve,
+    ALLOWED_TENANTS, is unknown)."""
     out = Resolved()
+    allows = (tenants or AllowedTenants()).allows
 
     def item(conversation_id: str | None, tenant_id: str | None, user_id: str | None = None) -> OutboxItem:
         target = conversation_id or f"user:{user_id}"
@@ -167,17 +171,18 @@ async def resolve_targets(note: Notification, references: ConversationReferences
         )
 
     if note.target_all:
-        out.items = [item(conversation_id, tenant_id) for conversation_id, tenant_id in await references.reachable()]
+        out.items = [item(conversation_id, tenant_id) for conversation_id, tenant_id in await references.reachable()
+                     if allows(tenant_id)]
     for conversation_id in note.conversations:
         record = await references.get(conversation_key(conversation_id))
-        if record is None:
+        if record is None or not allows(record.tenant_id):
             out.unknown_conversations.append(conversation_id)
         elif not record.active:
             out.inactive_conversations.append(conversation_id)
         else:
             out.items.append(item(conversation_id, record.tenant_id))
     for user_id in note.users:
-        known = await references.for_user(user_id, active_only=False)
+        known = [r for r in await references.for_user(user_id, active_only=False) if allows(r.tenant_id)]
         personal = [r for r in known if r.conversation_type == "personal" and r.active]
         if personal:
             out.items.append(item(personal[0].conversation_id, personal[0].tenant_id))
@@ -196,8 +201,9 @@ class NotifyEndpoints:
     """The HTTP side; `enqueue` is where every notification enters the outbox (policy included)."""
 
     def __init__(self, token: str, references: ConversationReferences, store: OutboxStore, enqueue: Enqueue,
-                 now: Callable[[], float]) -> None:
-        self._token = token.encode()
+                 now: Callable[[], float], tenants: AllowedTenants | None = None) -> None:
+        self._gate = TokenGate(token, "NOTIFY_TOKEN", "Notify")
+        self._tenants = tenants or AllowedTenants()
         self._references = references
         self._store = store
         self._enqueue = enqueue
@@ -205,13 +211,7 @@ class NotifyEndpoints:
 
     def refuse(self, request: web.Request) -> web.Response | None:
         """None when the request carries the right Bearer token, else the answer to give."""
-        if not self._token:
-            return error(503, "NotifyDisabled", "the notify API is off: set NOTIFY_TOKEN to enable it")
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token):
-            return error(401, "Unauthorized", "missing or wrong Bearer token", **{"WWW-Authenticate": "Bearer"})
-        return None
+        return self._gate.refuse(request)
 
     async def post(self, request: web.Request) -> web.Response:
         refused = self.refuse(request)
@@ -224,7 +224,7 @@ class NotifyEndpoints:
             note = parse_notification(body.value, self._now())
         except BadRequest as exc:
             return field_error(exc.field, str(exc))
-        resolved = await resolve_targets(note, self._references)
+        resolved = await resolve_targets(note, self._references, self._tenants)
         batch_id = uuid.uuid4().hex
         await self._store.open_batch(batch_id, len(resolved.items))
         for item in resolved.items:

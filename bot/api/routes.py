@@ -7,7 +7,8 @@ from aiohttp import web
 from bot.metrics import Metrics
 
 from .errors import METRICS, json_errors
-from .health import HealthReport, health_endpoint, livez
+from .guards import loopback_hosts_only
+from .health import HealthEndpoint, livez
 from .messages import MAX_BODY_BYTES, MessagesEndpoint
 from .metrics import MetricsEndpoint
 from .notify import NotifyEndpoints
@@ -16,13 +17,15 @@ from .prices import PricesEndpoint
 
 
 def build_web_app(
-    messages: MessagesEndpoint, health: HealthReport, notify: NotifyEndpoints, prices: PricesEndpoint,
-    metrics: MetricsEndpoint, registry: Metrics,
+    messages: MessagesEndpoint, health: HealthEndpoint, notify: NotifyEndpoints, prices: PricesEndpoint,
+    metrics: MetricsEndpoint, registry: Metrics, *, local_mode: bool = False,
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    """`local_mode` (no MicrosoftAppId): only requests to a loopback Host name are answered."""
+    middlewares = [loopback_hosts_only, json_errors] if local_mode else [json_errors]
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     app[METRICS] = registry
     app.router.add_post("/api/messages", messages)
-    app.router.add_get("/healthz", health_endpoint(health))
+    app.router.add_get("/healthz", health.get)
     app.router.add_get("/livez", livez)
     app.router.add_post("/api/notify", notify.post)
     app.router.add_get("/api/notify/{id}", notify.get)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
+from bot.access import AllowedTenants
 from bot.metrics import Metrics
 from scheduler.jobs import JobState
 from scheduler.scheduler import Scheduler
@@ -85,7 +86,9 @@ class ProactiveMessages:
         hold_max_seconds: float = 600.0,
         max_message_bytes: int = DEFAULT_MAX_BYTES,
         metrics: Metrics | None = None,
+        tenants: AllowedTenants | None = None,
     ) -> None:
+        self._tenants = tenants or AllowedTenants()  # ALLOWED_TENANTS: nothing goes to another tenant
         self._store = store
         self._worker = worker
         self._references = references
@@ -145,6 +148,9 @@ class ProactiveMessages:
             decision = decide(state, category=item.category, urgent=item.priority > 0, muted=muted_here,
                               deferred=plan[1] if plan else None)
             deferred_until = plan[0].timestamp() if plan and decision.reason == plan[1] else None
+            record = records.get(target.conversation_id or "")
+            if not self._tenants.allows(item.tenant_id or (record.tenant_id if record else None)):
+                decision, deferred_until = Decision("drop", "the bot does not serve this tenant"), None
             decisions.append((decision, target, deferred_until))
         return decisions
 

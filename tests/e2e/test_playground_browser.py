@@ -34,7 +34,7 @@ WAIT_MS = 20_000
 
 @pytest.fixture
 def bot_env() -> dict[str, str]:
-    return {"NOTIFY_TOKEN": TOKEN, "PRICE_SOURCE": "none", "ALERT_COALESCE_SECONDS": "0.3",
+    return {"NOTIFY_TOKEN": TOKEN, "PRICES_TOKEN": TOKEN, "PRICE_SOURCE": "none", "ALERT_COALESCE_SECONDS": "0.3",
             "ANALYZE_SECONDS": "3", "PROGRESS_DELAYS": "1"}
 
 

@@ -33,7 +33,7 @@ ACK = "Working on it: analysing **gadget**"
 def bot_env() -> dict[str, str]:
     """Enable POST /api/prices, no polled source, and short alert/analysis delays (see conftest.bot_env)."""
     return {
-        "NOTIFY_TOKEN": TOKEN,
+        "PRICES_TOKEN": TOKEN,
         "PRICE_SOURCE": "none",
         "ALERT_COALESCE_SECONDS": "0.3",
         "ANALYZE_SECONDS": "4",
