@@ -36,7 +36,7 @@ unsafe = st.sampled_from(UNSAFE)
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveBot, RawServer]]:
-    with LiveBot(tmp_path_factory.mktemp("injection"), notify_token=NOTIFY) as bot:
+    with LiveBot(tmp_path_factory.mktemp("injection"), notify_token=NOTIFY, prices_token=NOTIFY) as bot:
         raw = RawServer()
         bot.run(raw.start)
         for conversation_id, kind in ((CHANNEL, "channel"), (DM, "personal")):
