@@ -53,7 +53,7 @@ async def metric(http: aiohttp.ClientSession, app: object, name: str) -> float:
 
 
 async def healthz(http: aiohttp.ClientSession, app: object) -> tuple[int, dict[str, object]]:
-    async with http.get(bot_url(app, "/healthz")) as response:  # type: ignore[arg-type]
+    async with http.get(bot_url(app, "/healthz?detail=1")) as response:  # type: ignore[arg-type]
         return response.status, await response.json()
 
 
