@@ -73,7 +73,14 @@ async def _serve(app: BotApplication) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await app.run_until(stop)
+    try:
+        await app.run_until(stop)
+    finally:
+        # Stopped: a second signal (Ctrl-C reaches every process of the terminal's group, and a supervisor may
+        # send its own too) must not kill the exiting process. Closing the loop would restore the defaults.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
