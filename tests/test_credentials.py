@@ -206,3 +206,59 @@ def test_the_config_keeps_a_list_given_in_the_environment() -> None:
     config = load_config({"SERVICE_URL_HOSTS": "smba.trafficmanager.net,*.internal.example"}, None)
     assert config.service_url_hosts == ("smba.trafficmanager.net", "*.internal.example")
     assert replace(config, service_url_hosts=("127.0.0.1",)).service_url_hosts == ("127.0.0.1",)
+
+
+async def test_the_sdks_own_calls_renew_the_token_on_a_401_too(
+    tmp_path: Path, start_bot: StartBot, identity: IdentityDouble, double: ConnectorDouble,
+) -> None:
+    """Rosters go through the SDK's msrest client (connector.AiohttpSender): the same renewal applies."""
+    app = await start_ready(start_bot, auth_config(tmp_path, identity))
+    [first] = identity.issued
+    double.accepts_token = lambda header: header != f"Bearer {first}"
+    team = "19:team@thread.tacv2"
+    double.add_conversation(team, "t1", members=[{"id": "29:ada", "name": "Ada"}, {"id": "29:bob", "name": "Bob"}])
+    record = ConversationRecord(
+        conversation_id=team, channel_id="msteams", service_url=double.url,
+        reference={"conversation": {"id": team}, "bot": {"id": "28:bot"}, "serviceUrl": double.url},
+        tenant_id="t1", conversation_type="channel", bot_id="28:bot")
+    members = await app.teams.roster.team_members(record, team)
+    assert {m.id for m in members} == {"29:ada", "29:bob"}
+    pages = double.find(op="get_paged_members")
+    assert [(p.status, p.authorization) for p in pages] == [(401, f"Bearer {first}"),
+                                                           (200, f"Bearer {identity.issued[1]}")]
+
+
+async def test_a_rotated_secret_loses_nothing_once_the_operator_sets_the_new_one(
+    tmp_path: Path, start_bot: StartBot, http: aiohttp.ClientSession, identity: IdentityDouble,
+    double: ConnectorDouble, fake_clock: FakeClock,
+) -> None:
+    """The secret was rotated in Entra: the identity service refuses the old one. Rows wait, /healthz says why;
+    the operator sets the new secret and restarts; everything goes."""
+    identity.clients[APP_ID] = "the-new-secret"
+    app = await start_bot(auth_config(tmp_path, identity))
+    assert app.teams.tokens is not None
+    await app.teams.tokens.settle()
+    chat = Chat(http, app, double, authorization=signed(identity))
+    assert await chat.post(chat.activity("conversationUpdate")) == 200
+    assert await chat.post(chat.activity("message", text="help")) == 200  # the reply waits in the outbox
+    ids = (await notify(http, app, {"to": {"all": True}, "text": "while rotated"}))["ids"]
+    for _ in range(8):
+        fake_clock.advance(61)
+        await settle(app)
+    status, report = await healthz(http, app)
+    reasons = report["reasons"]
+    assert status == 503 and isinstance(reasons, list) and any("credentials refused" in r for r in reasons), report
+    assert list(double.requests) == []
+    pending = await app.outbox.counts()
+    assert pending.get("pending", 0) >= 2, pending
+    await app.stop()
+
+    fixed = await start_ready(start_bot, auth_config(tmp_path, identity, app_password="the-new-secret"))
+    for _ in range(3):
+        fake_clock.advance(61)
+        await settle(fixed)
+    row = await fixed.outbox.get(ids[0])
+    assert row is not None and row.status == "sent" and row.attempts == 1
+    assert chat.texts(), "the reply that waited went out too"
+    assert (await fixed.outbox.counts()).get("pending", 0) == 0
+    assert (await healthz(http, fixed))[0] == 200

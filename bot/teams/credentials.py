@@ -14,6 +14,9 @@ sending paused (nothing lost) while Teams keeps refusing it.
   so rows stay pending and turns' replies go to the outbox; `problems()` makes /healthz answer 503 with
   `credentials refused`, and a metric counts each refusal. After a backoff (5 s doubling to 5 min) one call is let
   through as a probe with a fresh token; the first answer that is not a 401 resumes sending, by itself.
+  The identity service refusing the secret (400/401: rotated there, not yet here) also shows as
+  `credentials refused` on /healthz; sends wait for a token meanwhile (`tokens.ChannelTokens`), lose nothing, and
+  go once the operator has set the new secret and restarted.
 """
 
 from __future__ import annotations
@@ -103,9 +106,12 @@ class ConnectorCredentials:
         self._probing = False
 
     def problems(self) -> list[str]:
-        """For /healthz: why sending cannot work now."""
+        """For /healthz: why sending cannot work now (Teams, or the identity service, refuses the credentials)."""
         if self._paused:
             return [f"{CREDENTIALS_REFUSED}: Teams answers 401 to the bot's token ({self._detail})"]
+        if self.tokens.refused:
+            return [f"{CREDENTIALS_REFUSED}: the identity service refuses the bot's credentials "
+                    f"({self.tokens.state.removeprefix('unavailable: ')})"]
         return []
 
     def _refuse_url(self, service_url: str, reason: str) -> None:

@@ -149,6 +149,7 @@ class ChannelTokens:
         self._failures = 0
         self._next_attempt = -math.inf
         self._last_error = ""
+        self.refused = False  # the identity service's last answer refused the bot's credentials (400/401)
 
     async def token(self) -> str:
         """A valid token now, or TokenUnavailable after at most `wait_s`."""
@@ -241,6 +242,7 @@ class ChannelTokens:
         if self._failures:
             log.info("got a Bot Connector token again after %d failed attempt(s)", self._failures)
         self._failures, self._next_attempt, self._last_error = 0, -math.inf, ""
+        self.refused = False
         return token
 
     def _failed(self, reason: str, *, auth: bool) -> None:
@@ -250,6 +252,7 @@ class ChannelTokens:
         delay = min(self._retry_cap, self._retry_base * 2 ** (self._failures - 1))
         self._next_attempt = self._clock.monotonic() + delay
         self._last_error = reason
+        self.refused = auth
         if auth:
             log.error("the identity service refused the bot's credentials (%s): check MicrosoftAppId, "
                       "MicrosoftAppPassword and ToChannelFromBotLoginUrl; sends wait and retry", reason)
