@@ -128,7 +128,7 @@ class GraphDouble:
         app.router.add_get("/v1.0/users/{user}/teamwork/installedApps/{installation}/chat",
                            self._route("chat", self._chat))
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        self.ca.issue_cert("127.0.0.1", "localhost", "*.example.test").configure_cert(context)  # proxy tests
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)

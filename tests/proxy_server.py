@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-NAMES = ("login.example.test", "smba.example.test", "prices.example.test", "elsewhere.example.test")
+NAMES = ("login.example.test", "smba.example.test", "prices.example.test", "graph.example.test")
 USER, PASSWORD = "proxyuser", "s3cret@pw"  # the "@" must travel URL-encoded in the proxy URL
 HELPER = Path("/usr/lib/squid/basic_ncsa_auth")
 

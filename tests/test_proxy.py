@@ -7,7 +7,7 @@ the proxy would fail to resolve. The proxy wants Basic credentials, given in the
 http://user:password@proxy:port`, lower-case names too). Covered: the channel's OpenID metadata and signing keys,
 the bot's token (client secret and managed identity, azure-identity), turn replies and proactive sends (our
 keep-alive client, through a CONNECT tunnel), rosters (the SDK's msrest client), the price source (HTTP_PROXY),
-and NO_PROXY.
+Graph (its tokens and calls), and NO_PROXY.
 """
 
 from __future__ import annotations
@@ -23,18 +23,27 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.config import ConfigError, load_config
+from bot.config import Config, ConfigError, load_config
+from bot.graph.client import GraphClient
 from bot.prices.sources import HttpJsonSource
 from bot.proxy import ProxySettings, parse_proxy
+from bot.teams.connector import SharedSession
+from bot.teams.graph_tokens import GraphTokens
 from bot.teams.http1 import ConnectionLost, ConnectionPool
+from bot.tls import trust_context
 from state.clock import FakeClock
 from tests.chat import Chat
 from tests.conftest import StartBot
 from tests.connector_double import ConnectorDouble
+from tests.graph_double import GraphDouble
 from tests.identity_double import IdentityDouble
 from tests.proxy_server import PASSWORD, USER, SquidProxy
 from tests.raw_http import RawServer
 from tests.test_auth import APP_ID, SECRET, auth_config, notify, settle, signed, start_ready
+from tests.test_graph import APP_ID as GRAPH_APP
+from tests.test_graph import CATALOG_ID, TENANT
+from tests.test_graph import SECRET as GRAPH_SECRET
+from tests.test_graph import USER as GRAPH_USER
 
 
 @pytest.fixture(scope="session")
@@ -261,3 +270,24 @@ async def test_the_credentials_in_the_url_are_what_the_proxy_checks(squid: Squid
     assert got.status == 407 and raw.requests == []
     assert PASSWORD not in squid.log()
 
+
+
+async def test_graph_tokens_and_calls_go_through_the_proxy(
+    tmp_path: Path, identity: IdentityDouble, squid: SquidProxy, fake_clock: FakeClock,
+) -> None:
+    identity.clients[GRAPH_APP] = GRAPH_SECRET
+    async with GraphDouble(tmp_path, identity, clock=fake_clock.monotonic) as graph:
+        graph.url = graph.audience = named(graph.url, "graph.example.test")
+        graph.add_tenant(TENANT, {GRAPH_USER}, catalog={GRAPH_APP: CATALOG_ID})
+        session = SharedSession(ssl_context=trust_context([identity.ca_file, graph.ca_file]), proxies=through(squid))
+        config = Config(app_id=GRAPH_APP, app_password=GRAPH_SECRET, login_url=identity.login_url(),
+                        graph_url=graph.url)
+        tokens = GraphTokens(config, session, fake_clock)
+        try:
+            client = GraphClient(session.get, tokens.for_tenant, graph.url, proxy_for=session.proxy_for)
+            assert await client.catalog_app_id(TENANT, GRAPH_APP) == CATALOG_ID
+            assert await client.install_for_user(TENANT, GRAPH_USER, CATALOG_ID) is True
+        finally:
+            await tokens.close()
+            await session.close()
+    assert await logged(squid, lambda: tunnels(squid, "graph.example.test") >= 1), squid.log()

@@ -55,8 +55,10 @@ class GraphClient:
     """See the module docstring. `session()` gives the shared aiohttp session (its TLS trust and proxy)."""
 
     def __init__(self, session: Callable[[], aiohttp.ClientSession], tokens: Callable[[str], BearerTokens],
-                 graph_url: str, *, timeout_s: float = 20.0) -> None:
+                 graph_url: str, *, timeout_s: float = 20.0,
+                 proxy_for: Callable[[str], dict[str, Any]] | None = None) -> None:
         self._session = session
+        self._proxy = proxy_for(graph_url) if proxy_for is not None else {}  # SharedSession.proxy_for: HTTPS_PROXY
         self._tokens = tokens
         self.base = graph_url.rstrip("/") + "/v1.0/"
         self._timeout = timeout_s
@@ -119,7 +121,7 @@ class GraphClient:
                 token = await self._tokens(tenant_id).token()
                 headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
                 async with self._session().request(method, self.base + path, params=params, json=body,
-                                                   headers=headers) as response:
+                                                   headers=headers, **self._proxy) as response:
                     raw = await response.read()
                     status, retry_after = response.status, response.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
