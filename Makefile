@@ -60,5 +60,15 @@ screenshots: $(TEST_STAMP)
 bench: $(BENCH_STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
+# The container image (Containerfile) with podman, or docker when podman is not there.
+IMAGE ?= price-watch:latest
+CONTAINER_ENGINE ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)
+BASE ?=
+BUILD_FLAGS ?=
+image:
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make image needs podman or docker"; exit 1; }
+	$(CONTAINER_ENGINE) build $(if $(findstring podman,$(notdir $(CONTAINER_ENGINE))),--format docker) \
+		$(if $(BASE),--build-arg BASE=$(BASE)) $(BUILD_FLAGS) -f Containerfile -t $(IMAGE) .
+
 clean:
 	rm -rf $(VENV) build *.egg-info appPackage.zip
