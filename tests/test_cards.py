@@ -31,13 +31,13 @@ import pytest
 from bot.analyses.report import result_payload, summarize
 from bot.api.notify import MAX_MESSAGE_BYTES
 from bot.delivery.digest import digest_payloads
-from dialogs.alert_card import Alert, acknowledged_payload, alert_payload
+from dialogs.alert_card import Alert, acknowledged_payload, alert_payload, owner_card
 from dialogs.cards import help_card, watch_list_card
 from dialogs.commands import help_text
 from dialogs.settings_card import settings_card
 from dialogs.welcome_card import InstallContext, welcome_payload
 from state.clock import FakeClock
-from state.model import UNTIL_UNMUTED, Condition, NotificationSettings, Observation, QuietHours, WatchView
+from state.model import UNTIL_UNMUTED, Condition, NotificationSettings, Observation, QuietHours, UserRef, WatchView
 from state.outbox import OutboxRow
 from tests.chat import Chat
 from tests.conftest import StartBot, bot_url
@@ -184,6 +184,10 @@ def builder_activities() -> dict[str, dict[str, Any]]:
         "alert": alert_payload(_alert()),
         "alert-no-url-no-previous": alert_payload(_alert(url=None, old=None)),
         "alert-acknowledged": acknowledged_payload("Price alert for gadget", "Snoozed until 2026-01-01 10:00 CET."),
+        "alert-group": {"type": "message",  # its text is the @mention, which Teams renders
+                        "attachments": alert_payload(_alert(), UserRef("29:ada", name="Ada"))["attachments"]},
+        "alert-owner-view": {"type": "message", "attachments": [owner_card(7, "gadget", Condition(
+            "below", Decimal("10")), Decimal("9.5"))]},
         "analysis": result_payload(summarize(long_name.strip(), _history(500, long_name.strip())),
                                    timezone="America/New_York"),
         "analysis-one-price": result_payload(summarize("gadget", _history(1)), timezone="Europe/Berlin"),

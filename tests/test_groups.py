@@ -41,6 +41,21 @@ async def app(start_bot: StartBot) -> BotApplication:
                            progress_delays=(5.0,), alert_coalesce_seconds=2.0)
 
 
+MESSAGE = "application/vnd.microsoft.activity.message"
+CARD = "application/vnd.microsoft.card.adaptive"
+
+
+async def invoke(person: Chat, action: dict[str, Any]) -> dict[str, Any]:
+    """Press an Action.Execute button (or a card's refresh) as `person`: the invoke's answer."""
+    activity = person.activity("invoke", name="adaptiveCard/action", value={
+        "action": {"type": "Action.Execute", "verb": action.get("verb"), "data": action["data"]},
+        "trigger": "manual"})
+    async with person.http.post(bot_url(person.app), json=activity) as response:
+        assert response.status == 200
+        answer: dict[str, Any] = await response.json()
+        return answer
+
+
 def people(http: aiohttp.ClientSession, app: BotApplication, double: ConnectorDouble, conversation_id: str,
            kind: str, channel_data: dict[str, Any] | None = None) -> tuple[Chat, Chat]:
     ada = Chat(http, app, double, conversation_id, "29:ada", kind, channel_data)
@@ -139,20 +154,32 @@ async def test_group_chat_one_persons_open_question_holds_only_their_own_alert(
     assert "<at>Ada Lovelace</at>" in adas["text"] and "9.00 USD" in str(adas)
 
 
+@pytest.mark.parametrize(("where", "kind", "channel_data", "posted_to"), [
+    (GROUP, "groupChat", None, GROUP), (THREAD1, "channel", UNNAMED, CHANNEL)], ids=["group chat", "channel"])
 async def test_group_chat_alert_buttons_act_only_for_the_owner(
-    app: BotApplication, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock
+    app: BotApplication, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock,
+    where: str, kind: str, channel_data: dict[str, Any] | None, posted_to: str,
 ) -> None:
-    ada, bob = people(http, app, double, GROUP, "groupChat")
+    ada, bob = people(http, app, double, where, kind, channel_data)
     await ada.say("watch gadget below 10")
     await push(http, app, 9)
     await tick(app, fake_clock, 3)
-    [alert] = alerts_for(double, GROUP, "29:ada")
-    stop = next(a for a in alert["attachments"][0]["content"]["actions"] if a["title"] == "Stop watching")
+    [alert] = alerts_for(double, posted_to, "29:ada")
+    card = alert["attachments"][0]["content"]
+    assert all(a["type"] == "Action.OpenUrl" for a in card.get("actions", [])), "everyone's view has no buttons"
+    assert card["refresh"]["userIds"] == ["29:ada"], "the owner's own view has them (Universal Actions)"
+    owner_view = await invoke(ada, card["refresh"]["action"])
+    stop = next(a for a in owner_view["value"]["actions"] if a["title"] == "Stop watching")
+    assert stop["type"] == "Action.Execute"
+    assert (await invoke(bob, card["refresh"]["action"]))["type"] == MESSAGE, "bob's refresh shows no buttons"
+    answer = await invoke(bob, stop)
+    assert answer["type"] == MESSAGE and "someone else's watch" in answer["value"]
     await bob.press(stop["data"])
-    assert "someone else's watch" in bob.texts()[-1]
+    assert "someone else's watch" in bob.texts()[-1] and "<at>Bob Builder</at>" in bob.texts()[-1]
     assert [w.product for w in await app.watcher.list("29:ada")] == ["gadget"]
-    await ada.press(stop["data"])
-    assert "Stopped watching gadget" in ada.texts()[-1]
+    assert double.find(op="update") == [], "no press of bob's changed a card"
+    answer = await invoke(ada, stop)
+    assert answer["type"] == CARD and "Stopped watching gadget" in str(answer["value"])
 
 
 async def test_group_chat_analysis_result_waits_only_for_the_person_who_asked(

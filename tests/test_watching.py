@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -326,7 +327,8 @@ async def test_a_button_inside_a_digest_answers_in_a_new_message_and_leaves_the_
     digest_id = sent.response["id"]
     buttons = [a for element in sent.body["attachments"][0]["content"]["body"] for item in element.get("items", [])
                if item.get("type") == "ActionSet" for a in item["actions"]]
-    stop_gadget = next(a for a in buttons if a["title"] == "Stop watching" and a["data"]["product"] == "gadget")
+    ids = {p: str((await chat.app.prices.watches_on(p))[0].id) for p in ("gadget", "gizmo")}
+    stop_gadget = next(a for a in buttons if a["title"] == "Stop watching" and a["data"]["watchId"] == ids["gadget"])
     assert stop_gadget["data"]["inDigest"] is True
     await chat.post(chat.activity("message", value=stop_gadget["data"], replyToId=digest_id))
     digest_now = double.activity(chat.conversation_id, digest_id)
@@ -334,7 +336,7 @@ async def test_a_button_inside_a_digest_answers_in_a_new_message_and_leaves_the_
     assert "Stopped watching gadget" in chat.texts()[-1]
     invoke = chat.activity("invoke", name="adaptiveCard/action",
                            value={"action": {"type": "Action.Execute", "verb": "alert", "data": {
-                               **next(a for a in buttons if a["data"]["product"] == "gizmo"
+                               **next(a for a in buttons if a["data"]["watchId"] == ids["gizmo"]
                                       and a["title"] == "Stop watching")["data"]}}})
     async with chat.http.post(bot_url(chat.app), json=invoke) as response:
         body = await response.json()
@@ -362,3 +364,39 @@ async def test_an_analysis_starts_whole_or_not_at_all(chat: Chat, fake_clock: Fa
     assert "Working on it" in chat.texts()[-1]
     await tick(chat, fake_clock, 31)
     assert any("Analysis of" in t and "gadget" in t for t in chat.texts()), chat.texts()[-3:]
+
+
+# ---- owners only, the card from our own rows (issue 20) -------------------------------------------------------
+
+
+async def test_a_forged_button_value_never_reaches_the_card(chat: Chat, fake_clock: FakeClock,
+                                                            double: ConnectorDouble) -> None:
+    await chat.say("watch gadget below 10")
+    await push(chat, 9)
+    await tick(chat, fake_clock, 3)
+    [card] = alert_cards(chat)
+    stop = next(a for a in card["actions"] if a["title"] == "Stop watching")
+    assert set(stop["data"]) == {"command", "action", "watchId"}, "the button names the watch, nothing to show"
+    [sent] = [r for r in double.find(op="send") if "Price alert" in str(r.body)]
+    forged = {**stop["data"], "product": "**pwned** [click](https://evil.example/)", "args": "<b>x</b>"}
+    await chat.post(chat.activity("message", value=forged, replyToId=sent.response["id"]))
+    updated = double.activity(chat.conversation_id, sent.response["id"])
+    assert updated is not None and "Price alert for gadget" in str(updated)
+    assert "Stopped watching gadget" in str(updated)
+    assert "pwned" not in str(updated) and "evil" not in str(updated)
+
+
+async def test_a_product_name_is_escaped_in_the_alert_and_its_answers(chat: Chat, fake_clock: FakeClock,
+                                                                      double: ConnectorDouble) -> None:
+    await chat.say("watch *g_[x]* below 10")
+    await push(chat, 9, product="*g_[x]*")
+    await tick(chat, fake_clock, 3)
+    [card] = alert_cards(chat)
+    texts = [b.get("text", "") for b in card["body"]] + [f["value"] for b in card["body"] for f in b.get("facts", [])]
+    assert any("\\*g\\_\\[x\\]\\* is now 9.00" in t for t in texts), texts
+    assert not any("*g_[x]*" in t for t in texts), "no raw markdown from a user reaches the card"
+    stop = next(a for a in card["actions"] if a["title"] == "Stop watching")
+    [sent] = [r for r in double.find(op="send") if "Price alert" in str(r.body)]
+    await chat.post(chat.activity("message", value=stop["data"], replyToId=sent.response["id"]))
+    updated = double.activity(chat.conversation_id, sent.response["id"])
+    assert updated is not None and "Stopped watching \\\\*g\\\\_\\\\[x\\\\]\\\\*" in json.dumps(updated)

@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 
 from bot.delivery.proactive import ProactiveMessages
 from dialogs.alert_card import Alert, alert_payload
+from dialogs.replies import escape
 from scheduler.jobs import Job, JobState
 from scheduler.scheduler import Scheduler
 from state.clock import Clock
@@ -184,6 +185,10 @@ class PriceWatcher:
         name = watch.user_name or await self._references.member_name(watch.conversation_id, watch.user_id)
         return UserRef(watch.user_id, name=name)
 
+    async def watch(self, watch_id: int) -> WatchRow | None:
+        """One watch as stored (who owns it, on what, its last price)."""
+        return await self._prices.watch(watch_id)
+
     async def snooze(self, watch_id: int, user_id: str, hours: float) -> str:
         """Snooze the presser's own watch."""
         watch = await self._prices.watch(watch_id)
@@ -206,7 +211,7 @@ class PriceWatcher:
         if watch is None or not await self._prices.remove_watch(watch_id, user_id):
             return "You're no longer watching this product."
         await self._stop_polling_if_unwatched(watch.product)
-        return f"Stopped watching {watch.product}."
+        return f"Stopped watching {escape(watch.product)}."
 
 
 def _price(value: object) -> Decimal | None:
