@@ -49,6 +49,11 @@ class AllowedTenants:
     def restricted(self) -> bool:
         return bool(self._tenants)
 
+    @property
+    def names(self) -> frozenset[str]:
+        """The tenants served (trimmed, lower case); empty = every tenant."""
+        return self._tenants
+
     def allows(self, tenant_id: str | None) -> bool:
         if not self._tenants:
             return True

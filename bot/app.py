@@ -17,6 +17,7 @@ from scheduler.ratelimit import TeamsRateLimiter
 from scheduler.scheduler import Scheduler
 from scheduler.sendqueue import SendQueue
 from state.analyses import AnalysisStore
+from state.broadcasts import BroadcastStore
 from state.clock import Clock, SystemClock
 from state.db import connect
 from state.engagement import Engagement
@@ -30,6 +31,7 @@ from state.watches import WatchStore
 
 from .access import AllowedTenants
 from .analyses.service import AnalysisService
+from .api.broadcasts import Broadcasts
 from .api.guards import TokenGate
 from .api.health import CachedHealth, HealthEndpoint
 from .api.messages import MessagesEndpoint
@@ -121,14 +123,16 @@ class BotApplication:
             turn_gate=TurnGate(TurnLeases(self.db), config.replica_id, self.clock,
                                shared=lambda: len(self.worker.ownership.live) > 1, metrics=self.metrics),
         )
-        self.retention = Retention(self.outbox, self.prices, self.scheduler, self.clock,
+        self.broadcast_store = BroadcastStore(self.db, self.outbox, self.clock)
+        self.broadcasts = Broadcasts(self.broadcast_store, self.outbox, self.references, self.proactive, self.worker,
+                                     self.scheduler, tenants=self.tenants, page=config.broadcast_page,
+                                     list_page=min(500, config.broadcast_page))
+        self.retention = Retention(self.outbox, self.broadcast_store, self.prices, self.scheduler, self.clock,
                                    days=config.retention_days)
         self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
             self.teams.roster, self.references, self.proactive, config.bot_name))
-        notify = NotifyEndpoints(
-            config.notify_token, self.references, self.outbox, self.proactive.enqueue,
-            lambda: self.clock.now().timestamp(), self.tenants,
-        )
+        notify = NotifyEndpoints(config.notify_token, self.outbox, self.broadcasts,
+                                 lambda: self.clock.now().timestamp())
         operators = TokenGate(config.metrics_token, "METRICS_TOKEN", "Metrics",
                               open_when_unset=config.allow_open_metrics or is_loopback(config.host))
         self.web_app = build_web_app(
@@ -207,6 +211,7 @@ class BotApplication:
         self._housekeeper = asyncio.create_task(self._housekeep_every_minute(), name="housekeeping")
         await self.watcher.start()
         await self.proactive.start()
+        await self.broadcasts.start()
         await self.retention.start()
         self._runner = web.AppRunner(self.web_app, shutdown_timeout=self._shutdown_timeout, access_log=None)
         await self._runner.setup()

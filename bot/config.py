@@ -86,6 +86,7 @@ class Config:
     proactive_install: bool = False  # PROACTIVE_INSTALL: install the app for people Teams says lack it
     teams_catalog_app_id: str = ""  # TEAMS_CATALOG_APP_ID: the app's id in the organisation's catalog
     teams_service_url: str = PUBLIC_TEAMS_SERVICE_URL  # TEAMS_SERVICE_URL: for tenants never heard from
+    broadcast_page: int = 1000  # recipients a broadcast writes per transaction
 
     @property
     def database(self) -> DatabaseUrl:
@@ -346,6 +347,7 @@ def load_config(
         lease_seconds=_lease("LEASE_SECONDS", get("LEASE_SECONDS", str(defaults.lease_seconds))),
         service_url_hosts=_service_url_hosts(get("SERVICE_URL_HOSTS", "")),
         proxies=_proxies(values),
+        broadcast_page=_count("BROADCAST_PAGE_SIZE", get("BROADCAST_PAGE_SIZE", str(defaults.broadcast_page))),
         alert_coalesce_seconds=_non_negative(
             "ALERT_COALESCE_SECONDS", get("ALERT_COALESCE_SECONDS", str(defaults.alert_coalesce_seconds))),
         graph_url=_origin("GRAPH_URL", get("GRAPH_URL", defaults.graph_url) or defaults.graph_url),
@@ -364,6 +366,8 @@ def load_config(
                 raise ConfigError(f"PRICE_SOURCE=http needs {variable}")
         if "{product}" not in config.price_url_template:
             raise ConfigError("PRICE_URL_TEMPLATE must contain {product}, e.g. https://prices.example/api/{product}")
+    if config.broadcast_page > 10_000:
+        raise ConfigError(f"BROADCAST_PAGE_SIZE must be at most 10000, got {config.broadcast_page}")
     if config.app_password and not config.app_id:
         raise ConfigError("MicrosoftAppPassword is set but MicrosoftAppId is empty; set both or neither")
     if require_credentials and config.app_id and config.app_type != "UserAssignedMSI" and not config.app_password:

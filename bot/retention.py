@@ -1,7 +1,7 @@
 """Retention: what the bot no longer needs is deleted, a small batch at a time, by an hourly scheduler job.
 
 Finished outbox rows (sent, failed, cancelled, dropped, expired, superseded, merged), dead scheduler jobs,
-notify batches whose rows are gone, and price observations (each product keeps its newest) older than
+broadcasts (notify batches) whose rows are gone, and price observations (each product keeps its newest) older than
 RETENTION_DAYS. Batches of `batch` rows with a yield to the event loop between them, so a large backlog
 never holds the database (or the turns waiting for it) for long.
 """
@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
+from state.broadcasts import BroadcastStore
 from state.clock import Clock
 from state.outbox import OutboxStore
 from state.prices import PriceLog
@@ -25,9 +26,10 @@ PURGE = "retention.purge"
 
 
 class Retention:
-    def __init__(self, outbox: OutboxStore, prices: PriceLog, scheduler: Scheduler, clock: Clock, *,
-                 days: float = 30.0, batch: int = 500) -> None:
+    def __init__(self, outbox: OutboxStore, broadcasts: BroadcastStore, prices: PriceLog, scheduler: Scheduler,
+                 clock: Clock, *, days: float = 30.0, batch: int = 500) -> None:
         self._outbox = outbox
+        self._broadcasts = broadcasts
         self._prices = prices
         self._scheduler = scheduler
         self._clock = clock
@@ -49,7 +51,7 @@ class Retention:
         before = cutoff.timestamp()
         deleted = {
             "outbox": await self._drain(lambda: self._outbox.purge(before, self._batch)),
-            "batches": await self._drain(lambda: self._outbox.purge_batches(before, self._batch)),
+            "batches": await self._drain(lambda: self._broadcasts.purge(before, self._batch)),
             "dead_jobs": await self._drain(lambda: self._scheduler.purge_dead(cutoff, self._batch)),
             "price_observations": await self._drain(lambda: self._prices.purge(before, self._batch)),
         }

@@ -3,11 +3,15 @@
 Enqueueing is a committed write; the delivery worker reads pending rows, sends them and records the
 outcome. Outcomes are written in batches (`apply`), so a crash can re-send at most the rows that were
 in flight or whose outcome was not yet flushed; see docs/architecture.md for the bound.
+
+A broadcast's recipient row (`broadcast_id`) stores no payload: what is said is kept once in its broadcast
+(state/broadcasts.py) and filled in when rows are read, from a small per-process cache.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -41,7 +45,8 @@ class OutboxItem:
     update_of: int | None = None
     status: Literal["pending", "held", "dropped"] = "pending"
     note: str | None = None  # kept as the row's last_error, e.g. why it was dropped
-    batch_id: str | None = None  # the POST /api/notify that queued it
+    broadcast_id: int | None = None  # the broadcast (POST /api/notify) it is one recipient of; payload there
+    undecided: bool = False  # the engagement policy decides when the row is about to go (a broadcast's)
 
     def as_row(self, row_id: int, now: float) -> OutboxRow:
         """The row this item became (saves reading it back)."""
@@ -51,7 +56,7 @@ class OutboxItem:
             category=self.category, subject=self.subject, priority=self.priority, status=self.status,
             not_before=self.not_before if self.not_before is not None else now, expires_at=self.expires_at,
             attempts=0, last_error=self.note, activity_id=None, dedup_key=self.dedup_key, created_at=now,
-            batch_id=self.batch_id,
+            broadcast_id=self.broadcast_id, undecided=self.undecided,
         )
 
 
@@ -76,10 +81,13 @@ class OutboxRow:
     dedup_key: str | None
     created_at: float
     sent_at: float | None = None
-    batch_id: str | None = None
+    batch_id: str | None = None  # the broadcast's public id (filled in when read)
+    broadcast_id: int | None = None
+    undecided: bool = False
 
     @classmethod
     def from_row(cls, row: Row) -> OutboxRow:
+        """The row as stored; a broadcast row's payload is empty until `OutboxStore` fills it in."""
         return cls(
             id=row["id"],
             conversation_id=row["conversation_id"],
@@ -87,7 +95,7 @@ class OutboxRow:
             tenant_id=row["tenant_id"],
             kind=row["kind"],
             update_of=row["update_of"],
-            payload=json.loads(row["payload"]),
+            payload=json.loads(row["payload"]) if row["payload"] else {},
             category=row["category"],
             subject=row["subject"],
             priority=row["priority"],
@@ -100,7 +108,8 @@ class OutboxRow:
             dedup_key=row["dedup_key"],
             created_at=row["created_at"],
             sent_at=row["sent_at"],
-            batch_id=row["batch_id"],
+            broadcast_id=row["broadcast_id"],
+            undecided=bool(row["undecided"]),
         )
 
     def public(self) -> dict[str, Any]:
@@ -148,10 +157,11 @@ Writes = Callable[[Connection], Awaitable[None]]
 """Statements to run inside another store's transaction (a unit of work across stores)."""
 _INSERT = (
     "INSERT INTO outbox (dedup_key, conversation_id, target_user_id, tenant_id, kind, update_of, payload, category, "
-    "subject, priority, status, not_before, expires_at, created_at, updated_at, last_error, batch_id)"
+    "subject, priority, status, not_before, expires_at, created_at, updated_at, last_error, broadcast_id, undecided)"
 )
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_BATCH = 500  # rows per INSERT: 8,500 parameters, within both engines' limits
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_BATCH = 500  # rows per INSERT: 9,000 parameters, within both engines' limits
+_PAYLOADS_CACHED = 64  # broadcasts whose payload this process keeps parsed
 
 
 class OutboxStore:
@@ -160,6 +170,25 @@ class OutboxStore:
     def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
         self._clock = clock
+        self._broadcasts: OrderedDict[int, tuple[dict[str, Any], str]] = OrderedDict()  # id → (payload, public id)
+
+    async def _rows(self, rows: Iterable[Row]) -> list[OutboxRow]:
+        """Rows as read, broadcast rows with their broadcast's payload (shared, read-only) and public id."""
+        out = [OutboxRow.from_row(r) for r in rows]
+        wanted = {r.broadcast_id for r in out if r.broadcast_id is not None} - self._broadcasts.keys()
+        for chunk in chunks(sorted(wanted)):
+            for b in await self._db.fetchall(
+                    f"SELECT id, public_id, payload FROM broadcasts WHERE id IN ({marks(len(chunk))})", chunk):
+                self._broadcasts[int(b["id"])] = (json.loads(b["payload"]) if b["payload"] else {}, b["public_id"])
+        for row in out:
+            if row.broadcast_id is not None and (known := self._broadcasts.get(row.broadcast_id)) is not None:
+                self._broadcasts.move_to_end(row.broadcast_id)
+                if not row.payload:
+                    row.payload = known[0]
+                row.batch_id = known[1]
+        while len(self._broadcasts) > _PAYLOADS_CACHED:
+            self._broadcasts.popitem(last=False)
+        return out
 
     async def enqueue(self, items: Sequence[OutboxItem], *, reason: str | None = None,
                       also: Writes | None = None) -> list[Enqueued]:
@@ -172,9 +201,10 @@ class OutboxStore:
         async with self._db.transaction() as tx:
             if also is not None:
                 await also(tx)
-            return await self._insert(tx, items, reason)
+            return await self.insert(tx, items, reason)
 
-    async def _insert(self, tx: Connection, items: Sequence[OutboxItem], reason: str | None = None) -> list[Enqueued]:
+    async def insert(self, tx: Connection, items: Sequence[OutboxItem], reason: str | None = None) -> list[Enqueued]:
+        """`enqueue` on the caller's transaction."""
         now = self._clock.now().timestamp()
         results: list[Enqueued] = []
         for batch in chunks(list(items), _BATCH):
@@ -182,10 +212,12 @@ class OutboxStore:
             for item in batch:
                 params += (
                     item.dedup_key, item.conversation_id, item.target_user_id, item.tenant_id, item.kind,
-                    item.update_of, json.dumps(item.payload, separators=(",", ":")), item.category,
-                    item.subject, item.priority, item.status,
+                    item.update_of,
+                    "" if item.broadcast_id is not None else json.dumps(item.payload, separators=(",", ":")),
+                    item.category, item.subject, item.priority, item.status,
                     item.not_before if item.not_before is not None else now, item.expires_at, now, now,
-                    item.note or (reason if item.status == "dropped" else None), item.batch_id,
+                    item.note or (reason if item.status == "dropped" else None), item.broadcast_id,
+                    1 if item.undecided else None,
                 )
             inserted = await tx.fetchall(
                 f"{_INSERT} VALUES {', '.join([_ROW] * len(batch))} ON CONFLICT (dedup_key) DO NOTHING "
@@ -222,11 +254,11 @@ class OutboxStore:
                 for row in taken:
                     row.status = "pending"
                 return taken, []
-            queued = await self._insert(tx, items)
+            queued = await self.insert(tx, items)
             note = f"delivered in digest {queued[0].id}"
             for chunk in chunks([r.id for r in taken]):
                 await tx.execute(f"UPDATE outbox SET last_error = ? WHERE id IN ({marks(len(chunk))})", [note, *chunk])
-            digest_rows = [OutboxRow.from_row(r) for r in await tx.fetchall(
+            digest_rows = [OutboxRow.from_row(r) for r in await tx.fetchall(  # digests belong to no broadcast
                 f"{_SELECT} WHERE id IN ({marks(len(queued))}) ORDER BY id", [q.id for q in queued])]
         for row in taken:
             row.status = "merged"
@@ -260,13 +292,13 @@ class OutboxStore:
 
     async def get(self, row_id: int) -> OutboxRow | None:
         row = await self._db.fetchone(f"{_SELECT} WHERE id = ?", (row_id,))
-        return OutboxRow.from_row(row) if row else None
+        return (await self._rows([row]))[0] if row else None
 
     async def get_many(self, ids: Iterable[int]) -> list[OutboxRow]:
         rows: list[OutboxRow] = []
         for chunk in chunks(list(ids)):
             found = await self._db.fetchall(f"{_SELECT} WHERE id IN ({marks(len(chunk))})", chunk)
-            rows += [OutboxRow.from_row(r) for r in found]
+            rows += await self._rows(found)
         return rows
 
     # -- claims: which replica sends which row (see state/leases.py) ---------------------------------------
@@ -280,28 +312,48 @@ class OutboxStore:
         await self._db.notify(OUTBOX_CHANNEL, tenant)
 
     async def tenants_with_work(self, now: float) -> set[str]:
-        """Tenants ('' for none) with pending rows nobody holds a live claim on."""
+        """Tenants ('' for none) with pending rows nobody holds a live claim on.
+
+        A skip scan over the (tenant_id, id) index of pending rows: one seek per tenant, however many rows
+        wait (a broadcast to a million people leaves a million pending rows)."""
         rows = await self._db.fetchall(
-            "SELECT DISTINCT COALESCE(tenant_id, '') AS tenant FROM outbox WHERE status = 'pending' "
-            "AND (claimed_by IS NULL OR claimed_until < ?)",
+            "WITH RECURSIVE t(tenant) AS (SELECT MIN(tenant_id) FROM outbox WHERE status = 'pending' UNION ALL "
+            "SELECT (SELECT MIN(o.tenant_id) FROM outbox o WHERE o.status = 'pending' AND o.tenant_id > t.tenant) "
+            "FROM t WHERE t.tenant IS NOT NULL) "
+            "SELECT tenant FROM t WHERE tenant IS NOT NULL AND EXISTS (SELECT 1 FROM outbox o WHERE "
+            "o.status = 'pending' AND o.tenant_id = t.tenant AND (o.claimed_by IS NULL OR o.claimed_until < ?))",
             (now,),
         )
-        return {str(r["tenant"]) for r in rows}
+        tenants = {str(r["tenant"]) for r in rows}
+        if await self._db.fetchone(
+                "SELECT 1 AS x FROM outbox WHERE status = 'pending' AND tenant_id IS NULL "
+                "AND (claimed_by IS NULL OR claimed_until < ?) LIMIT 1", (now,)):
+            tenants.add("")
+        return tenants
 
     async def claim(self, tenants: Sequence[str], owner: str, until: float, now: float,
                     limit: int = 1000) -> list[OutboxRow]:
-        """Claim up to `limit` pending rows of `tenants` that nobody holds (or whose claim expired), oldest
-        first; returns them. A claimed row is sent by its claimer only."""
+        """Claim pending rows of `tenants` that nobody holds (or whose claim expired), each tenant's oldest
+        first and about `limit` in all, shared between the tenants (each is sent within its own budget);
+        returns them. A claimed row is sent by its claimer only. One index seek per tenant: the cost does
+        not grow with the rows waiting."""
         if not tenants:
             return []
         lock = f" {self._db.row_lock}" if self._db.row_lock else ""
-        rows = await self._db.fetchall(
-            "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM outbox "
-            f"WHERE status = 'pending' AND COALESCE(tenant_id, '') IN ({marks(len(tenants))}) "
-            f"AND (claimed_by IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?{lock}) RETURNING *",
-            (owner, until, *tenants, now, limit),
-        )
-        return sorted((OutboxRow.from_row(r) for r in rows), key=lambda r: r.id)
+        per = max(1, -(-limit // len(tenants)))
+        claimed: list[OutboxRow] = []
+        for group in chunks(list(tenants), 100):
+            arms, params = [], []
+            for n, tenant in enumerate(group):
+                where = "tenant_id = ?" if tenant else "(tenant_id IS NULL OR tenant_id = '')"
+                arms.append(f"SELECT id FROM (SELECT id FROM outbox WHERE status = 'pending' AND {where} "
+                            f"AND (claimed_by IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?{lock}) AS a{n}")
+                params += [tenant, now, per] if tenant else [now, per]
+            rows = await self._db.fetchall(
+                f"UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN ({' UNION ALL '.join(arms)}) "
+                "RETURNING *", (owner, until, *params))
+            claimed += await self._rows(rows)
+        return sorted(claimed, key=lambda r: r.id)
 
     async def claim_ids(self, ids: Sequence[int], owner: str, until: float, now: float) -> list[OutboxRow]:
         """Claim these rows (just queued or released here) if they are pending and nobody holds them."""
@@ -312,7 +364,7 @@ class OutboxStore:
                 "AND status = 'pending' AND (claimed_by IS NULL OR claimed_until < ? OR claimed_by = ?) RETURNING *",
                 (owner, until, *chunk, now, owner),
             )
-            claimed += [OutboxRow.from_row(r) for r in rows]
+            claimed += await self._rows(rows)
         return sorted(claimed, key=lambda r: r.id)
 
     async def renew_claims(self, owner: str, until: float) -> int:
@@ -356,7 +408,7 @@ class OutboxStore:
     async def pending(self) -> list[OutboxRow]:
         """Every row the worker should (eventually) send, oldest first."""
         rows = await self._db.fetchall(f"{_SELECT} WHERE status = 'pending' ORDER BY id")
-        return [OutboxRow.from_row(r) for r in rows]
+        return await self._rows(rows)
 
     async def held(self, conversation_id: str | None = None, *, user_id: str | None = None) -> list[OutboxRow]:
         """Held rows, oldest first: all, a conversation's, or those addressed to one user in a conversation."""
@@ -371,7 +423,7 @@ class OutboxStore:
                 f"{_SELECT} WHERE status = 'held' AND conversation_id = ? AND target_user_id = ? ORDER BY id",
                 (conversation_id, user_id),
             )
-        return [OutboxRow.from_row(r) for r in rows]
+        return await self._rows(rows)
 
     async def apply(self, outcomes: Sequence[Outcome]) -> None:
         """Record delivery outcomes in one transaction."""
@@ -389,12 +441,14 @@ class OutboxStore:
                     not_before = COALESCE(?, not_before),
                     conversation_id = COALESCE(?, conversation_id),
                     sent_at = COALESCE(?, sent_at),
-                    updated_at = ?
+                    updated_at = ?,
+                    claimed_by = CASE WHEN ? = 'pending' THEN claimed_by END,
+                    claimed_until = CASE WHEN ? = 'pending' THEN claimed_until END
                 WHERE id = ?
                 """,
                 [
                     (o.status, o.attempts, o.last_error, o.activity_id, o.not_before, o.conversation_id, o.sent_at,
-                     now, o.id)
+                     now, o.status, o.status, o.id)
                     for o in outcomes
                 ],
             )
@@ -460,14 +514,6 @@ class OutboxStore:
             (before, limit),
         )
 
-    async def purge_batches(self, before: float, limit: int = 500) -> int:
-        """Delete notify batches created before `before` whose rows are all gone; returns how many."""
-        return await self._db.execute(
-            "DELETE FROM notify_batches WHERE id IN (SELECT b.id FROM notify_batches b WHERE b.created_at < ? "
-            "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.batch_id = b.id) LIMIT ?)",
-            (before, limit),
-        )
-
     async def pending_by_tenant(self) -> list[tuple[str | None, int, float]]:
         """(tenant id, pending rows, oldest created_at) per tenant: the queue gauges."""
         rows = await self._db.fetchall(
@@ -476,40 +522,21 @@ class OutboxStore:
         )
         return [(r["tenant_id"], int(r["n"]), float(r["oldest"])) for r in rows]
 
-    async def open_batch(self, batch_id: str, requested: int) -> None:
-        """Record a notify batch before its rows are queued (`requested`: targets resolved)."""
-        await self._db.execute("INSERT INTO notify_batches (id, created_at, requested) VALUES (?, ?, ?)",
-                               (batch_id, self._clock.now().timestamp(), requested))
-
-    async def batch(self, batch_id: str) -> Batch | None:
-        """A notify batch with its rows counted by status; None when unknown."""
-        head = await self._db.fetchone("SELECT created_at, requested FROM notify_batches WHERE id = ?", (batch_id,))
-        if head is None:
-            return None
-        rows = await self._db.fetchall(
-            "SELECT status, COUNT(*) AS n, MAX(updated_at) AS last FROM outbox WHERE batch_id = ? GROUP BY status",
-            (batch_id,),
-        )
-        return Batch(batch_id, float(head["created_at"]), int(head["requested"]),
-                     {r["status"]: int(r["n"]) for r in rows},
-                     max((float(r["last"]) for r in rows), default=float(head["created_at"])))
-
-
-@dataclass(frozen=True)
-class Batch:
-    """What one POST /api/notify queued, and where its rows are now."""
-
-    id: str
-    created_at: float
-    requested: int
-    counts: dict[str, int]
-    last_change: float
-
-    @property
-    def finished(self) -> bool:
-        """No row waits any more: every one was sent, failed, or was dropped, expired, cancelled, merged..."""
-        return not any(self.counts.get(status) for status in ("pending", "held"))
-
-    @property
-    def targets(self) -> int:
-        return sum(self.counts.values())
+    async def settle_undecided(self, held: Sequence[tuple[int, str | None, float | None]],
+                               dropped: Sequence[tuple[int, str]]) -> None:
+        """The policy's answer for broadcast rows about to go that may not go now: `held` (id, reason or None,
+        release time or None) wait, unclaimed; `dropped` (id, reason) never go. Rows the policy let through
+        stay as they are (a crash before they are sent asks the policy again)."""
+        now = self._clock.now().timestamp()
+        async with self._db.transaction() as tx:
+            if held:
+                await tx.executemany(
+                    "UPDATE outbox SET status = 'held', undecided = NULL, claimed_by = NULL, claimed_until = NULL, "
+                    "last_error = COALESCE(?, last_error), not_before = COALESCE(?, not_before), updated_at = ? "
+                    "WHERE id = ? AND status = 'pending'",
+                    [(note, until, now, row_id) for row_id, note, until in held])
+            if dropped:
+                await tx.executemany(
+                    "UPDATE outbox SET status = 'dropped', undecided = NULL, claimed_by = NULL, "
+                    "claimed_until = NULL, last_error = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
+                    [(note, now, row_id) for row_id, note in dropped])

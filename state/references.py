@@ -291,11 +291,12 @@ class ConversationReferences:
         rows = await self._db.fetchall(f"SELECT * FROM conversation_refs {where} ORDER BY first_seen", params)
         return [ConversationRecord.from_row(r) for r in rows]
 
-    async def reachable(self) -> list[tuple[str, str | None]]:
-        """(conversation id, tenant id) of every active conversation, oldest first: what a broadcast targets,
-        without reading (and parsing) whole records."""
+    async def reachable(self, after: str = "", limit: int = 1000) -> list[tuple[str, str | None]]:
+        """(conversation id, tenant id) of up to `limit` active conversations after `after`, in conversation id
+        order: a page of what a broadcast to everyone targets, without reading (and parsing) whole records."""
         rows = await self._db.fetchall(
-            "SELECT conversation_id, tenant_id FROM conversation_refs WHERE active = 1 ORDER BY first_seen")
+            "SELECT conversation_id, tenant_id FROM conversation_refs WHERE active = 1 AND conversation_id > ? "
+            "ORDER BY conversation_id LIMIT ?", (after, limit))
         return [(str(r["conversation_id"]), r["tenant_id"]) for r in rows]
 
     async def mark_inactive(self, conversation_id: str, reason: str) -> bool:

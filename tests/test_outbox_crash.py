@@ -13,6 +13,7 @@ batch holds a few rows, so the duplicates seen are a handful.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +38,18 @@ def outbox_rows(database: Path) -> dict[int, tuple[str, str]]:
         rows = connection.execute("SELECT id, status, conversation_id FROM outbox").fetchall()
     connection.close()
     return {int(row_id): (str(status), str(conversation)) for row_id, status, conversation in rows}
+
+
+async def expanded(http: aiohttp.ClientSession, url: str, batch_id: str, timeout: float = 10.0) -> None:
+    """Wait until every recipient row of the broadcast is written."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        async with http.get(f"{url}/api/notify/batches/{batch_id}",
+                            headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+            if (await response.json())["state"] == "expanded":
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"broadcast {batch_id} not written within {timeout} s")
 
 
 def accepted(request: RecordedRequest) -> bool:
@@ -80,8 +93,10 @@ async def test_sigkill_mid_fanout_loses_nothing_and_duplicates_stay_bounded(tmp_
                 headers={"Authorization": f"Bearer {TOKEN}"},
             ) as response:
                 body = await response.json()
-            assert response.status == 202 and body["queued"] == total, body
-            queued_ids = set(body["ids"])
+            assert response.status == 202 and body["state"] == "expanding", body  # over 100: written in pages
+            await expanded(http, first.url, body["batchId"])
+            queued_ids = set(outbox_rows(database))
+            assert len(queued_ids) == total
 
             await double.wait_for(conversations_reached(set(), KILL_AFTER), timeout=DELIVERY_TIMEOUT)
             await first.kill()  # the signal goes out before the double handles anything else

@@ -9,6 +9,7 @@ from bot.retention import Retention
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
 from state.analyses import AnalysisStore
+from state.broadcasts import BroadcastStore
 from state.clock import FakeClock
 from state.db import Database
 from state.model import Observation
@@ -25,11 +26,14 @@ async def test_old_finished_rows_go_and_what_is_still_needed_stays(db: Database)
     clock = FakeClock()
     outbox, prices, analyses = OutboxStore(db, clock), PriceLog(db, clock), AnalysisStore(db, clock)
     scheduler = Scheduler(db, clock)
-    retention = Retention(outbox, prices, scheduler, clock, days=30, batch=3)
+    broadcasts = BroadcastStore(db, outbox, clock)
+    retention = Retention(outbox, broadcasts, prices, scheduler, clock, days=30, batch=3)
 
     # 40 days ago: finished rows, a progress message with an update, a running analysis' acknowledgement,
     # rows still pending or held, a notify batch, a dead job, and prices of two products
-    old = [r.id for r in await outbox.enqueue([note(f"old {n}", batch_id="b-old") for n in range(7)])]
+    batch = await broadcasts.create("b" * 32, {"all": True}, {"type": "message", "text": "old"})
+    old = [r.id for r in await outbox.enqueue([note(f"old {n}", broadcast_id=batch) for n in range(7)])]
+    await broadcasts.finish(batch, resolved=7)
     await outbox.apply([Outcome(i, "sent") for i in old])
     [progress] = await outbox.enqueue([note("⏳ working")])
     [update] = await outbox.enqueue([note("✅ done", kind="update", update_of=progress.id)])
@@ -39,7 +43,6 @@ async def test_old_finished_rows_go_and_what_is_still_needed_stays(db: Database)
     await analyses.set_progress_row("a1", ack.id)
     [waiting] = await outbox.enqueue([note("still pending")])
     [held] = await outbox.enqueue([note("held", status="held")])
-    await outbox.open_batch("b-old", 7)
     dead = Job(id="dead-old", handler="h", payload={}, due_at=clock.now(), created_at=clock.now())
     await scheduler._store.insert(dead)
     await db.execute("UPDATE scheduled_jobs SET state = 'dead' WHERE id = 'dead-old'")
@@ -59,5 +62,5 @@ async def test_old_finished_rows_go_and_what_is_still_needed_stays(db: Database)
     assert left == {ack.id, waiting.id, held.id, recent.id}, "the running analysis' message, live and new rows"
     assert [o.price for o in await prices.history("gadget")] == [Decimal(20)]
     assert [o.price for o in await prices.history("gizmo")] == [Decimal(7)], "a product keeps its newest price"
-    assert await scheduler.get("dead-old") is None and await outbox.batch("b-old") is None
+    assert await scheduler.get("dead-old") is None and await broadcasts.get("b" * 32) is None
     assert await retention.purge() == {"outbox": 0, "batches": 0, "dead_jobs": 0, "price_observations": 0}

@@ -1,7 +1,8 @@
 """POST /api/notify and GET /api/notify/{id}: other systems ask the bot to message people.
 
-The request is validated field by field (400 naming the field), its targets resolved against the
-conversation references, and one outbox row queued per target; the delivery worker does the rest.
+The request is validated field by field (400 naming the field) and becomes one broadcast
+(bot/api/broadcasts.py): what is said is stored once, its targets resolved against the conversation
+references and written as small outbox rows, page by page; the delivery worker does the rest.
 A channel is one target (a new post in it), however many of its threads the bot has seen; a thread's
 own id (`…;messageid=…`) posts a reply in that thread.
 """
@@ -10,11 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import (
@@ -28,7 +28,6 @@ from pydantic import (
 )
 
 from bot.access import AllowedTenants
-from bot.delivery.proactive import Admission
 from bot.validation import check_id, check_printable
 from state.model import conversation_key
 from state.outbox import PRIORITIES, OutboxItem, OutboxStore
@@ -36,6 +35,9 @@ from state.references import ConversationReferences
 
 from .errors import JsonBody, describe, error, field_error, row_id
 from .guards import TokenGate
+
+if TYPE_CHECKING:
+    from .broadcasts import Broadcasts
 
 MAX_TARGETS = 10_000
 MAX_MESSAGE_BYTES = 28_000  # Teams caps a message at about 28 KB
@@ -155,20 +157,28 @@ class Resolved:
     inactive_conversations: list[str] = field(default_factory=list)
 
 
+def recipient(note: Notification, conversation_id: str | None, tenant_id: str | None, user_id: str | None = None,
+              *, broadcast_id: int | None = None, undecided: bool = False) -> OutboxItem:
+    """The outbox item for one target of a notification (of broadcast `broadcast_id`)."""
+    target = conversation_id or f"user:{user_id}"
+    return OutboxItem(
+        payload=note.payload, conversation_id=conversation_id, target_user_id=user_id, tenant_id=tenant_id,
+        dedup_key=f"{note.dedup_key}|{target}" if note.dedup_key else None, category="notification",
+        priority=note.priority, expires_at=note.expires_at, broadcast_id=broadcast_id, undecided=undecided,
+    )
+
+
 async def resolve_targets(note: Notification, references: ConversationReferences,
-                          tenants: AllowedTenants | None = None) -> Resolved:
-    """One outbox item per reachable target; the rest reported (a target in a tenant the bot does not serve,
+                          tenants: AllowedTenants | None = None, *, broadcast_id: int | None = None,
+                          undecided: bool = False) -> Resolved:
+    """One outbox item per reachable target of the listed users and conversations (everyone: only a first
+    page; a broadcast pages through them); the rest reported (a target in a tenant the bot does not serve,
     ALLOWED_TENANTS, is unknown)."""
     out = Resolved()
     allows = (tenants or AllowedTenants()).allows
 
     def item(conversation_id: str | None, tenant_id: str | None, user_id: str | None = None) -> OutboxItem:
-        target = conversation_id or f"user:{user_id}"
-        return OutboxItem(
-            payload=note.payload, conversation_id=conversation_id, target_user_id=user_id, tenant_id=tenant_id,
-            dedup_key=f"{note.dedup_key}|{target}" if note.dedup_key else None, category="notification",
-            priority=note.priority, expires_at=note.expires_at,
-        )
+        return recipient(note, conversation_id, tenant_id, user_id, broadcast_id=broadcast_id, undecided=undecided)
 
     if note.target_all:
         out.items = [item(conversation_id, tenant_id) for conversation_id, tenant_id in await references.reachable()
@@ -193,20 +203,13 @@ async def resolve_targets(note: Notification, references: ConversationReferences
     return out
 
 
-Enqueue = Callable[[Sequence[OutboxItem]], Awaitable[Sequence[Admission]]]
-"""`ProactiveMessages.enqueue`: the policy, then the outbox."""
-
-
 class NotifyEndpoints:
-    """The HTTP side; `enqueue` is where every notification enters the outbox (policy included)."""
+    """The HTTP side; `broadcasts` accepts each request as one broadcast (policy and outbox behind it)."""
 
-    def __init__(self, token: str, references: ConversationReferences, store: OutboxStore, enqueue: Enqueue,
-                 now: Callable[[], float], tenants: AllowedTenants | None = None) -> None:
+    def __init__(self, token: str, store: OutboxStore, broadcasts: Broadcasts, now: Callable[[], float]) -> None:
         self._gate = TokenGate(token, "NOTIFY_TOKEN", "Notify")
-        self._tenants = tenants or AllowedTenants()
-        self._references = references
         self._store = store
-        self._enqueue = enqueue
+        self._broadcasts = broadcasts
         self._now = now
 
     def refuse(self, request: web.Request) -> web.Response | None:
@@ -224,25 +227,8 @@ class NotifyEndpoints:
             note = parse_notification(body.value, self._now())
         except BadRequest as exc:
             return field_error(exc.field, str(exc))
-        resolved = await resolve_targets(note, self._references, self._tenants)
-        batch_id = uuid.uuid4().hex
-        await self._store.open_batch(batch_id, len(resolved.items))
-        for item in resolved.items:
-            item.batch_id = batch_id
-        results = await self._enqueue(resolved.items)
-        return web.json_response(
-            {
-                "batchId": batch_id,
-                "queued": sum(1 for r in results if r.created and r.decision.action == "deliver"),
-                "held": sum(1 for r in results if r.created and r.decision.action == "hold"),
-                "muted": sum(1 for r in results if r.created and r.decision.action == "drop"),
-                "duplicates": sum(1 for r in results if not r.created),
-                "ids": [r.id for r in results],
-                "unknown": {"users": resolved.unknown_users, "conversations": resolved.unknown_conversations},
-                "inactive": {"conversations": resolved.inactive_conversations},
-            },
-            status=202,
-        )
+        accepted = await self._broadcasts.accept(note)
+        return web.json_response(accepted.answer(), status=202)
 
     async def get(self, request: web.Request) -> web.Response:
         refused = self.refuse(request)
@@ -264,15 +250,20 @@ class NotifyEndpoints:
         batch_id = request.match_info["batchId"]
         if not BATCH_ID.fullmatch(batch_id):
             return error(400, "BadRequest", "batchId must be the 32 hexadecimal digits POST /api/notify returned")
-        batch = await self._store.batch(batch_id)
+        batch = await self._broadcasts.get(batch_id)
         if batch is None:
             return error(404, "NotFound", f"no batch {batch_id}")
         return web.json_response({
-            "batchId": batch.id,
+            "batchId": batch.public_id,
+            "state": batch.state,
             "requested": batch.requested,
             "targets": batch.targets,
+            "duplicates": max(0, batch.requested - batch.targets),
+            "unknown": batch.unknown,
+            "inactive": batch.inactive,
             "counts": batch.counts,
             "startedAt": _iso(batch.created_at),
+            "expandedAt": _iso(batch.expanded_at) if batch.expanded_at is not None else None,
             "finishedAt": _iso(batch.last_change) if batch.finished else None,
             "finished": batch.finished,
         })

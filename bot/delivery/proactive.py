@@ -100,6 +100,7 @@ class ProactiveMessages:
         self._max_bytes = max_message_bytes
         self._metrics = metrics or worker.metrics
         engagement.on_topic_ended(self.release)
+        worker.gate = self.admit
         scheduler.register(RELEASE_OVERDUE, self._release_overdue)
         scheduler.register(RELEASE_DEFERRED, self._release_deferred)
 
@@ -183,6 +184,38 @@ class ProactiveMessages:
                          decision.reason)
         await self._worker.offer(deliver)
         return admissions
+
+    async def admit(self, rows: Sequence[OutboxRow]) -> list[OutboxRow]:
+        """The policy for broadcast rows about to go (claimed by the worker; `undecided`): those that may go
+        now are returned (with the rows that were decided before); the others are held (mid-topic, quiet
+        hours, digest: released like any held row) or dropped (muted), each with its reason."""
+        undecided = [r for r in rows if r.undecided]
+        if not undecided:
+            return list(rows)
+        items = [OutboxItem(payload=r.payload, conversation_id=r.conversation_id, target_user_id=r.target_user_id,
+                            tenant_id=r.tenant_id, category=r.category, subject=r.subject, priority=r.priority,
+                            expires_at=r.expires_at) for r in undecided]
+        decisions = await self._decisions(items)
+        held: list[tuple[OutboxRow, OutboxItem, _Target, float | None, str | None]] = []
+        dropped: list[tuple[int, str]] = []
+        stopped: set[int] = set()
+        for row, item, (decision, target, until) in zip(undecided, items, decisions, strict=True):
+            if decision.action == "hold" and target.conversation_id:  # (no conversation to wait in: it goes)
+                held.append((row, item, target, until, decision.reason if until is not None else None))
+            elif decision.action == "drop":
+                dropped.append((row.id, decision.reason))
+            else:
+                continue
+            stopped.add(row.id)
+        if not stopped:
+            return list(rows)
+        await self._store.settle_undecided([(r.id, note, until) for r, _, _, until, note in held], dropped)
+        for row, item, target, until, _ in held:
+            self._metrics.message(row.category, "held")
+            await self._hold(row.id, target, item, deferred_until=until)
+        for _ in dropped:
+            self._metrics.message("notification", "dropped")
+        return [r for r in rows if r.id not in stopped]
 
     async def _hold(self, row_id: int, target: _Target, item: OutboxItem, *,
                     deferred_until: float | None = None) -> None:

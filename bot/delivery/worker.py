@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -144,6 +144,8 @@ class DeliveryWorker:
         self._maintenance_due = False
         self._reply_ids = itertools.count(_REPLY_TICKETS)
         self._reply_grants: dict[int, asyncio.Future[None]] = {}  # reply ticket id → the waiting turn
+        self.gate: Callable[[Sequence[OutboxRow]], Awaitable[list[OutboxRow]]] | None = None
+        """The policy for claimed broadcast rows not decided yet (ProactiveMessages.admit): which may go now."""
         store.subscribe(self._announced)
 
     @property
@@ -167,6 +169,11 @@ class DeliveryWorker:
         if self._stopping:
             return
         self._maintenance = asyncio.get_running_loop().call_later(self.ownership.lease_s / 3, self._maintenance_tick)
+
+    def request_maintenance(self) -> None:
+        """Run `maintain()` on the next pass (e.g. rows of tenants nobody sends for yet were written)."""
+        self._maintenance_due = True
+        self._wake.set()
 
     def _maintenance_tick(self) -> None:
         self._maintenance_due = True
@@ -216,8 +223,8 @@ class DeliveryWorker:
                 and tenant_key(r.tenant_id) not in self._leaving]
         if mine:
             now = self._clock.now().timestamp()
-            self.submit(await self._store.claim_ids(mine, self.ownership.replica_id,
-                                                    now + self.ownership.lease_s, now))
+            self.submit(await self._admit(await self._store.claim_ids(mine, self.ownership.replica_id,
+                                                                      now + self.ownership.lease_s, now)))
         for tenant in tenants:
             if not self.ownership.owns(tenant) or tenant in self._leaving:
                 await self._store.announce(tenant)
@@ -265,10 +272,24 @@ class DeliveryWorker:
         now = self._clock.now().timestamp()
         rows = await self._store.claim(tenants, self.ownership.replica_id, now + self.ownership.lease_s, now,
                                        self._claim_batch)
-        self.submit(rows)
-        if len(rows) == self._claim_batch:
+        self.submit(await self._admit(rows))
+        if rows:
             self._claim_wanted = True  # there may be more: claim again once these have gone
         return len(rows)
+
+    async def _admit(self, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """Claimed rows that may go now: the policy decides for broadcast rows it has not seen (`gate`). If it
+        cannot (the database failed), the rows are handed back to be claimed again."""
+        if self.gate is None or not any(r.undecided for r in rows):
+            return rows
+        try:
+            return await self.gate(rows)
+        except Exception as exc:
+            self.metrics.database_error("worker")
+            log.warning("could not apply the policy to %d claimed row(s), handing them back: %s", len(rows), exc)
+            with contextlib.suppress(Exception):
+                await self._store.unclaim(self.ownership.replica_id, [r.id for r in rows])
+            return []
 
     async def _took_over(self, tenant: str) -> None:
         """This replica now sends for `tenant`: start its rate windows from the tenant's sends that still count
