@@ -50,7 +50,8 @@ class Retention:
         cutoff = self._clock.now() - self._keep
         before = cutoff.timestamp()
         deleted = {
-            "outbox": await self._drain(lambda: self._outbox.purge(before, self._batch)),
+            "outbox": await self._drain(lambda: self._outbox.purge(before, self._batch))
+            + await self._drain(lambda: self._broadcasts.purge_rows(before, self._batch)),
             "batches": await self._drain(lambda: self._broadcasts.purge(before, self._batch)),
             "dead_jobs": await self._drain(lambda: self._scheduler.purge_dead(cutoff, self._batch)),
             "price_observations": await self._drain(lambda: self._prices.purge(before, self._batch)),

@@ -229,6 +229,16 @@ class BroadcastStore:
             await self.advance(tx, broadcast_id, cursor="", resolved=resolved, unknown=unknown, inactive=inactive,
                                done=True)
 
+    async def purge_rows(self, before: float, limit: int = 500) -> int:
+        """Delete up to `limit` rows of a broadcast that finished (every row written, none pending or held)
+        and last changed before `before`; returns how many (call again until it returns less than `limit`)."""
+        return await self._db.execute(
+            "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE o.broadcast_id = (SELECT b.id FROM "
+            "broadcasts b WHERE b.state <> 'expanding' AND b.n_pending = 0 AND b.n_held = 0 AND b.updated_at < ? "
+            "AND EXISTS (SELECT 1 FROM outbox r WHERE r.broadcast_id = b.id) ORDER BY b.id LIMIT 1) LIMIT ?)",
+            (before, limit),
+        )
+
     async def purge(self, before: float, limit: int = 500) -> int:
         """Delete expanded broadcasts created before `before` whose rows are all gone; returns how many."""
         return await self._db.execute(

@@ -392,10 +392,13 @@ class OutboxStore:
     async def recent_sends(self, tenant: str, since: float) -> list[tuple[str | None, float]]:
         """(conversation id, sent at) of the tenant's rows sent since `since`, oldest first: the send history a
         replica taking the tenant over starts its rate windows from."""
-        # tenant_id compared as stored (NULL for ''), so the (tenant_id, sent_at) index finds the range
+        # tenant_id compared as stored (NULL for ''), so the (tenant_id, sent_at) index finds the range. A
+        # broadcast's rows are not in that index (bytes per recipient): its one message per conversation is
+        # left out of the history (it fills no per-conversation window alone; see docs/architecture.md)
         where = "tenant_id = ?" if tenant else "(tenant_id IS NULL OR tenant_id = '')"
         rows = await self._db.fetchall(
-            f"SELECT conversation_id, sent_at FROM outbox WHERE {where} AND sent_at >= ? ORDER BY sent_at",
+            f"SELECT conversation_id, sent_at FROM outbox WHERE {where} AND sent_at >= ? AND broadcast_id IS NULL "
+            "ORDER BY sent_at",
             (tenant, since) if tenant else (since,),
         )
         return [(r["conversation_id"], float(r["sent_at"])) for r in rows]
@@ -502,12 +505,14 @@ class OutboxStore:
 
     async def purge(self, before: float, limit: int = 500) -> int:
         """Delete up to `limit` finished rows last changed before `before` (retention); returns how many.
+        A broadcast's rows go with their broadcast instead (BroadcastStore.purge_rows).
 
         Kept: rows another row still updates (a progress message and its updates go newest first) and the
         acknowledgement of a running analysis. Call again until it returns less than `limit`."""
         return await self._db.execute(
             "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE o.status IN "
-            "('sent', 'failed', 'cancelled', 'dropped', 'expired', 'superseded', 'merged') AND o.updated_at < ? "
+            "('sent', 'failed', 'cancelled', 'dropped', 'expired', 'superseded', 'merged') AND o.broadcast_id IS NULL "
+            "AND o.updated_at < ? "
             "AND NOT EXISTS (SELECT 1 FROM outbox r WHERE r.update_of = o.id) "
             "AND NOT EXISTS (SELECT 1 FROM analyses a WHERE a.progress_row = o.id AND a.status = 'running') "
             "ORDER BY o.updated_at LIMIT ?)",
