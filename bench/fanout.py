@@ -316,7 +316,7 @@ async def ours_side(
                     headers={"Authorization": f"Bearer {NOTIFY_TOKEN}"},
                 ) as response:
                     body = await response.json()
-                    if response.status != 202 or body.get("queued") != messages:
+                    if response.status != 202 or (body.get("queued") != messages and body.get("state") != "expanding"):
                         raise RuntimeError(f"POST /api/notify answered {response.status}: {str(body)[:300]}")
                 post_s = time.monotonic() - started_at
             while time.monotonic() - started_at < timeout:
