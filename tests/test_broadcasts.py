@@ -167,3 +167,20 @@ async def test_a_small_request_still_answers_every_row(
     assert row["batchId"] == body["batchId"] and row["status"] == "pending"
     await deliver_all(app, fake_clock)
     assert (await batch(http, app, body["batchId"]))["counts"] == {"sent": 100}
+
+
+async def test_a_broadcast_to_everyone_reaches_only_the_tenants_the_bot_serves(
+    start_bot: StartBot, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock,
+) -> None:
+    app = await start_bot(notify_token=TOKEN, allowed_tenants=("tenant-0", "TENANT-1"))
+    conversations = [(f"a:conv-{n:04d}", f"tenant-{n % 3}") for n in range(150)]
+    for conversation_id, tenant_id in conversations:
+        double.add_conversation(conversation_id, tenant_id)
+    await app.references.upsert_many([record(c, t, double.url) for c, t in conversations], reactivate=True)
+    app.broadcasts.page = 40
+    _, body = await notify(http, app, {"to": {"all": True}, "text": "Served tenants only"})
+    progress = await expand(app, http, body["batchId"])
+    assert progress["requested"] == 100 and progress["targets"] == 100
+    await deliver_all(app, fake_clock)
+    sent = {r.conversation_id for r in double.find(op="send") if r.status and r.status < 300}
+    assert sent == {c for c, t in conversations if t != "tenant-2"}
