@@ -62,6 +62,7 @@ class ServiceUrlHosts:
         self._exact = frozenset(h.strip("[]") for h in self.hosts if not h.startswith("*."))
         self._suffixes = tuple(h[1:] for h in self.hosts if h.startswith("*."))  # ".example.com"
         self._answers: dict[str, str | None] = {}
+        self._refused_hosts: set[str] = set()
 
     def refusal(self, service_url: str) -> str | None:
         """None when the token may go to `service_url`; else why not."""
@@ -74,6 +75,17 @@ class ServiceUrlHosts:
             self._answers.clear()
         self._answers[service_url] = answer
         return answer
+
+    def first_refusal(self, service_url: str) -> bool:
+        """True the first time a URL of this host is refused (log that one; count them all)."""
+        try:
+            host = urlsplit(service_url).hostname or service_url[:100]
+        except ValueError:
+            host = service_url[:100]
+        if host in self._refused_hosts or len(self._refused_hosts) >= 1000:
+            return False
+        self._refused_hosts.add(host)
+        return True
 
     def check(self, service_url: str) -> None:
         """ServiceUrlRefused unless the token may go to `service_url`."""

@@ -96,15 +96,17 @@ async def test_an_activity_from_a_host_off_the_list_is_refused_counted_and_nothi
 ) -> None:
     app = await start_ready(start_bot, auth_config(tmp_path, identity, service_url_hosts=DEFAULT_SERVICE_URL_HOSTS))
     chat = Chat(http, app, double, authorization=signed(identity))
-    activity = chat.activity("message", text="help")
-    async with http.post(bot_url(app), json=activity, headers={"Authorization": signed(identity)(activity)}) as r:
-        assert r.status == 400
-        assert (await r.json())["error"]["field"] == "serviceUrl"
+    for _ in range(3):
+        activity = chat.activity("message", text="help")
+        async with http.post(bot_url(app), json=activity,
+                             headers={"Authorization": signed(identity)(activity)}) as r:
+            assert r.status == 400
+            assert (await r.json())["error"]["field"] == "serviceUrl"
     await settle(app)
     assert list(double.requests) == []
     assert await app.references.get(chat.conversation_id) is None
-    assert await metric(http, app, 'bot_service_url_refused_total{where="inbound"}') == 1
-    assert "not in SERVICE_URL_HOSTS" in caplog.text
+    assert await metric(http, app, 'bot_service_url_refused_total{where="inbound"}') == 3, "each one counted"
+    assert len([r for r in caplog.records if "not in SERVICE_URL_HOSTS" in r.getMessage()]) == 1, "logged once"
 
 
 @pytest.mark.parametrize("where", ["another host", "plain http"])

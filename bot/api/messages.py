@@ -193,8 +193,9 @@ class MessagesEndpoint:
             refusal = self._service_urls.refusal(body["serviceUrl"])
             if refusal is not None:
                 self._metrics.service_url_refused("inbound")
-                log.warning("refused an activity whose serviceUrl %s the bot's token may not go to: %s",
-                            body["serviceUrl"][:200], refusal)
+                level = logging.WARNING if self._service_urls.first_refusal(body["serviceUrl"]) else logging.DEBUG
+                log.log(level, "refused an activity whose serviceUrl %s the bot's token may not go to: %s",
+                        body["serviceUrl"][:200], refusal)
                 problem = ("serviceUrl", f"serviceUrl: {refusal}")
         if problem is not None:
             return web.json_response(

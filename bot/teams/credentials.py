@@ -49,7 +49,6 @@ class ConnectorCredentials:
         self._probe_at = 0.0
         self._probing = False
         self._detail = ""
-        self._refused_hosts: set[str] = set()
 
     @property
     def paused(self) -> bool:
@@ -116,9 +115,7 @@ class ConnectorCredentials:
 
     def _refuse_url(self, service_url: str, reason: str) -> None:
         self._metrics.service_url_refused("outbound")
-        host = reason.partition("'")[2].rpartition("'")[0] or service_url[:100]
-        if host not in self._refused_hosts and len(self._refused_hosts) < 1000:
-            self._refused_hosts.add(host)
+        if self.hosts is not None and self.hosts.first_refusal(service_url):
             log.warning("not sending to %s: %s (the bot's token goes only to SERVICE_URL_HOSTS)",
                         service_url[:200], reason)
         raise ServiceUrlRefused(service_url, reason)
