@@ -22,6 +22,7 @@ from state.clock import Clock, SystemClock
 from state.db import connect
 from state.engagement import Engagement
 from state.leases import Leases, TurnLeases
+from state.notices import NoticeStore
 from state.outbox import OutboxStore
 from state.preferences import Preferences
 from state.prices import PriceLog
@@ -45,6 +46,7 @@ from .delivery.proactive import ProactiveMessages
 from .delivery.settings import NotificationPreferences
 from .delivery.worker import DeliveryWorker
 from .metrics import Metrics, TenantQueue
+from .notices.acknowledge import Acknowledgements
 from .onboarding.team_members import WELCOME_TEAM_MEMBERS, TeamMemberWelcome
 from .prices.alert_actions import AlertActions
 from .prices.sources import build_price_source
@@ -106,6 +108,8 @@ class BotApplication:
             self.clock, source=self.price_source, analyze_seconds=config.analyze_seconds,
             progress_delays=config.progress_delays, preferences=self.preferences,
         )
+        self.broadcast_store = BroadcastStore(self.db, self.outbox, self.clock)
+        self.notices = NoticeStore(self.db, self.clock)
         turns = self.teams.turns(
             self.storage,
             bot_name=config.bot_name,
@@ -122,8 +126,9 @@ class BotApplication:
             reply_slots=self.worker,
             turn_gate=TurnGate(TurnLeases(self.db), config.replica_id, self.clock,
                                shared=lambda: len(self.worker.ownership.live) > 1, metrics=self.metrics),
+            acknowledgements=Acknowledgements(self.notices, self.broadcast_store, self.preferences, self.clock,
+                                              self.metrics),
         )
-        self.broadcast_store = BroadcastStore(self.db, self.outbox, self.clock)
         self.broadcasts = Broadcasts(self.broadcast_store, self.outbox, self.references, self.proactive, self.worker,
                                      self.scheduler, tenants=self.tenants, page=config.broadcast_page,
                                      list_page=min(500, config.broadcast_page))

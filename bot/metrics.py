@@ -33,6 +33,9 @@ class TenantQueue:
     oldest_created_at: float
 
 
+NOTICE_ACTIONS = ("acknowledged", "report", "scheduled", "cancelled", "recalled", "dry_run")
+
+
 class Metrics:
     def __init__(self) -> None:
         disable_created_metrics()  # the *_created series only double the scrape
@@ -69,6 +72,8 @@ class Metrics:
         self._db_errors = Counter("bot_database_errors", "Database operations that failed", ["where"], registry=r)
         self._turn_waits = Counter("bot_turn_lease_waits", "Turns that waited for another replica's turn of the same "
                                    "conversation, by how the wait ended", ["outcome"], registry=r)
+        self._notices = Counter("bot_notice_actions", "Notices: acknowledgements, reports, schedules, cancels, "
+                                "recalls", ["action"], registry=r)
         self._totals: dict[str, int] = dict.fromkeys(SEND_OUTCOMES, 0)
         self._send_counters: dict[tuple[str, str], Counter] = {}  # labelled children: two per send, looked up once
 
@@ -94,6 +99,11 @@ class Metrics:
                 self._send_counters[key] = counter
         counter.inc(count)
         self._totals[outcome] = self._totals.get(outcome, 0) + count
+
+    def notice(self, action: str, count: int = 1) -> None:
+        """`count` notice actions of one kind (NOTICE_ACTIONS), e.g. people who acknowledged."""
+        if count > 0:
+            self._notices.labels(action if action in NOTICE_ACTIONS else "other").inc(count)
 
     def send_latency(self, seconds: float) -> None:
         self._send_seconds.observe(seconds)

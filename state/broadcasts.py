@@ -48,6 +48,7 @@ class Broadcast:
     created_at: float
     expanded_at: float | None
     last_change: float
+    acknowledged: int = 0  # people who pressed its Acknowledge button (state/notices.py)
 
     @classmethod
     def from_row(cls, row: Row) -> Broadcast:
@@ -59,6 +60,7 @@ class Broadcast:
             inactive=int(row["inactive"]),
             counts={s: int(row[f"n_{s}"]) for s in BROADCAST_STATUSES if row[f"n_{s}"]},
             created_at=float(row["created_at"]), expanded_at=row["expanded_at"], last_change=float(row["updated_at"]),
+            acknowledged=int(row["acknowledged"] or 0),
         )
 
     @property

@@ -514,6 +514,23 @@ def _is(row: str, status: str, sqlite: bool) -> str:
 
 
 
+# ---- version 15: notices (acknowledgements of a broadcast, one per person) -------------------------------------
+
+_NOTICES_V15 = """
+CREATE TABLE acknowledgements (
+    broadcast_id    BIGINT NOT NULL,
+    user_id         TEXT NOT NULL,
+    user_aad_id     TEXT,
+    conversation_id TEXT NOT NULL,
+    acknowledged_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (broadcast_id, user_id)
+);
+CREATE INDEX acknowledgements_conversation ON acknowledgements (broadcast_id, conversation_id);
+ALTER TABLE broadcasts ADD COLUMN acknowledged INTEGER NOT NULL DEFAULT 0
+"""
+"""Who pressed Acknowledge on which broadcast (once per person); the broadcast counts them."""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -704,4 +721,5 @@ MIGRATIONS: tuple[Migration, ...] = (
               _TURN_LEASES_V13),
     Migration(14, "broadcasts: the payload once, small recipient rows, counts kept as rows change",
               _broadcasts_v14("sqlite"), _broadcasts_v14("postgresql")),
+    Migration(15, "notices: acknowledgements, one per person and broadcast", _NOTICES_V15, _NOTICES_V15),
 )

@@ -23,6 +23,7 @@ from typing import Any
 from bot.access import AllowedTenants
 from bot.delivery.proactive import ProactiveMessages
 from bot.delivery.worker import DeliveryWorker
+from bot.notices.acknowledge import with_acknowledge
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
 from state.broadcasts import Broadcast, BroadcastStore
@@ -105,6 +106,8 @@ class Broadcasts:
     async def accept(self, note: Notification) -> Accepted:
         """Record the broadcast and answer: expanded at once when small, else by its job."""
         public_id = uuid.uuid4().hex
+        if note.acknowledge:  # its button names the batch
+            note = replace(note, payload=with_acknowledge(note.payload, public_id))
         listed = len(note.users) + len(note.conversations)
         first: list[tuple[str, str | None]] = []
         if note.target_all:

@@ -23,11 +23,13 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    StrictBool,
     StrictStr,
     ValidationError,
 )
 
 from bot.access import AllowedTenants
+from bot.notices.acknowledge import with_acknowledge
 from bot.validation import check_id, check_printable
 from state.model import conversation_key
 from state.outbox import PRIORITIES, OutboxItem, OutboxStore
@@ -99,6 +101,7 @@ class NotifyRequest(_Strict):
     dedupKey: Annotated[StrictStr, AfterValidator(lambda key: check_printable(key, 200))] | None = None
     priority: Literal["normal", "urgent"] = "normal"
     expiresAt: Annotated[datetime, PlainValidator(_aware_datetime)] | None = None
+    acknowledge: StrictBool = False
 
 
 @dataclass
@@ -112,6 +115,7 @@ class Notification:
     dedup_key: str | None = None
     priority: int = 0
     expires_at: float | None = None
+    acknowledge: bool = False  # an Acknowledge button (bot/notices/acknowledge.py), added once the batch id is known
 
 
 def parse_notification(body: Any, now: float) -> Notification:
@@ -135,11 +139,13 @@ def parse_notification(body: Any, now: float) -> Notification:
         payload["textFormat"] = "markdown"
     if request.card is not None:
         payload["attachments"] = [{"contentType": "application/vnd.microsoft.card.adaptive", "content": request.card}]
-    if len(json.dumps(payload).encode()) > MAX_MESSAGE_BYTES:
+    sized = with_acknowledge(payload, "0" * 32) if request.acknowledge else payload
+    if len(json.dumps(sized).encode()) > MAX_MESSAGE_BYTES:
         raise BadRequest("text" if request.card is None else "card",
                          f"message is over Teams' {MAX_MESSAGE_BYTES} bytes")
     note.payload = payload
     note.dedup_key = request.dedupKey
+    note.acknowledge = request.acknowledge
     note.priority = PRIORITIES[request.priority]
     if request.expiresAt is not None:
         expires = request.expiresAt.timestamp()
@@ -266,6 +272,7 @@ class NotifyEndpoints:
             "expandedAt": _iso(batch.expanded_at) if batch.expanded_at is not None else None,
             "finishedAt": _iso(batch.last_change) if batch.finished else None,
             "finished": batch.finished,
+            "acknowledged": batch.acknowledged,
         })
 
 

@@ -23,6 +23,7 @@ from botbuilder.dialogs import Dialog
 from bot.config import Config
 from bot.delivery.proactive import ProactiveMessages
 from bot.metrics import Metrics
+from bot.notices.acknowledge import Acknowledgements
 from bot.prices.alert_actions import AlertActions
 from bot.service_urls import ServiceUrlHosts
 from bot.tls import trust_context
@@ -88,6 +89,7 @@ class TeamsConnection:
         reply_slots: ReplySlots,
         preferences: Preferences | None = None,
         turn_gate: TurnGate | None = None,
+        acknowledgements: Acknowledgements | None = None,
     ) -> SdkTurns:
         """The activity handler over `storage`, wrapped as the /api/messages turn processor."""
         bot = ProactiveBot(
@@ -104,6 +106,7 @@ class TeamsConnection:
             alert_buttons=AlertButtons(alert_actions),
             preferences=preferences,
             turn_gate=turn_gate,
+            acknowledgements=acknowledgements,
         )
         self.adapter.replies = TurnReplies(JsonConnector(self.session, self.credentials, timeout_s=10.0), reply_slots,
                                            QueuedReplies(proactive, self._clock))

@@ -26,6 +26,8 @@ from botbuilder.schema.teams import TeamInfo
 from msrest.exceptions import DeserializationError
 
 from bot.delivery.proactive import ProactiveMessages
+from bot.notices.acknowledge import ADAPTIVE, Acknowledgements, Pressed
+from bot.notices.acknowledge import COMMAND as NOTICE_ACK
 from bot.onboarding.team_members import WELCOME_TEAM_MEMBERS
 from bot.turn_gate import TurnGate
 from dialogs.runner import DIALOG_STATE_PROPERTY, pending_prompt, run_main_dialog
@@ -99,6 +101,7 @@ class ProactiveBot(TeamsActivityHandler):
         alert_buttons: AlertButtons | None = None,
         preferences: Preferences | None = None,
         turn_gate: TurnGate | None = None,
+        acknowledgements: Acknowledgements | None = None,
     ) -> None:
         self._bot_name = bot_name
         self._references = references
@@ -113,6 +116,7 @@ class ProactiveBot(TeamsActivityHandler):
         self._alert_buttons = alert_buttons
         self._turns = turn_gate or TurnGate()
         self._preferences = preferences
+        self._acknowledgements = acknowledgements
 
     async def on_turn(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
@@ -155,6 +159,10 @@ class ProactiveBot(TeamsActivityHandler):
         if isinstance(value, dict) and value.get("command") == "alert" and self._alert_buttons is not None:
             await self._alert_buttons(turn_context, value)
             mid_topic = bool(await mid_topic_of(turn_context, self._dialog_accessor))
+        elif isinstance(value, dict) and value.get("command") == NOTICE_ACK and self._acknowledgements is not None:
+            pressed = await self._acknowledge(turn_context, value)  # Action.Submit: a client without Execute
+            await turn_context.send_activity(pressed.text)
+            mid_topic = bool(await mid_topic_of(turn_context, self._dialog_accessor))
         else:
             mid_topic = await run_main_dialog(self._dialog, turn_context, self._dialog_accessor)
         prompt = pending_prompt(await self._dialog_accessor.get(turn_context)) if mid_topic else None
@@ -187,10 +195,23 @@ class ProactiveBot(TeamsActivityHandler):
         data = (invoke_value.action or {}).get("data") or {}
         if isinstance(data, dict) and data.get("command") == "alert" and self._alert_buttons is not None:
             return await self._alert_buttons.execute(turn_context, data)
+        if isinstance(data, dict) and data.get("command") == NOTICE_ACK and self._acknowledgements is not None:
+            pressed = await self._acknowledge(turn_context, data)  # the card changes for the presser only
+            if pressed.card is not None:
+                return AdaptiveCardInvokeResponse(status_code=200, type=ADAPTIVE, value=pressed.card)
+            return AdaptiveCardInvokeResponse(status_code=200, type="application/vnd.microsoft.activity.message",
+                                              value=pressed.text)
         return AdaptiveCardInvokeResponse(
             status_code=200, type="application/vnd.microsoft.activity.message",
             value="Type `help` to see what I can do.",
         )
+
+    async def _acknowledge(self, turn_context: TurnContext, data: dict[str, Any]) -> Pressed:
+        assert self._acknowledgements is not None
+        activity = turn_context.activity
+        sender = activity.from_property
+        return await self._acknowledgements.press(data, str(sender.id), getattr(sender, "aad_object_id", None),
+                                                  activity.conversation.id)
 
     # -- installation and welcome --------------------------------------------------------------------
 

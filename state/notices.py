@@ -1,0 +1,53 @@
+"""Notices: what people did with a broadcast after it reached them (acknowledgements, one per person).
+
+An acknowledgement is keyed by (broadcast, person): a second press inserts nothing and counts nothing, and
+two presses racing on two replicas still make one row (the primary key decides). The broadcast's
+`acknowledged` count moves in the same transaction as the row it counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .clock import Clock
+from .db import Database
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    """When a person acknowledged a broadcast; `first` if this press recorded it."""
+
+    at: float
+    first: bool
+
+
+class NoticeStore:
+    """Acknowledgements of broadcasts."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def acknowledge(self, broadcast_id: int, user_id: str, user_aad_id: str | None,
+                          conversation_id: str) -> Acknowledgement | None:
+        """Record that `user_id` acknowledged the broadcast in `conversation_id` (once). None when the
+        broadcast has no recipient row for that conversation: it never went there."""
+        now = self._clock.now().timestamp()
+        async with self._db.transaction() as tx:
+            sent_here = await tx.fetchone(
+                "SELECT 1 AS x FROM outbox WHERE broadcast_id = ? AND conversation_id = ? LIMIT 1",
+                (broadcast_id, conversation_id))
+            if sent_here is None:
+                return None
+            added = await tx.execute(
+                "INSERT INTO acknowledgements (broadcast_id, user_id, user_aad_id, conversation_id, acknowledged_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (broadcast_id, user_id) DO NOTHING",
+                (broadcast_id, user_id, user_aad_id, conversation_id, now))
+            if added:
+                await tx.execute("UPDATE broadcasts SET acknowledged = acknowledged + 1 WHERE id = ?", (broadcast_id,))
+                return Acknowledgement(now, first=True)
+            row = await tx.fetchone(
+                "SELECT acknowledged_at FROM acknowledgements WHERE broadcast_id = ? AND user_id = ?",
+                (broadcast_id, user_id))
+        assert row is not None
+        return Acknowledgement(float(row["acknowledged_at"]), first=False)
