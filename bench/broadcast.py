@@ -17,7 +17,7 @@ Each round seeds N personal conversations across `--tenants` tenants straight in
   PostgreSQL: `pg_total_relation_size`, dead row versions included); on PostgreSQL also db_live_bytes_per_recipient
   after VACUUM FULL (what the rows themselves take);
 - busy turns: while the broadcast is accepted, written and sent, someone else chats with the bot: a "help"
-  message from another conversation every 250 ms from the POST until the last send; p50/p99/max of the HTTP
+  message every 250 ms from the POST until the last send, from 20 other conversations in turn; p50/p99/max of the HTTP
   answer time of those turns;
 - lost / duplicates: seeded conversations that got no message / more than one, as the double counted them.
 
@@ -58,10 +58,12 @@ from tests.outbox_seed import Conversation, conversation_ids, record
 
 TOKEN = "bench-broadcast-token"
 TEXT = "All staff: the office is closed on Friday"
-BUSY = ("a:busy-chat", "tenant-busy")  # someone chatting with the bot meanwhile
+BUSY_TENANT = "tenant-busy"
+BUSY = [f"a:busy-chat-{n:02d}" for n in range(20)]  # people chatting with the bot meanwhile, in turn (each one
+# every 5 s: one conversation at 4 a second would pass Teams' 60 per 30 s and queue its own replies)
 BUSY_EVERY_S = 0.25
 SAMPLE_S = 0.1
-TIMEOUT_S = 900.0
+TIMEOUT_S = 1800.0
 Json = dict[str, Any]
 
 TARGETS = {"accept_s": 1.0, "cpu_ms_per_send": 0.25, "db_bytes_per_recipient": 300, "busy_turn_p99_ms": 250,
@@ -76,12 +78,13 @@ class BroadcastDouble(FanoutDouble):
 
     def __init__(self, conversations: Sequence[Conversation], **options: Any) -> None:
         super().__init__(conversations, **options)
-        self.add_conversation(*BUSY)
+        for conversation_id in BUSY:
+            self.add_conversation(conversation_id, BUSY_TENANT)
         self.first_time: set[str] = set()
 
     def _op_send(self, record: RecordedRequest, info: Any) -> tuple[int, Json]:
         answer = super()._op_send(record, info)
-        if record.conversation_id != BUSY[0]:
+        if record.conversation_id not in BUSY:
             self.first_time.add(record.conversation_id or "")
         return answer
 
@@ -114,7 +117,7 @@ async def seed(database_url: str, service_url: str, conversations: Sequence[Conv
         for start in range(0, len(conversations), 2000):
             await references.upsert_many([record(c, t, service_url) for c, t in conversations[start:start + 2000]],
                                          reactivate=True)
-        await references.upsert_many([record(*BUSY, service_url)], reactivate=True)
+        await references.upsert_many([record(c, BUSY_TENANT, service_url) for c in BUSY], reactivate=True)
     finally:
         await db.close()
 
@@ -155,9 +158,9 @@ async def busy_turns(session: aiohttp.ClientSession, bot_url: str, service_url: 
     async def turn(n: int) -> None:
         activity = {
             "type": "message", "id": f"busy-{n}", "text": "help", "channelId": "msteams", "serviceUrl": service_url,
-            "conversation": {"id": BUSY[0], "conversationType": "personal"},
-            "from": {"id": "29:busy-person", "name": "Busy Person"}, "recipient": {"id": "28:bot", "name": "Bot"},
-            "channelData": {"tenant": {"id": BUSY[1]}},
+            "conversation": {"id": BUSY[n % len(BUSY)], "conversationType": "personal"},
+            "from": {"id": f"29:busy-person-{n % len(BUSY)}", "name": "Busy Person"},
+            "recipient": {"id": "28:bot", "name": "Bot"}, "channelData": {"tenant": {"id": BUSY_TENANT}},
         }
         started = time.perf_counter()
         async with session.post(bot_url + "api/messages", json=activity) as response:
@@ -198,7 +201,8 @@ async def run_round(workdir: Path, databases: Databases, engine: str, recipients
         port = free_port()
         bot = spawn(["main.py"], env={
             "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_URL": database_url, "NOTIFY_TOKEN": TOKEN,
-            "TEAMS_TENANT_RPS": "1000000", "LOG_LEVEL": "WARNING", "PRICE_SOURCE": "none",
+            "TEAMS_TENANT_RPS": "1000000", "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+            "PRICE_SOURCE": "none",
             "MicrosoftAppId": "", "MicrosoftAppPassword": "", "MicrosoftAppTenantId": "",
         }, log=workdir / f"{name}-bot.log")
         processes.append(bot)
@@ -303,7 +307,7 @@ def report(small: Json | None, large: Json) -> Json:
 
 async def drive(args: argparse.Namespace) -> Json:
     with tempfile.TemporaryDirectory(prefix="bench-broadcast-") as tmp:
-        workdir = Path(tmp)
+        workdir = Path(args.workdir or tmp)  # --workdir: keep the processes' logs there
         databases = Databases(workdir, args.postgres_url)
         try:
             small_n = args.recipients // 10 if args.small is None else args.small
@@ -323,6 +327,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=None, help="recipients of the comparison round (default N/10)")
     parser.add_argument("--postgres-url", default=None)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--workdir", default=None, help="keep the databases and logs here")
     args = parser.parse_args()
     if args.role == "double":
         serve_double(args)

@@ -21,6 +21,7 @@ no penalty/block-until after a 429; its clock is also integer milliseconds.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -57,14 +58,21 @@ DEFAULT_MARGIN = 0.02
 
 
 class _Log:
-    """Recent send times of one key (newest last), sends still in flight, and the end of any 429 penalty."""
+    """Recent send times of one key (newest last, at most `capacity`), sends still in flight, and the end of any
+    429 penalty. A list, not a deque: most keys hold one or two times, and a deque costs ~760 bytes empty."""
 
-    __slots__ = ("blocked_until", "in_flight", "times")
+    __slots__ = ("blocked_until", "capacity", "in_flight", "times")
 
     def __init__(self, capacity: int) -> None:
-        self.times: deque[float] = deque(maxlen=capacity)
+        self.times: list[float] = []
+        self.capacity = capacity
         self.blocked_until = -math.inf
         self.in_flight = 0
+
+    def add(self, at: float) -> None:
+        self.times.append(at)
+        if len(self.times) > self.capacity:
+            del self.times[0]
 
 
 class _Limits:
@@ -83,8 +91,8 @@ class _Limits:
         """Seconds until `log` may send (<= 0 means now); drops times outside every window."""
         times = log.times
         oldest_kept = now - self.horizon
-        while times and times[0] <= oldest_kept:
-            times.popleft()
+        if times and times[0] <= oldest_kept:
+            del times[:bisect.bisect_right(times, oldest_kept)]
         wait = log.blocked_until - now
         count = len(times)
         busy = log.in_flight
@@ -125,7 +133,18 @@ class TeamsRateLimiter:
         if not (margin >= 0 and math.isfinite(margin)):
             raise ValueError(f"margin must be a number >= 0, got {margin}")
         self._clock = clock
-        self._conversation = _Limits(conversation_windows, margin)
+        windows = sorted(conversation_windows, key=lambda w: w.seconds)
+        # Forgetting one-send conversations (below) can leave out at most one send per `forget_after` seconds
+        # from the longest window's count; that window's limit is lowered by as many, so Teams' stays whole.
+        self._forget_after: float | None = None
+        if len(windows) >= 2:
+            forget_after = windows[-2].seconds * (1.0 + margin)
+            missed = math.ceil(windows[-1].seconds * (1.0 + margin) / forget_after)
+            if windows[-1].limit - missed >= windows[-2].limit:
+                self._forget_after = forget_after
+                windows[-1] = Window(windows[-1].limit - missed, windows[-1].seconds)
+        self._singles: deque[tuple[float, str]] = deque()
+        self._conversation = _Limits(windows, margin)
         self._tenant = _Limits((Window(math.floor(tenant_rps), 1.0),), margin)
         self._conversations: dict[str, _Log] = {}
         self._tenants: dict[str, _Log] = {}
@@ -153,12 +172,13 @@ class TeamsRateLimiter:
         conversation = self._conversations.get(conversation_id)
         if conversation is None:
             conversation = self._conversations[conversation_id] = _Log(self._conversation.capacity)
-        conversation.times.append(now)
+        conversation.add(now)
+        self._maybe_single(conversation_id, conversation, now)
         if tenant_id is not None:
             tenant = self._tenants.get(tenant_id)
             if tenant is None:
                 tenant = self._tenants[tenant_id] = _Log(self._tenant.capacity)
-            tenant.times.append(now)
+            tenant.add(now)
         return 0.0
 
     def tenant_wait(self, tenant_id: str | None) -> float:
@@ -198,7 +218,21 @@ class TeamsRateLimiter:
             if log is None:
                 log = logs[key] = _Log(capacity)
             log.in_flight = max(0, log.in_flight - 1)
-            log.times.append(now)
+            log.add(now)
+        log = self._conversations[conversation_id]
+        self._maybe_single(conversation_id, log, now)
+
+    def _maybe_single(self, conversation_id: str, log: _Log, now: float) -> None:
+        """A conversation with one send in its log is forgotten once that send has left every window but the
+        longest (see `forgotten_hourly`), so a broadcast to a million people does not keep a million logs."""
+        if self._forget_after is not None and len(log.times) == 1 and not log.in_flight:
+            self._singles.append((now, conversation_id))
+        singles, cutoff = self._singles, now - (self._forget_after or 0.0)
+        while singles and singles[0][0] <= cutoff:
+            at, key = singles.popleft()
+            old = self._conversations.get(key)
+            if old is not None and old.in_flight == 0 and old.blocked_until <= now and old.times == [at]:
+                del self._conversations[key]
 
     def _logs(self, conversation_id: str, tenant_id: str | None) -> list[tuple[dict[str, _Log], str, int]]:
         keys = [(self._conversations, conversation_id, self._conversation.capacity)]
@@ -214,7 +248,7 @@ class TeamsRateLimiter:
             log = logs.get(key)
             if log is None:
                 log = logs[key] = _Log(capacity)
-            log.times.append(at)
+            log.add(at)
 
     def penalize(
         self, conversation_id: str, tenant_id: str | None, retry_after: float, *, tenant_wide: bool = False

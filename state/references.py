@@ -76,6 +76,7 @@ class ConversationReferences:
     """
 
     REFRESH_SECONDS = 60.0
+    CACHED_RECORDS = 5_000  # a record with its reference is ~2.5 KB: a broadcast reads a million of them once each
 
     def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
@@ -246,7 +247,7 @@ class ConversationReferences:
 
     def _remember(self, conversation_id: str, record: ConversationRecord | None) -> None:
         """The read cache (see the class docstring for why it cannot hold a stale record)."""
-        if len(self._records) > 100_000:
+        if len(self._records) > self.CACHED_RECORDS:
             self._records.clear()
         self._records[conversation_id] = (record, self._clock.monotonic())
 

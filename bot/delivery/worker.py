@@ -41,6 +41,7 @@ from state.references import ConversationRecord, ConversationReferences
 
 from .failures import SendFailure
 from .ownership import Ownership, tenant_key
+from .pacing import LoopPacing
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class DeliveryWorker:
         self._limiter = limiter
         self._retry = retry or RetryPolicy()
         self._max_in_flight = max_in_flight
+        self.pacing = LoopPacing(max_in_flight)  # fewer sends in flight while the loop lags (turns come first)
         self._flush_every = flush_every
         self._flush_interval = flush_interval_s
         self._rng = rng or random.Random()
@@ -164,6 +166,7 @@ class DeliveryWorker:
         await self.load()
         self._loop_task = asyncio.create_task(self._run(), name="delivery-worker")
         self._arm_maintenance()
+        self.pacing.start()
 
     def _arm_maintenance(self) -> None:
         if self._stopping:
@@ -184,6 +187,7 @@ class DeliveryWorker:
         """Stop taking new sends, let in-flight ones finish (up to `timeout`), flush outcomes, hand the rows
         and tenants held back to the other replicas."""
         self._stopping = True
+        self.pacing.stop()
         if self._maintenance is not None:
             self._maintenance.cancel()
         self._wake.set()
@@ -413,7 +417,7 @@ class DeliveryWorker:
             if now >= flush_due or (len(self._outcomes) >= self._flush_every and now >= self._flush_retry_at):
                 await self.flush()
                 return  # outcomes may have arrived during the flush
-        wake = self._queue.next_wake() if len(self._in_flight) < self._max_in_flight else None
+        wake = self._queue.next_wake() if len(self._in_flight) < self.pacing.limit else None
         if flush_due is not None:
             wake = flush_due if wake is None else min(wake, flush_due)
         timeout = None if wake is None else max(0.0, wake - self._clock.monotonic())
@@ -422,7 +426,7 @@ class DeliveryWorker:
 
     def pump(self) -> int:
         """Start every send that may go now; returns how many started."""
-        room = self._max_in_flight - len(self._in_flight)
+        room = self.pacing.limit - len(self._in_flight)
         if room <= 0 or self._stopping:
             return 0
         tickets = self._queue.pop_ready(room)
