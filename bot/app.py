@@ -22,7 +22,7 @@ from state.clock import Clock, SystemClock
 from state.db import connect
 from state.engagement import Engagement
 from state.leases import Leases, TurnLeases
-from state.notices import NoticeStore
+from state.notices import DeliveryReport, NoticeStore
 from state.outbox import OutboxStore
 from state.preferences import Preferences
 from state.prices import PriceLog
@@ -37,6 +37,7 @@ from .api.guards import TokenGate
 from .api.health import CachedHealth, HealthEndpoint
 from .api.messages import MessagesEndpoint
 from .api.metrics import MetricsEndpoint
+from .api.notices import NoticeEndpoints
 from .api.notify import MAX_MESSAGE_BYTES, NotifyEndpoints
 from .api.prices import PricesEndpoint
 from .api.routes import build_web_app
@@ -139,6 +140,8 @@ class BotApplication:
             self.teams.roster, self.references, self.proactive, config.bot_name))
         notify = NotifyEndpoints(config.notify_token, self.outbox, self.broadcasts,
                                  lambda: self.clock.now().timestamp())
+        self.notice_endpoints = NoticeEndpoints(notify.refuse, self.broadcast_store, DeliveryReport(self.db),
+                                                self.metrics)
         operators = TokenGate(config.metrics_token, "METRICS_TOKEN", "Metrics",
                               open_when_unset=config.allow_open_metrics or is_loopback(config.host))
         self.web_app = build_web_app(
@@ -148,6 +151,7 @@ class BotApplication:
             PricesEndpoint(TokenGate(config.prices_token, "PRICES_TOKEN", "Prices").refuse, self.watcher.observe,
                            self.clock),
             MetricsEndpoint(operators, self.metrics, self._refresh_gauges), self.metrics,
+            self.notice_endpoints,
             local_mode=not config.auth_enabled,
         )
         self._shutdown_timeout = shutdown_timeout

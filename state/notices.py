@@ -51,3 +51,42 @@ class NoticeStore:
                 (broadcast_id, user_id))
         assert row is not None
         return Acknowledgement(float(row["acknowledged_at"]), first=False)
+
+
+@dataclass(frozen=True)
+class RecipientRow:
+    """One recipient of a broadcast as the delivery report shows it."""
+
+    row_id: int
+    aad_object_id: str | None
+    teams_id: str | None
+    name: str | None
+    conversation_id: str | None
+    status: str
+    reason: str | None
+    attempts: int
+    sent_at: float | None
+    acknowledged_at: float | None
+
+
+class DeliveryReport:
+    """A broadcast's recipients, page by page in outbox id order (keyset: memory stays flat in their number)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def page(self, broadcast_id: int, after: int, size: int) -> list[RecipientRow]:
+        """The recipients after row id `after`, at most `size` of them."""
+        rows = await self._db.fetchall(
+            "SELECT o.id, o.conversation_id, o.target_user_id, o.status, o.last_error, o.attempts, o.sent_at, "
+            "r.user_id, r.user_aad_id, COALESCE(r.user_name, r.channel_name) AS name, "
+            "(SELECT MIN(a.acknowledged_at) FROM acknowledgements a WHERE a.broadcast_id = o.broadcast_id "
+            "AND a.conversation_id = o.conversation_id) AS acknowledged_at "
+            "FROM outbox o LEFT JOIN conversation_refs r ON r.conversation_id = o.conversation_id "
+            "WHERE o.broadcast_id = ? AND o.id > ? ORDER BY o.id LIMIT ?",
+            (broadcast_id, after, size))
+        return [RecipientRow(
+            row_id=int(r["id"]), aad_object_id=r["user_aad_id"], teams_id=r["user_id"] or r["target_user_id"],
+            name=r["name"], conversation_id=r["conversation_id"], status=r["status"], reason=r["last_error"],
+            attempts=int(r["attempts"]), sent_at=r["sent_at"], acknowledged_at=r["acknowledged_at"],
+        ) for r in rows]

@@ -6,7 +6,11 @@ buttons pressed by `adaptiveCard/action` invokes to /api/messages, the Bot Conne
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -17,8 +21,11 @@ from state.clock import FakeClock
 from tests.chat import Chat
 from tests.conftest import StartBot, bot_url
 from tests.connector_double import ConnectorDouble
+from tests.outbox_seed import record
+from tests.test_broadcasts import TOKEN as BROADCAST_TOKEN
+from tests.test_broadcasts import deliver_all, expand
 
-TOKEN = "notices-token"
+TOKEN = BROADCAST_TOKEN  # the broadcast tests' helpers (expand) use theirs
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CARD = "application/vnd.microsoft.card.adaptive"
 MESSAGE = "application/vnd.microsoft.activity.message"
@@ -137,3 +144,77 @@ async def test_acknowledge_from_a_client_without_universal_actions(
 async def test_acknowledge_must_be_true_or_false(app: BotApplication, http: aiohttp.ClientSession, value: Any) -> None:
     status, answer = await notify(http, app, {"to": {"all": True}, "text": "x", "acknowledge": value})
     assert status == 400 and answer["error"]["field"] == "acknowledge"
+
+
+# ---- the delivery report -----------------------------------------------------------------------------------
+
+HOSTILE = ['Ada "The Countess" Lovelace', "Doe, Jane", "Line\nbreak\r\nand more", "=cmd|' /C calc'!A0",
+           "+SUM(A1:A9)", "-2+3", "@import", "\tTab", "Émile 東京 😀"]
+
+
+async def seeded_with_names(app: BotApplication, double: ConnectorDouble, count: int) -> list[str]:
+    conversations = [f"a:conv-{n:04d}" for n in range(count)]
+    records = []
+    for n, conversation_id in enumerate(conversations):
+        double.add_conversation(conversation_id, "tenant-1")
+        name = HOSTILE[n] if n < len(HOSTILE) else f"Person {n}"
+        records.append(replace(record(conversation_id, "tenant-1", double.url), user_name=name,
+                               user_aad_id=f"aad-{n:04d}"))
+    await app.references.upsert_many(records, reactivate=True)
+    return conversations
+
+
+async def report(http: aiohttp.ClientSession, app: BotApplication, batch_id: str, accept: str | None,
+                 headers: dict[str, str] = AUTH) -> tuple[int, str, str]:
+    wanted = {**headers, **({"Accept": accept} if accept else {})}
+    async with http.get(bot_url(app, f"/api/notify/batches/{batch_id}/recipients"), headers=wanted) as response:
+        return response.status, response.headers.get("Content-Type", ""), await response.text()
+
+
+async def test_the_delivery_report_streams_every_recipient_as_csv_or_json_lines(
+    app: BotApplication, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock,
+) -> None:
+    conversations = await seeded_with_names(app, double, 130)
+    app.broadcasts.page, app.notice_endpoints.page = 50, 40  # several pages of expansion and of the report
+    double.fail_next("blocked_by_user", conversation_id="a:conv-0005", ops={"send"})
+    status, body = await notify(http, app, {"to": {"all": True}, "text": "Quarterly results", "acknowledge": True})
+    assert status == 202
+    await expand(app, http, body["batchId"])
+    await deliver_all(app, fake_clock)
+    presser = Chat(http, app, double, conversation_id="a:conv-0003", user_id="29:user-conv-0003", user_name=HOSTILE[3])
+    button = next(a for card in presser.cards() for a in card.get("actions") or [] if a.get("title") == "Acknowledge")
+    assert (await press(presser, button))["type"] == CARD
+
+    status, content_type, text = await report(http, app, body["batchId"], "text/csv")
+    assert status == 200 and content_type.startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[0] == ["aadObjectId", "teamsId", "name", "conversationId", "status", "reason", "attempts", "sentAt",
+                       "acknowledgedAt"]
+    by_conversation = {row[3]: dict(zip(rows[0], row, strict=True)) for row in rows[1:]}
+    assert len(rows) == 131 and sorted(by_conversation) == conversations, "each recipient once, across pages"
+    for n, name in enumerate(HOSTILE):
+        shown = by_conversation[f"a:conv-{n:04d}"]["name"]
+        assert shown == (f"'{name}" if name[0] in "=+-@\t" else name), (name, shown)
+    blocked = by_conversation["a:conv-0005"]
+    assert blocked["status"] == "cancelled" and "ConversationBlockedByUser" in blocked["reason"], blocked
+    ok = by_conversation["a:conv-0007"]
+    assert ok["status"] == "sent" and ok["aadObjectId"] == "aad-0007" and ok["teamsId"] == "29:user-conv-0007"
+    assert ok["sentAt"].endswith("Z") and ok["attempts"] == "1" and ok["acknowledgedAt"] == ""
+    assert by_conversation["a:conv-0003"]["acknowledgedAt"].startswith("2026-01-01T")
+
+    status, content_type, text = await report(http, app, body["batchId"], "application/json")
+    assert status == 200 and content_type.startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert len(lines) == 130 and [r["name"] for r in lines[:len(HOSTILE)]] == HOSTILE, "JSON keeps names as they are"
+    assert lines[5]["status"] == "cancelled" and lines[7]["attempts"] == 1 and lines[7]["acknowledgedAt"] is None
+
+
+async def test_the_report_is_guarded_and_names_what_is_wrong(
+    app: BotApplication, http: aiohttp.ClientSession,
+) -> None:
+    assert (await report(http, app, "0" * 32, "text/csv", headers={}))[0] == 401
+    assert (await report(http, app, "0" * 32, "text/csv", headers={"Authorization": "Bearer nope"}))[0] == 401
+    assert (await report(http, app, "0" * 32, "text/csv"))[0] == 404
+    for bad in ("xyz", "0" * 31, "G" * 32, "%0a" + "0" * 29):
+        status, _, text = await report(http, app, bad, None)
+        assert status == 400 and "batchId" in text, (bad, status, text)

@@ -11,6 +11,7 @@ from .guards import loopback_hosts_only
 from .health import HealthEndpoint, livez
 from .messages import MAX_BODY_BYTES, MessagesEndpoint
 from .metrics import MetricsEndpoint
+from .notices import NoticeEndpoints
 from .notify import NotifyEndpoints
 from .openapi import load_spec, openapi_endpoint
 from .prices import PricesEndpoint
@@ -18,7 +19,7 @@ from .prices import PricesEndpoint
 
 def build_web_app(
     messages: MessagesEndpoint, health: HealthEndpoint, notify: NotifyEndpoints, prices: PricesEndpoint,
-    metrics: MetricsEndpoint, registry: Metrics, *, local_mode: bool = False,
+    metrics: MetricsEndpoint, registry: Metrics, notices: NoticeEndpoints, *, local_mode: bool = False,
 ) -> web.Application:
     """`local_mode` (no MicrosoftAppId): only requests to a loopback Host name are answered."""
     middlewares = [loopback_hosts_only, json_errors] if local_mode else [json_errors]
@@ -30,6 +31,7 @@ def build_web_app(
     app.router.add_post("/api/notify", notify.post)
     app.router.add_get("/api/notify/{id}", notify.get)
     app.router.add_get("/api/notify/batches/{batchId}", notify.batch)
+    app.router.add_get("/api/notify/batches/{batchId}/recipients", notices.recipients)
     app.router.add_post("/api/prices", prices.post)
     app.router.add_get("/metrics", metrics.get)
     app.router.add_get("/openapi.json", openapi_endpoint(load_spec()))

@@ -1,0 +1,68 @@
+"""The notice routes under /api/notify/batches/{batchId}: the delivery report (and what an organisation does
+with a notice after sending it). Guarded by NOTIFY_TOKEN like POST /api/notify."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from bot.metrics import Metrics
+from bot.notices.report import CSV_TYPE, JSON_LINES_TYPE, csv_chunk, json_lines_chunk, wants_csv
+from state.broadcasts import Broadcast, BroadcastStore
+from state.notices import DeliveryReport
+
+from .errors import error
+from .notify import BATCH_ID
+
+
+class NoticeEndpoints:
+    """`refuse` is the notify API's token gate; the report streams `page` recipients per query."""
+
+    def __init__(self, refuse: Callable[[web.Request], web.Response | None], broadcasts: BroadcastStore,
+                 report: DeliveryReport, metrics: Metrics, *, page: int = 1000) -> None:
+        self._refuse = refuse
+        self._broadcasts = broadcasts
+        self._report = report
+        self._metrics = metrics
+        self.page = page
+
+    async def _batch(self, request: web.Request) -> Broadcast | web.Response:
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        batch_id = request.match_info["batchId"]
+        if not BATCH_ID.fullmatch(batch_id):
+            return error(400, "BadRequest", "batchId must be the 32 hexadecimal digits POST /api/notify returned")
+        batch = await self._broadcasts.get(batch_id)
+        if batch is None:
+            return error(404, "NotFound", f"no batch {batch_id}")
+        return batch
+
+    async def recipients(self, request: web.Request) -> web.StreamResponse:
+        """GET …/recipients: one row per recipient, CSV (`Accept: text/csv`) or JSON lines, streamed in pages."""
+        batch = await self._batch(request)
+        if isinstance(batch, web.StreamResponse):
+            return batch
+        as_csv = wants_csv(request.headers.get("Accept", ""))
+        response = web.StreamResponse(headers={
+            "Content-Type": f"{CSV_TYPE}; charset=utf-8; header=present" if as_csv
+            else f"{JSON_LINES_TYPE}; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="notice-{batch.public_id}.{"csv" if as_csv else "jsonl"}"',
+            "Cache-Control": "no-store"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        if as_csv:
+            await response.write(csv_chunk((), header=True))
+        after = 0
+        while True:
+            rows = await self._report.page(batch.id, after, self.page)
+            if not rows:
+                break
+            await response.write(csv_chunk(rows) if as_csv else json_lines_chunk(rows))
+            after = rows[-1].row_id
+            if len(rows) < self.page:
+                break
+        await response.write_eof()
+        self._metrics.notice("report")
+        return response
