@@ -297,7 +297,8 @@ async def run(args: argparse.Namespace) -> Json:
     bot = spawn(["main.py"], env={
         "HOST": "127.0.0.1", "PORT": str(bot_port), "DATABASE_URL": f"sqlite:///{db_path}",
         "NOTIFY_TOKEN": TOKEN, "PRICES_TOKEN": TOKEN, "PRICE_SOURCE": "none", "ANALYZE_SECONDS": "20",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "WARNING", "MAX_ANALYSES_PER_TENANT": "100000",  # 200 users of one tenant: every ask is counted
+
         "MicrosoftAppId": "", "MicrosoftAppPassword": "", "MicrosoftAppTenantId": "",
     }, log=workdir / "bot.log")
     try:

@@ -105,10 +105,12 @@ class BotApplication:
             self.clock, self.price_source, coalesce_seconds=config.alert_coalesce_seconds,
             preferences=self.preferences,
         )
+        self.analysis_store = AnalysisStore(self.db, self.clock)
         self.analyses = AnalysisService(
-            AnalysisStore(self.db, self.clock), self.prices, self.proactive, self.scheduler, self.references,
+            self.analysis_store, self.prices, self.proactive, self.scheduler, self.references,
             self.clock, source=self.price_source, analyze_seconds=config.analyze_seconds,
             progress_delays=config.progress_delays, preferences=self.preferences,
+            max_per_user=config.max_analyses_per_user, max_per_tenant=config.max_analyses_per_tenant,
         )
         self.broadcast_store = BroadcastStore(self.db, self.outbox, self.clock)
         self.notices = NoticeStore(self.db, self.clock)
@@ -135,7 +137,7 @@ class BotApplication:
                                      self.scheduler, tenants=self.tenants, page=config.broadcast_page,
                                      list_page=min(500, config.broadcast_page))
         self.retention = Retention(self.outbox, self.broadcast_store, self.prices, self.scheduler, self.clock,
-                                   days=config.retention_days)
+                                   days=config.retention_days, analyses=self.analysis_store)
         self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
             self.teams.roster, self.references, self.proactive, config.bot_name))
         notify = NotifyEndpoints(config.notify_token, self.outbox, self.broadcasts,

@@ -64,6 +64,8 @@ class Config:
     allow_open_metrics: bool = False  # /metrics without METRICS_TOKEN on a non-loopback HOST
     prices_token: str = field(default="", repr=False)  # Bearer token of POST /api/prices; empty = off
     allowed_tenants: tuple[str, ...] = ()  # ALLOWED_TENANTS; empty = every tenant
+    max_analyses_per_user: int = 3  # MAX_ANALYSES_PER_USER: running at once
+    max_analyses_per_tenant: int = 100  # MAX_ANALYSES_PER_TENANT: running at once
     replica_id: str = field(default_factory=default_replica_id)
     bot_name: str = "Price Watch"
     tenant_rps: float = 50.0
@@ -329,6 +331,8 @@ def load_config(
         allow_open_metrics=_flag("ALLOW_OPEN_METRICS", get("ALLOW_OPEN_METRICS", "false")),
         prices_token=get("PRICES_TOKEN", ""),
         allowed_tenants=_tenants(get("ALLOWED_TENANTS", "")),
+        max_analyses_per_user=_count("MAX_ANALYSES_PER_USER", get("MAX_ANALYSES_PER_USER", "3")),
+        max_analyses_per_tenant=_count("MAX_ANALYSES_PER_TENANT", get("MAX_ANALYSES_PER_TENANT", "100")),
         replica_id=get("REPLICA_ID", "") or defaults.replica_id,
         bot_name=get("BOT_NAME", defaults.bot_name) or defaults.bot_name,
         tenant_rps=_positive("TEAMS_TENANT_RPS", get("TEAMS_TENANT_RPS", str(defaults.tenant_rps))),

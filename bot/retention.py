@@ -1,9 +1,9 @@
 """Retention: what the bot no longer needs is deleted, a small batch at a time, by an hourly scheduler job.
 
 Finished outbox rows (sent, failed, cancelled, dropped, expired, superseded, merged), dead scheduler jobs,
-broadcasts (notify batches) whose rows are gone, and price observations (each product keeps its newest) older than
-RETENTION_DAYS. Batches of `batch` rows with a yield to the event loop between them, so a large backlog
-never holds the database (or the turns waiting for it) for long.
+broadcasts (notify batches) whose rows are gone, price observations (each product keeps its newest), finished
+analyses and untouched quota lock rows older than RETENTION_DAYS. Batches of `batch` rows with a yield to the
+event loop between them, so a large backlog never holds the database (or the turns waiting for it) for long.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
+from state.analyses import AnalysisStore
 from state.broadcasts import BroadcastStore
 from state.clock import Clock
 from state.outbox import OutboxStore
@@ -27,7 +28,9 @@ PURGE = "retention.purge"
 
 class Retention:
     def __init__(self, outbox: OutboxStore, broadcasts: BroadcastStore, prices: PriceLog, scheduler: Scheduler,
-                 clock: Clock, *, days: float = 30.0, batch: int = 500) -> None:
+                 clock: Clock, *, days: float = 30.0, batch: int = 500,
+                 analyses: AnalysisStore | None = None) -> None:
+        self._analyses = analyses
         self._outbox = outbox
         self._broadcasts = broadcasts
         self._prices = prices
@@ -56,6 +59,10 @@ class Retention:
             "dead_jobs": await self._drain(lambda: self._scheduler.purge_dead(cutoff, self._batch)),
             "price_observations": await self._drain(lambda: self._prices.purge(before, self._batch)),
         }
+        if self._analyses is not None:
+            analyses = self._analyses
+            deleted["analyses"] = await self._drain(lambda: analyses.purge(before, self._batch))
+            deleted["quota_locks"] = await self._drain(lambda: analyses.purge_locks(before, self._batch))
         if any(deleted.values()):
             log.info("retention: deleted %s", ", ".join(f"{n} {what}" for what, n in deleted.items() if n))
         return deleted

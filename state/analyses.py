@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from state.clock import Clock
 
 from .db import Connection, Database, Row
 from .model import product_key
+from .quotas import lock, tenant_lock, user_lock
+
+Refusal = Literal["same product", "user", "tenant"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,40 @@ class AnalysisStore:
             (user_id, product_key(product)),
         )
         return row is not None
+
+    async def admit(self, conn: Connection, user_id: str, tenant_id: str | None, product: str, *,
+                    per_user: int, per_tenant: int) -> Refusal | None:
+        """Inside the transaction that inserts the analysis: why it may not start (this product already runs for
+        the user; the user or the tenant has its most running), or None. Race-free across replicas (see
+        `state/quotas.py`): the user's and the tenant's lock rows are held until `conn` commits."""
+        now = self._clock.now().timestamp()
+        await lock(conn, user_lock(user_id), now)
+        if tenant_id is not None:
+            await lock(conn, tenant_lock(tenant_id), now)
+        mine = await conn.fetchall(
+            "SELECT product_key FROM analyses WHERE user_id = ? AND status = 'running'", (user_id,))
+        if any(r["product_key"] == product_key(product) for r in mine):
+            return "same product"
+        if len(mine) >= per_user:
+            return "user"
+        if tenant_id is not None:
+            row = await conn.fetchone(
+                "SELECT COUNT(*) AS n FROM analyses WHERE tenant_id = ? AND status = 'running'", (tenant_id,))
+            if row is not None and int(row["n"]) >= per_tenant:
+                return "tenant"
+        return None
+
+    async def purge(self, before: float, limit: int = 500) -> int:
+        """Delete up to `limit` finished analyses last changed before `before` (retention); returns how many."""
+        return await self._db.execute(
+            "DELETE FROM analyses WHERE id IN (SELECT id FROM analyses WHERE status != 'running' AND updated_at < ? "
+            "ORDER BY updated_at LIMIT ?)", (before, limit))
+
+    async def purge_locks(self, before: float, limit: int = 500) -> int:
+        """Delete up to `limit` quota lock rows untouched since `before` (retention)."""
+        return await self._db.execute(
+            "DELETE FROM quota_locks WHERE subject IN (SELECT subject FROM quota_locks WHERE touched_at < ? "
+            "ORDER BY touched_at LIMIT ?)", (before, limit))
 
     async def insert(self, analysis_id: str, user_id: str, conversation_id: str, tenant_id: str | None,
                      product: str, due_at: float, conn: Connection | None = None) -> None:

@@ -513,6 +513,15 @@ def _is(row: str, status: str, sqlite: bool) -> str:
     return f"({row}.status = '{status}')" if sqlite else f"({row}.status = '{status}')::int"
 
 
+_QUOTAS_V16 = """
+CREATE TABLE quota_locks (
+    subject   TEXT PRIMARY KEY,
+    touched_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX analyses_tenant ON analyses (tenant_id, status);
+CREATE INDEX analyses_finished ON analyses (status, updated_at)
+"""
+
 
 # ---- version 15: notices (acknowledgements of a broadcast, one per person) -------------------------------------
 
@@ -722,4 +731,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(14, "broadcasts: the payload once, small recipient rows, counts kept as rows change",
               _broadcasts_v14("sqlite"), _broadcasts_v14("postgresql")),
     Migration(15, "notices: acknowledgements, one per person and broadcast", _NOTICES_V15, _NOTICES_V15),
+    Migration(16, "fair limits: one lock row per user and tenant; analyses by tenant and by age",
+              _QUOTAS_V16, _QUOTAS_V16),
 )

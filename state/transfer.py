@@ -7,7 +7,8 @@ Stop the bot first (a running bot keeps writing to the source). Both databases a
 schema; the target must hold no rows yet (the copy never merges). Every table is copied in key order, a
 batch per transaction, with its ids, so the outbox's update links, watch ids in alert buttons and job keys
 stay valid; identity columns then continue after the largest id. Not copied: replica heartbeats and
-tenant/turn leases (they describe running processes) and the schema version (each side has its own).
+tenant/turn leases and quota lock rows (they describe running processes) and the schema version (each side has
+its own).
 A copy that stops half-way (e.g. the target went away) leaves part of the rows: empty the target, run again.
 """
 

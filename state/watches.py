@@ -9,6 +9,7 @@ from state.clock import Clock
 
 from .db import Database
 from .model import Condition, UserRef, WatchResult, WatchView, product_key
+from .quotas import lock, user_lock
 
 MAX_WATCHES_PER_USER = 50
 
@@ -24,6 +25,7 @@ class WatchStore:
         key = product_key(product)
         now = self._clock.now().timestamp()
         async with self._db.transaction() as tx:
+            await lock(tx, user_lock(user.id), now)  # two turns at once (two replicas) cannot both add the 50th
             existing = await tx.fetchone(
                 "SELECT id, last_price FROM watches WHERE user_id = ? AND product_key = ?", (user.id, key)
             )

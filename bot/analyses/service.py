@@ -18,9 +18,10 @@ from typing import Any
 from bot.delivery.proactive import ProactiveMessages
 from bot.prices.sources import PriceSource
 from dialogs.mentions import with_mention
+from dialogs.replies import escape
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
-from state.analyses import AnalysisRow, AnalysisStore
+from state.analyses import AnalysisRow, AnalysisStore, Refusal
 from state.clock import Clock
 from state.db import Connection
 from state.model import GROUP_SCOPES, UserRef, user_subject
@@ -38,13 +39,22 @@ FINISH = "analysis.finish"
 _ANY = {"analysis", "analyses", "all", ""}
 
 
+class _Refused(Exception):
+    def __init__(self, reason: Refusal) -> None:
+        super().__init__(reason)
+        self.reason: Refusal = reason
+
+
 class AnalysisService:
     """Implements the dialogs' Analyses port."""
 
     def __init__(self, store: AnalysisStore, prices: PriceLog, proactive: ProactiveMessages, scheduler: Scheduler,
                  references: ConversationReferences, clock: Clock, *, source: PriceSource | None = None,
                  analyze_seconds: float = 30.0, progress_delays: Sequence[float] = (5, 15, 30),
-                 repeat_every: float = 30.0, preferences: Preferences | None = None) -> None:
+                 repeat_every: float = 30.0, preferences: Preferences | None = None,
+                 max_per_user: int = 3, max_per_tenant: int = 100) -> None:
+        self._max_user = max_per_user  # MAX_ANALYSES_PER_USER: running at once
+        self._max_tenant = max_per_tenant  # MAX_ANALYSES_PER_TENANT
         self._store = store
         self._prices = prices
         self._proactive = proactive
@@ -62,7 +72,7 @@ class AnalysisService:
     async def start(self, user: UserRef, conversation_id: str, product: str) -> str | None:
         """Start the analysis and post its acknowledgement (None: nothing more to say in the turn)."""
         if await self._store.is_running(user.id, product):
-            return f"I'm already analysing **{product}**; I'll message you when it's done. `status` shows progress."
+            return self._refusal("same product", product)
         analysis_id = uuid.uuid4().hex[:12]
         record = await self._references.get(conversation_id)
         tenant_id = record.tenant_id if record else None
@@ -70,6 +80,10 @@ class AnalysisService:
 
         async with self._scheduler.staging() as stage:
             async def begin(tx: Connection) -> None:  # the row and its jobs, with the acknowledgement
+                refusal = await self._store.admit(tx, user.id, tenant_id, product, per_user=self._max_user,
+                                                  per_tenant=self._max_tenant)
+                if refusal is not None:
+                    raise _Refused(refusal)  # rolls the transaction back: no row, no job, no acknowledgement
                 await self._store.insert(analysis_id, user.id, conversation_id, tenant_id, product, due_at, tx)
                 await stage.schedule_in(tx, self._duration, FINISH, {"id": analysis_id},
                                         key=f"analysis:{analysis_id}")
@@ -81,9 +95,22 @@ class AnalysisService:
                                               f"{self._duration:g} s. Keep chatting; I'll update this message and "
                                               "post the result here."),
                              conversation_id=conversation_id, tenant_id=tenant_id, category="progress")
-            [admission] = await self._proactive.enqueue([ack], also=begin)
+            try:
+                [admission] = await self._proactive.enqueue([ack], also=begin)
+            except _Refused as refused:
+                return self._refusal(refused.reason, product)
         await self._store.set_progress_row(analysis_id, admission.id)
         return None
+
+    def _refusal(self, reason: Refusal, product: str) -> str:
+        if reason == "same product":
+            return (f"I'm already analysing **{escape(product)}**; I'll message you when it's done. `status` shows "
+                    "progress.")
+        if reason == "user":
+            return (f"You already have {self._max_user} analyses running, the most at once. Wait for one to finish "
+                    "(`status` shows them) or stop one with `cancel <product>`.")
+        return (f"Your organisation has {self._max_tenant} analyses running, the most at once. Please try again "
+                "in a few minutes.")
 
     async def running(self, user_id: str) -> list[str]:
         now = self._clock.now().timestamp()
