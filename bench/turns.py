@@ -12,8 +12,9 @@ connector and answered the POST. Columns:
   or no package index: the column is skipped, saying why);
 - the stock botbuilder 4.17 echo bot (CloudAdapter; slow, so it gets `--stock-turns`);
 - ours, doing its full work (conversation reference, engagement and dialog state read and saved every turn,
-  a card, replies within Teams' limits through the delivery worker's send queue): on SQLite, and on
-  PostgreSQL (`--postgres-url`'s server, or a throwaway server from the machine's binaries).
+  a card, replies within Teams' limits through the delivery worker's send queue): on SQLite (the default
+  `synchronous=FULL`, and `?synchronous=normal` for comparison), and on PostgreSQL (`--postgres-url`'s
+  server, or a throwaway server from the machine's binaries).
 
 Load: `CONVERSATIONS` conversations in `TENANTS` tenants, turn n in conversation n mod 500, so no conversation
 or tenant goes past Teams' limits (which ours enforces on its replies with the default TEAMS_TENANT_RPS=50;
@@ -267,6 +268,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     (workdir / "stock_echo.py").write_text(STOCK_ECHO)
     add("stock", "botbuilder 4.17 echo", args.stock_turns, [str(workdir / "stock_echo.py"), "{port}"])
     ours = add("ours", "ours, SQLite", args.turns, ["main.py"], ours_env("{port}", f"sqlite:///{workdir}/bot.sqlite3"))
+    add("normal", "ours, SQLite sync=NORMAL", args.turns, ["main.py"],  # the old durability, for comparison
+        ours_env("{port}", f"sqlite:///{workdir}/normal.sqlite3?synchronous=normal"))
     pg_url = databases.url("postgresql", "turns")
     if pg_url is not None:
         add("pg", "ours, PostgreSQL", args.turns, ["main.py"], ours_env("{port}", pg_url))
@@ -328,6 +331,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         figures["ours_vs_agents_cpu"] = round(med("ours", "cpu_ms") / med("agents", "cpu_ms"), 2)
     figures["ours_vs_stock_turns"] = round(med("ours", "turns_s") / med("stock", "turns_s"), 2)
     figures["ours_p99_ms_100_analyses"] = round(med("busy", "p99_ms"), 1)
+    figures["full_vs_normal_turns"] = round(med("ours", "turns_s") / med("normal", "turns_s"), 2)
+    figures["full_vs_normal_p99"] = round(med("ours", "p99_ms") / med("normal", "p99_ms"), 2)
     if results.get("pg"):
         figures["pg_vs_sqlite"] = round(med("pg", "turns_s") / med("ours", "turns_s"), 2)
     return figures

@@ -133,6 +133,7 @@ class DatabaseUrl:
     engine: Engine
     target: str  # SQLite: the file path; PostgreSQL: the DSN as given
     display: str  # for logs: no password
+    synchronous: str = "FULL"  # SQLite: `?synchronous=normal` trades the last commits on power loss for speed
 
     @property
     def sqlite_path(self) -> str:
@@ -153,7 +154,12 @@ def parse_database_url(url: str) -> DatabaseUrl:
         path = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
         if not path:
             raise DatabaseUrlError("DATABASE_URL has no file path, e.g. sqlite:///data/bot.sqlite3")
-        return DatabaseUrl("sqlite", path, f"sqlite:///{path}")
+        options = dict(parse_qsl(parsed.query, keep_blank_values=True))
+        synchronous = options.pop("synchronous", "full").upper()
+        if options or synchronous not in ("FULL", "NORMAL"):
+            raise DatabaseUrlError("DATABASE_URL for sqlite takes only ?synchronous=full (the default) or "
+                                   "?synchronous=normal")
+        return DatabaseUrl("sqlite", path, f"sqlite:///{path}", synchronous)
     if scheme in ("postgresql", "postgres"):
         try:
             port = parsed.port
@@ -189,7 +195,7 @@ def connect(url: str, *, startup_timeout_s: float = 30.0, pool_size: int = 10) -
     if parsed.engine == "sqlite":
         from .sqlite import SqliteDatabase
 
-        return SqliteDatabase(parsed.target)
+        return SqliteDatabase(parsed.target, synchronous=parsed.synchronous)
     from .postgres import PostgresDatabase
 
     return PostgresDatabase(parsed.target, display=parsed.display, startup_timeout_s=startup_timeout_s,

@@ -29,8 +29,9 @@ class SqliteDatabase:
     row_lock = ""
 
     def __init__(self, path: str, migrations: Iterable[Migration] = MIGRATIONS, *,
-                 busy_timeout_ms: int = 10_000) -> None:
+                 busy_timeout_ms: int = 10_000, synchronous: str = "FULL") -> None:
         self.path = path
+        self._synchronous = "NORMAL" if synchronous.upper() == "NORMAL" else "FULL"
         self._migrations = tuple(sorted(migrations, key=lambda m: m.version))
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: aiosqlite.Connection | None = None
@@ -61,7 +62,7 @@ class SqliteDatabase:
         try:
             for pragma in (
                 "PRAGMA journal_mode=WAL",
-                "PRAGMA synchronous=NORMAL",
+                f"PRAGMA synchronous={self._synchronous}",  # FULL: a commit survives a power loss
                 f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}",
                 "PRAGMA foreign_keys=ON",
             ):
