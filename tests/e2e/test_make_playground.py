@@ -8,6 +8,7 @@ whose Ctrl-C (the byte 0x03) sends SIGINT to the terminal's foreground process g
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pty
@@ -208,3 +209,41 @@ async def test_make_playground_chats_and_stops_cleanly_on_ctrl_c(
     assert not listening(bot_port) and not listening(playground_port)
     assert "bot stopped (exit 0)" in output, output[-6000:]
     assert "Traceback" not in output, output[-6000:]
+
+
+async def test_make_playground_uses_a_bot_already_running_and_leaves_it_running(
+    make_playground: Terminal, clone: Path, terminal_env: dict[str, str]
+) -> None:
+    """`make run` in one terminal, `make playground` in another: the Playground talks to the running bot."""
+    port = int(terminal_env["PORT"])
+    make_playground.wait_for(URL, START_TIMEOUT)  # the first run installs; its bot is then stopped
+    make_playground.press_ctrl_c()
+    assert make_playground.process.wait(STOP_TIMEOUT) == 0, make_playground.text[-6000:]
+    bot = await asyncio.create_subprocess_exec(
+        str(clone / ".venv/bin/python"), "main.py", cwd=clone, env=terminal_env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not listening(port):
+            assert bot.returncode is None and time.monotonic() < deadline, "the bot did not start"
+            await asyncio.sleep(0.1)  # bounded readiness polling of another process
+        second = Terminal(["make", "playground"], clone, terminal_env)
+        try:
+            url = second.wait_for(URL, START_TIMEOUT)
+            assert "a bot already answers on port" in second.text
+            assert BOT_PID.search(second.text) is None, "no second bot is started"
+            async with Playground(None, clone / "data" / "driver2") as chat:
+                await chat.attach(int(url.group(2)))
+                sent = await chat.send_text("help")
+                reply = await chat.wait_for_message(after=sent, timeout=30)
+            assert "watch" in reply.text
+            second.press_ctrl_c()
+            assert second.process.wait(STOP_TIMEOUT) == 0, second.text[-6000:]
+            assert not listening(int(url.group(2))), "the Playground stopped"
+        finally:
+            second.close()
+        assert bot.returncode is None and listening(port), "the bot someone else started still runs"
+    finally:
+        if bot.returncode is None:
+            bot.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(bot.wait(), 30) == 0
