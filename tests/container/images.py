@@ -148,9 +148,11 @@ class Container:
 
 def run(name: str, port: int, env: Mapping[str, str], *, image: str = IMAGE, mounts: Sequence[str] = (),
         extra: Sequence[str] = ()) -> Container:
-    """`podman run -d` hardened as the Kubernetes manifests run it: read-only root, no capabilities."""
+    """`podman run -d` hardened as the Kubernetes manifests run it: read-only root but /tmp (and the mounts),
+    no capabilities, no privilege escalation."""
     podman("rm", "--force", "--time", "0", name, check=False)
-    args = ["run", "-d", "--name", name, "--network", "host", *LIMITS, "--read-only", "--cap-drop", "ALL",
+    args = ["run", "-d", "--name", name, "--network", "host", *LIMITS, "--read-only", "--read-only-tmpfs=false",
+            "--tmpfs", "/tmp", "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges", "--health-interval", "disable", "-e", f"PORT={port}"]
     for key, value in env.items():
         args += ["-e", f"{key}={value}"]
