@@ -91,6 +91,9 @@ def base_image() -> str:
                 subprocess.run(["tar", "-C", str(root), "-cf", str(partial), "."], check=True, timeout=600)
                 partial.rename(tarball)
         podman("import", str(tarball), tag, timeout=900)
+        listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/price-watch-base").stdout
+        for old_tag in set(listed.split()) - {tag}:  # yesterday's bases
+            podman("rmi", old_tag, check=False)
         return tag
 
 
