@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -22,9 +23,11 @@ async def test_repeated_stop_signals_still_exit_0(tmp_path: Path, signum: signal
     sent = 0
     try:
         # Keep signalling while it stops and exits: one of them lands after the event loop has closed.
+        # os.kill, not Process.send_signal: Popen.send_signal polls first and may reap the exited child before
+        # asyncio's child watcher does, which then reports "Unknown child process ... returncode 255".
         while bot.process.returncode is None and time.monotonic() < deadline:
             with contextlib.suppress(ProcessLookupError):
-                bot.process.send_signal(signum)
+                os.kill(bot.process.pid, signum)
                 sent += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(bot.process.wait(), 0.005)
