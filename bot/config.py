@@ -47,6 +47,7 @@ class Config:
     database_url: str = field(default="sqlite:///data/bot.sqlite3", repr=False)  # may hold a password
     database_startup_timeout: float = 30.0
     database_pool_size: int = 10
+    database_busy_timeout: float = 10.0  # SQLite: seconds a statement waits for another process's lock
     app_id: str = ""
     app_password: str = field(default="", repr=False)
     app_type: str = "MultiTenant"
@@ -313,6 +314,8 @@ def load_config(
         database_startup_timeout=_positive(
             "DATABASE_STARTUP_TIMEOUT", get("DATABASE_STARTUP_TIMEOUT", str(defaults.database_startup_timeout))),
         database_pool_size=_count("DATABASE_POOL_SIZE", get("DATABASE_POOL_SIZE", str(defaults.database_pool_size))),
+        database_busy_timeout=_positive(
+            "DATABASE_BUSY_TIMEOUT", get("DATABASE_BUSY_TIMEOUT", str(defaults.database_busy_timeout))),
         app_id=get("MicrosoftAppId", ""),
         app_password=get("MicrosoftAppPassword", ""),
         app_type=app_type,

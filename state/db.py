@@ -21,8 +21,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlparse
+
+if TYPE_CHECKING:
+    from .availability import WatchedDatabase
 
 Params = Sequence[Any]
 Engine = Literal["sqlite", "postgresql"]
@@ -31,6 +34,23 @@ MAX_PARAMS = 500
 """Longest `IN (…)` list a store binds in one statement (well under both engines' limits)."""
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+
+
+def _host_and_port(text: str) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6]:port` of a PostgreSQL URL's host list; DatabaseUrlError naming what is wrong."""
+    host, port = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+    if not host:
+        raise DatabaseUrlError("DATABASE_URL for PostgreSQL needs a host: postgresql://user:pass@host:5432/db "
+                               "(several: postgresql://user@h1:5432,h2:5432/db?target_session_attrs=read-write)")
+    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise DatabaseUrlError(f"DATABASE_URL has a port that is not a number between 1 and 65535: {port!r}")
+    return host.lower(), int(port) if port else 5432
 
 
 class DatabaseUrlError(ValueError):
@@ -144,7 +164,8 @@ class DatabaseUrl:
 
 def parse_database_url(url: str) -> DatabaseUrl:
     """`sqlite:///relative.db`, `sqlite:////abs.db`, `postgresql://user:pass@host:5432/db?sslmode=require`
-    (also `postgres://`); DatabaseUrlError naming the problem otherwise."""
+    (also `postgres://`; several hosts, `postgresql://user@h1:5432,h2:5432/db?target_session_attrs=read-write`, as
+    libpq and asyncpg accept them, for a primary with standbys); DatabaseUrlError naming the problem otherwise."""
     parsed = urlparse(url.strip())
     scheme = parsed.scheme.lower()
     if scheme == "sqlite":
@@ -161,42 +182,50 @@ def parse_database_url(url: str) -> DatabaseUrl:
                                    "?synchronous=normal")
         return DatabaseUrl("sqlite", path, f"sqlite:///{path}", synchronous)
     if scheme in ("postgresql", "postgres"):
-        try:
-            port = parsed.port
-        except ValueError:
-            raise DatabaseUrlError("DATABASE_URL has a port that is not a number between 1 and 65535") from None
-        if not parsed.hostname:
-            raise DatabaseUrlError("DATABASE_URL for PostgreSQL needs a host: postgresql://user:pass@host:5432/db")
+        userinfo, _, hostlist = parsed.netloc.rpartition("@")
+        hosts = [_host_and_port(h) for h in hostlist.split(",")]
         if not parsed.path.strip("/"):
             raise DatabaseUrlError("DATABASE_URL for PostgreSQL needs a database name: postgresql://user@host/db")
         query = dict(parse_qsl(parsed.query, keep_blank_values=True))
-        unknown = sorted(set(query) - {"sslmode", "application_name", "connect_timeout"})
+        unknown = sorted(set(query) - {"sslmode", "application_name", "connect_timeout", "target_session_attrs"})
         if unknown:
             raise DatabaseUrlError(
-                f"DATABASE_URL option {unknown[0]!r} is not supported; use sslmode, application_name or "
-                "connect_timeout")
+                f"DATABASE_URL option {unknown[0]!r} is not supported; use sslmode, application_name, "
+                "connect_timeout or target_session_attrs")
         if "sslmode" in query and query["sslmode"] not in SSL_MODES:
             raise DatabaseUrlError(
                 f"DATABASE_URL sslmode must be one of {', '.join(SSL_MODES)}, got {query['sslmode']!r}")
-        user = f"{parsed.username}@" if parsed.username else ""
-        where = f"{parsed.hostname}:{port or 5432}"
+        if query.get("target_session_attrs", "read-write") not in SESSION_ATTRS:
+            raise DatabaseUrlError(f"DATABASE_URL target_session_attrs must be one of {', '.join(SESSION_ATTRS)}, "
+                                   f"got {query['target_session_attrs']!r}")
+        if len(hosts) > 1 and query.get("target_session_attrs") not in ("read-write", "primary"):
+            raise DatabaseUrlError("DATABASE_URL names several hosts: add ?target_session_attrs=read-write so the bot "
+                                   "connects only to the primary")
+        user = f"{userinfo.partition(':')[0]}@" if userinfo else ""
+        where = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in hosts)
         return DatabaseUrl("postgresql", url.strip(), f"postgresql://{user}{where}{parsed.path}")
     raise DatabaseUrlError(
         f"DATABASE_URL scheme {parsed.scheme or '(none)'!r} is not supported; use sqlite:///path/to/file.sqlite3 "
         "or postgresql://user:password@host:5432/database")
 
 
-def connect(url: str, *, startup_timeout_s: float = 30.0, pool_size: int = 10) -> Database:
-    """The `Database` for DATABASE_URL (not opened yet: call `open()`).
+def connect(url: str, *, startup_timeout_s: float = 30.0, pool_size: int = 10,
+            busy_timeout_s: float = 10.0) -> WatchedDatabase:
+    """The `Database` for DATABASE_URL (not opened yet: call `open()`), watched for outages
+    (`state.availability.WatchedDatabase`: its `availability` says whether it is there).
 
     PostgreSQL only: `startup_timeout_s` is how long `open()` keeps retrying an unreachable server,
-    `pool_size` the most connections this process opens."""
+    `pool_size` the most connections this process opens. SQLite only: `busy_timeout_s` is how long a statement
+    waits for another process's lock before the database counts as unavailable."""
+    from .availability import WatchedDatabase
+
     parsed = parse_database_url(url)
     if parsed.engine == "sqlite":
         from .sqlite import SqliteDatabase
 
-        return SqliteDatabase(parsed.target, synchronous=parsed.synchronous)
+        return WatchedDatabase(SqliteDatabase(parsed.target, synchronous=parsed.synchronous,
+                                              busy_timeout_ms=max(1, round(busy_timeout_s * 1000))))
     from .postgres import PostgresDatabase
 
-    return PostgresDatabase(parsed.target, display=parsed.display, startup_timeout_s=startup_timeout_s,
-                            max_size=pool_size)
+    return WatchedDatabase(PostgresDatabase(parsed.target, display=parsed.display,
+                                            startup_timeout_s=startup_timeout_s, max_size=pool_size))

@@ -7,6 +7,7 @@ text (cached). Migrations run under an advisory lock, so processes starting toge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 MIGRATION_LOCK = 0x7E4B_5EED_0001  # pg_advisory_lock key: "this bot's schema is being migrated"
 _RETRY_S = 1.0
+_LISTEN_RETRY_S = 0.25  # the notification connection's reconnect backoff: from here, doubling ...
+_LISTEN_RETRY_MAX_S = 2.0  # ... to at most this, so wake-ups work again within seconds of the server's return
 
 
 @functools.lru_cache(maxsize=4096)
@@ -81,6 +84,7 @@ class PostgresDatabase:
         self._listener: asyncpg.Connection | None = None
         self._relisten: asyncio.Task[None] | None = None
         self._closing = False
+        self._relisten_now = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({self._display!r})"
@@ -166,20 +170,28 @@ class PostgresDatabase:
     def _lost(self, connection: object) -> None:
         if self._closing or self._relisten is not None:
             return
-        log.warning("lost the PostgreSQL notification connection; reconnecting")
+        log.info("lost the PostgreSQL notification connection; reconnecting")
         self._listener = None
         self._relisten = asyncio.get_running_loop().create_task(self._reconnect(), name="postgres-relisten")
 
+    def reconnect_now(self) -> None:
+        """The database is back (state.availability): retry the notification connection now, not at the next
+        backoff step."""
+        self._relisten_now.set()
+
     async def _reconnect(self) -> None:
-        delay = _RETRY_S
+        delay = _LISTEN_RETRY_S
         try:
             while not self._closing:
                 try:
                     await self._listen()
-                except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("PostgreSQL notifications still unavailable (%s); retrying in %.0f s", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(30.0, delay * 2)
+                except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                        asyncpg.exceptions.InternalClientError) as exc:
+                    log.debug("PostgreSQL notifications still unavailable (%s); retrying in %.1f s", exc, delay)
+                    self._relisten_now.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._relisten_now.wait(), delay)
+                    delay = min(_LISTEN_RETRY_MAX_S, delay * 2)
                     continue
                 log.info("PostgreSQL notifications back")
                 for channel in self._subscribers:
@@ -242,8 +254,8 @@ class PostgresDatabase:
     async def ping(self) -> bool:
         try:
             return await asyncio.wait_for(self.pool.fetchval("SELECT 1"), timeout=2.0) == 1
-        except Exception:  # any failure means "not healthy"; the caller reports it
-            log.warning("database ping failed", exc_info=True)
+        except Exception:  # any failure means "not healthy"; the caller reports it (state.availability)
+            log.debug("database ping failed", exc_info=True)
             return False
 
 

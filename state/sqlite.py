@@ -154,8 +154,8 @@ class SqliteDatabase:
     async def ping(self) -> bool:
         try:
             return await asyncio.wait_for(self.fetchone("SELECT 1"), timeout=2.0) is not None
-        except Exception:  # any failure means "not healthy"; the caller reports it
-            log.warning("database ping failed", exc_info=True)
+        except Exception:  # any failure means "not healthy"; the caller reports it (state.availability)
+            log.debug("database ping failed", exc_info=True)
             return False
 
 
