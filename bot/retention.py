@@ -20,6 +20,7 @@ from state.broadcasts import BroadcastStore
 from state.clock import Clock
 from state.outbox import OutboxStore
 from state.prices import PriceLog
+from state.processed import ProcessedActivities
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,11 @@ PURGE = "retention.purge"
 class Retention:
     def __init__(self, outbox: OutboxStore, broadcasts: BroadcastStore, prices: PriceLog, scheduler: Scheduler,
                  clock: Clock, *, days: float = 30.0, batch: int = 500,
-                 analyses: AnalysisStore | None = None) -> None:
+                 analyses: AnalysisStore | None = None, processed: ProcessedActivities | None = None) -> None:
         self._analyses = analyses
         self._outbox = outbox
         self._broadcasts = broadcasts
+        self._processed = processed  # ids of processed activities: kept a day whatever RETENTION_DAYS says
         self._prices = prices
         self._scheduler = scheduler
         self._clock = clock
@@ -63,6 +65,9 @@ class Retention:
             analyses = self._analyses
             deleted["analyses"] = await self._drain(lambda: analyses.purge(before, self._batch))
             deleted["quota_locks"] = await self._drain(lambda: analyses.purge_locks(before, self._batch))
+        if self._processed is not None:
+            processed = self._processed
+            deleted["processed_activities"] = await self._drain(lambda: processed.purge(limit=self._batch))
         if any(deleted.values()):
             log.info("retention: deleted %s", ", ".join(f"{n} {what}" for what, n in deleted.items() if n))
         return deleted

@@ -415,6 +415,16 @@ CREATE TABLE turn_leases (
 )
 """
 
+_PROCESSED_V17 = """
+CREATE TABLE processed_activities (
+    conversation_id TEXT NOT NULL,
+    activity_id     TEXT NOT NULL,
+    processed_at    DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (conversation_id, activity_id)
+);
+CREATE INDEX processed_activities_age ON processed_activities (processed_at)
+"""
+
 
 # ---- version 14: broadcasts (one notice, many recipients: the payload once, small recipient rows) ---------
 
@@ -733,4 +743,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(15, "notices: acknowledgements, one per person and broadcast", _NOTICES_V15, _NOTICES_V15),
     Migration(16, "fair limits: one lock row per user and tenant; analyses by tenant and by age",
               _QUOTAS_V16, _QUOTAS_V16),
+    Migration(17, "processed activities: a re-sent activity is answered once", _PROCESSED_V17, _PROCESSED_V17),
 )

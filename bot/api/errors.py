@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from bot.metrics import Metrics
+from state.availability import is_unavailable
 from state.db import is_database_error
 
 log = logging.getLogger(__name__)
@@ -126,5 +127,9 @@ async def json_errors(
     except Exception as exc:
         if is_database_error(exc) and METRICS in request.app:
             request.app[METRICS].database_error("http")
+        if is_unavailable(exc):  # nothing was done: the caller sends it again (the outage itself is logged once)
+            log.debug("%s %s answered 503: the database is unavailable", request.method, request.path, exc_info=True)
+            return error(503, "DatabaseUnavailable", "the bot's database is unavailable; try again shortly",
+                         **{"Retry-After": "5"})
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error(500, "InternalError", "the bot failed to handle this request; see its log")

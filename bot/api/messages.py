@@ -134,6 +134,7 @@ class TurnAnswer:
     status: int = 200
     body: Any = None
     has_body: bool = False
+    retry_after: int | None = None  # seconds (with a 503: the activity was not processed; send it again)
 
 
 class TurnRefused(Exception):
@@ -153,7 +154,7 @@ class TurnProcessor(Protocol):
 def _outcome(status: int) -> str:
     if status < 300:
         return "ok"
-    return {401: "unauthorized", 403: "forbidden", 501: "not_implemented"}.get(
+    return {401: "unauthorized", 403: "forbidden", 501: "not_implemented", 503: "unavailable"}.get(
         status, "refused" if status < 500 else "error")
 
 
@@ -209,6 +210,7 @@ class MessagesEndpoint:
         except TurnRefused as refused:
             headers = {"WWW-Authenticate": "Bearer"} if refused.status == 401 else {}
             return error(refused.status, refused.code, refused.message, **headers)
+        retry = {"Retry-After": str(answer.retry_after)} if answer.retry_after is not None else None
         if answer.has_body:
-            return web.json_response(answer.body, status=answer.status)
-        return web.Response(status=answer.status)
+            return web.json_response(answer.body, status=answer.status, headers=retry)
+        return web.Response(status=answer.status, headers=retry)

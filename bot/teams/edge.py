@@ -29,9 +29,11 @@ from bot.service_urls import ServiceUrlHosts
 from bot.tls import trust_context
 from bot.turn_gate import TurnGate
 from scheduler.scheduler import Scheduler
+from state.availability import is_unavailable, reason
 from state.clock import Clock
 from state.engagement import Engagement
 from state.preferences import Preferences
+from state.processed import ProcessedActivities
 from state.references import ConversationReferences
 
 from .adapter import TeamsAdapter, build_authentication
@@ -45,7 +47,7 @@ from .roster import TeamsRoster
 from .sender import TeamsSender
 from .signing_keys import ChannelSigningKeys
 from .tokens import ChannelTokens, credential_factory
-from .turns import SdkTurns
+from .turns import DatabaseAway, SdkTurns
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ class TeamsConnection:
         preferences: Preferences | None = None,
         turn_gate: TurnGate | None = None,
         acknowledgements: Acknowledgements | None = None,
+        processed: ProcessedActivities | None = None,
     ) -> SdkTurns:
         """The activity handler over `storage`, wrapped as the /api/messages turn processor."""
         bot = ProactiveBot(
@@ -107,6 +110,7 @@ class TeamsConnection:
             preferences=preferences,
             turn_gate=turn_gate,
             acknowledgements=acknowledgements,
+            processed=processed,
         )
         self.adapter.replies = TurnReplies(JsonConnector(self.session, self.credentials, timeout_s=10.0), reply_slots,
                                            QueuedReplies(proactive, self._clock))
@@ -137,6 +141,9 @@ class TeamsConnection:
         await self.session.close()
 
     async def _on_turn_error(self, turn_context: TurnContext, exc: Exception) -> None:
+        if is_unavailable(exc):  # not the turn's fault: answer 503 so Teams sends it again (turns.SdkTurns)
+            log.debug("turn not processed: the database is unavailable", exc_info=exc)
+            raise DatabaseAway(reason(exc)) from exc
         self.metrics.turn_failed(str(turn_context.activity.type or ""))
         await _on_turn_error(turn_context, exc)
 

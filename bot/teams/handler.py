@@ -34,10 +34,12 @@ from dialogs.runner import DIALOG_STATE_PROPERTY, pending_prompt, run_main_dialo
 from dialogs.runner import mid_topic as mid_topic_of
 from dialogs.welcome_card import welcome_payload
 from scheduler.scheduler import Scheduler
+from state.availability import is_unavailable
 from state.engagement import Engagement
 from state.model import GROUP_SCOPES, conversation_key, timezone_name, user_subject
 from state.outbox import OutboxItem
 from state.preferences import Preferences
+from state.processed import ProcessedActivities
 from state.references import ConversationReferences
 
 from .activities import install_context, record_from_activity, team_id_of, tenant_of
@@ -102,8 +104,10 @@ class ProactiveBot(TeamsActivityHandler):
         preferences: Preferences | None = None,
         turn_gate: TurnGate | None = None,
         acknowledgements: Acknowledgements | None = None,
+        processed: ProcessedActivities | None = None,
     ) -> None:
         self._bot_name = bot_name
+        self._processed = processed
         self._references = references
         self._states: tuple[BotState, ...] = (conversation_state, user_state, dialog_state)
         self._dialog_state = dialog_state
@@ -122,14 +126,37 @@ class ProactiveBot(TeamsActivityHandler):
         activity = turn_context.activity
         conversation_id = activity.conversation.id if activity.conversation else ""
         async with self._turns.turn(conversation_id):  # one at a time, so their state writes never race
-            await self._remember(turn_context)
-            await super().on_turn(turn_context)
-            for state in self._states:
-                await state.save_changes(turn_context)
-            topic = turn_context.turn_state.get(_TOPIC)
-            if topic is not None:  # after saving, so a crash in between cannot replay the turn's answers
-                await self._engagement.after_turn(conversation_id, mid_topic=topic[0], prompt=topic[1],
-                                                  user_id=_member(activity))
+            activity_id = self._dedup_id(activity)
+            if activity_id is not None and self._processed is not None \
+                    and await self._processed.seen(conversation_id, activity_id):
+                log.info("activity %s was sent again after it was processed; answered without running it again",
+                         activity_id)
+                return
+            await self._turn(turn_context, conversation_id)
+            if activity_id is not None and self._processed is not None:
+                try:  # the turn's work is saved: a failure here only risks running a re-send again
+                    await self._processed.record(conversation_id, activity_id)
+                except Exception as exc:
+                    level = logging.DEBUG if is_unavailable(exc) else logging.WARNING  # an outage: logged once
+                    log.log(level, "could not record activity %s as processed: %s", activity_id, exc)
+
+    @staticmethod
+    def _dedup_id(activity: Activity) -> str | None:
+        """The id a re-send of this activity carries again (invokes are never re-sent: not deduplicated)."""
+        if activity.type == ActivityTypes.invoke or not activity.id or len(activity.id) > 256:
+            return None
+        return str(activity.id)
+
+    async def _turn(self, turn_context: TurnContext, conversation_id: str) -> None:
+        activity = turn_context.activity
+        await self._remember(turn_context)
+        await super().on_turn(turn_context)
+        for state in self._states:
+            await state.save_changes(turn_context)
+        topic = turn_context.turn_state.get(_TOPIC)
+        if topic is not None:  # after saving, so a crash in between cannot replay the turn's answers
+            await self._engagement.after_turn(conversation_id, mid_topic=topic[0], prompt=topic[1],
+                                              user_id=_member(activity))
 
     async def _remember(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity

@@ -22,6 +22,26 @@ from .wire import from_json
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER_S = 5
+"""Retry-After of a turn answered 503 because the database was away: when Teams may send it again."""
+CARD_ERROR = "application/vnd.microsoft.error"
+
+
+class DatabaseAway(Exception):
+    """The turn could not be processed because the database is unavailable (raised by the turn error handler,
+    so it leaves the adapter instead of becoming an apology)."""
+
+
+def not_processed(activity_type: str | None) -> TurnAnswer:
+    """503 with Retry-After: nothing of the turn is taken as done, so the channel sends it again. An invoke (a
+    card button, which Teams does not re-send) gets the Universal Actions error answer the card shows."""
+    message = "The bot's database is unavailable right now; please try again in a moment."
+    if activity_type == "invoke":
+        body = {"statusCode": 503, "type": CARD_ERROR, "value": {"code": "ServiceUnavailable", "message": message}}
+    else:
+        body = {"error": {"code": "DatabaseUnavailable", "message": message}}
+    return TurnAnswer(503, body, has_body=True, retry_after=RETRY_AFTER_S)
+
 
 class SdkTurns:
     """Reads the activity (as msrest would, `wire.from_json`), authenticates with the SDK, runs `bot.on_turn`
@@ -44,7 +64,11 @@ class SdkTurns:
             raise TurnRefused(401, "Unauthorized", "missing or invalid Authorization header") from None
         conversation_id = activity.conversation.id if activity.conversation else None
         with log_context(conversation_id=conversation_id, tenant_id=tenant_of(activity)):
-            invoke_response = await self._adapter.process_activity(auth, activity, self._bot.on_turn)
+            try:
+                invoke_response = await self._adapter.process_activity(auth, activity, self._bot.on_turn)
+            except DatabaseAway as away:
+                log.debug("%s activity answered 503: the database is unavailable (%s)", activity.type, away)
+                return not_processed(activity.type)
         if not invoke_response:
             return TurnAnswer()
         if invoke_response.body is None:  # e.g. 501 for an invoke nobody handles: a status, no body
