@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
+from state.availability import is_unavailable
 from state.clock import Clock
 
 from .heap import DueHeap
@@ -175,6 +176,14 @@ class Dispatcher:
 
     # -- dispatching and running --------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """The database answers again: sync and claim now rather than after the retry delay or the period."""
+        if not self.active:
+            return
+        self._not_before = 0.0
+        self._maintenance_due = True
+        self._wakeup.set()
+
     def _on_period(self) -> None:
         self._maintenance_due = True
         self._wakeup.set()
@@ -205,8 +214,14 @@ class Dispatcher:
                     self._maintenance_due = False
                     await self.sync()
                 await self.dispatch()
-            except Exception:  # keep dispatching; the failure is logged and the timer re-armed
-                log.exception("scheduler: dispatch failed")
+            except Exception as exc:  # keep dispatching; the failure is logged and the timer re-armed
+                if is_unavailable(exc):  # the outage is logged once (state.availability); the details at DEBUG
+                    log.debug("scheduler: the database is unavailable", exc_info=True)
+                    self._maintenance_due = True  # sync again on the next wake-up
+                    assert self._loop is not None
+                    self._not_before = self._loop.time() + _DB_RETRY_S
+                else:
+                    log.exception("scheduler: dispatch failed")
                 self._arm()
 
     async def dispatch(self) -> int:
@@ -222,8 +237,13 @@ class Dispatcher:
                 ids = [job_id for _, job_id in due]
                 try:
                     claimed = {job.id: job for job in await self._store.claim(ids, now, now + self._lease)}
-                except Exception:
-                    log.exception("scheduler: could not claim %d due job(s); retrying in %.0f s", len(ids), _DB_RETRY_S)
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        log.debug("scheduler: could not claim %d due job(s); retrying in %.0f s", len(ids),
+                                  _DB_RETRY_S, exc_info=True)
+                    else:
+                        log.exception("scheduler: could not claim %d due job(s); retrying in %.0f s", len(ids),
+                                      _DB_RETRY_S)
                     for ts, job_id in due:
                         self.push(job_id, ts, arm=False)
                     assert self._loop is not None

@@ -7,6 +7,7 @@ import random
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
 
+from state.availability import is_unavailable
 from state.clock import Clock
 
 from .completions import Completions
@@ -14,6 +15,8 @@ from .jobs import Job, Misfire, backoff_s, describe_error, next_slot, with_jitte
 from .store import JobStore
 
 log = logging.getLogger(__name__)
+
+_UNAVAILABLE_RETRY_S = 2.0  # a job that failed because the database was away runs again this soon
 
 Requeue = float | None
 """The due timestamp at which the scheduler should look at the job again, or None (done, dead, gone)."""
@@ -62,6 +65,12 @@ class Outcomes:
     async def failed(self, job: Job, exc: Exception) -> Requeue:
         """Retry with exponential backoff, or keep the job as dead once it is out of attempts."""
         error = describe_error(exc)
+        if is_unavailable(exc):  # not the job's fault: no attempt used, tried again soon (the outage is logged once)
+            log.debug("job %s (%s) could not run: the database is unavailable", job.id, job.handler, exc_info=exc)
+            due_at = self._clock.now() + timedelta(seconds=_UNAVAILABLE_RETRY_S)
+            write = self._store.reschedule(job.id, due_at, slot_at=job.slot_at, attempts=max(0, job.attempts - 1),
+                                           last_error=error)
+            return await self._settle(write, job, due_at)
         if job.attempts >= self._max_attempts:
             log.error(
                 "job %s (%s) failed on attempt %d of %d and is now dead: %s",
@@ -90,7 +99,11 @@ class Outcomes:
         """Await a result write. If it failed, the job stays leased: look again when the lease expires."""
         try:
             changed = await write
-        except Exception:
-            log.exception("scheduler: could not record the result of job %s; it reruns after its lease", job.id)
+        except Exception as exc:
+            if is_unavailable(exc):
+                log.debug("scheduler: could not record the result of job %s; it reruns after its lease", job.id,
+                          exc_info=True)
+            else:
+                log.exception("scheduler: could not record the result of job %s; it reruns after its lease", job.id)
             return job.lease_until.timestamp() if job.lease_until is not None else None
         return due_at.timestamp() if changed and due_at is not None else None

@@ -305,6 +305,10 @@ class Scheduler:
             await self._dispatcher.stop(timeout)
             log.info("scheduler stopped")
 
+    def database_back(self) -> None:
+        """The database answers again (state.availability): pick up and run what is due now."""
+        self._dispatcher.wake()
+
     @property
     def running(self) -> list[Job]:
         """Jobs whose handlers are running in this process right now."""

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from bot.logs import log_context
 from bot.metrics import Metrics
 from scheduler.sendqueue import SendQueue, Ticket
+from state.availability import is_unavailable, reason
 from state.clock import Clock
 from state.model import conversation_key as channel_of
 from state.outbox import REPLY_PRIORITY, OutboxRow, OutboxStore, Outcome
@@ -46,6 +47,7 @@ from .pacing import LoopPacing
 log = logging.getLogger(__name__)
 
 _REPLY_TICKETS = 1 << 62  # ids of a turn's reply tickets: after every outbox row of the same priority
+_FLUSH_RETRY_MAX_S = 2.0  # outcomes unwritten (the database away) are retried at least this often
 
 
 class Limiter(Protocol):
@@ -148,6 +150,7 @@ class DeliveryWorker:
         self._reply_grants: dict[int, asyncio.Future[None]] = {}  # reply ticket id → the waiting turn
         self.gate: Callable[[Sequence[OutboxRow]], Awaitable[list[OutboxRow]]] | None = None
         """The policy for claimed broadcast rows not decided yet (ProactiveMessages.admit): which may go now."""
+        self._bugs_logged: set[str] = set()  # unexpected send errors whose traceback is in the log already
         store.subscribe(self._announced)
 
     @property
@@ -167,6 +170,13 @@ class DeliveryWorker:
         self._loop_task = asyncio.create_task(self._run(), name="delivery-worker")
         self._arm_maintenance()
         self.pacing.start()
+
+    def database_back(self) -> None:
+        """The database answers again: write what waits, heartbeat, renew and claim now, not at the next step."""
+        self._flush_retry_at = 0.0
+        self._maintenance_due = True
+        self._claim_wanted = True
+        self._wake.set()
 
     def _arm_maintenance(self) -> None:
         if self._stopping:
@@ -395,8 +405,11 @@ class DeliveryWorker:
             try:
                 await self._pass()
             except Exception as exc:  # never let delivery die; the error is logged and the loop goes on
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("delivery loop error; going on")
+                self._last_error = reason(exc)
+                if is_unavailable(exc):  # the outage is logged once (state.availability); the details at DEBUG
+                    log.debug("delivery loop: the database is unavailable; going on", exc_info=True)
+                else:
+                    log.exception("delivery loop error; going on")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
 
@@ -404,7 +417,11 @@ class DeliveryWorker:
         self._wake.clear()  # first: a wake-up that arrives during this pass is kept for the wait below
         if self._maintenance_due:
             self._maintenance_due = False
-            await self.maintain()
+            try:
+                await self.maintain()
+            except Exception:
+                self._maintenance_due = True  # heartbeat, leases and claims are retried on the next pass
+                raise
         elif self._claim_wanted and len(self._queue) < self._claim_batch // 2:
             await self.claim_more()
         self.pump()
@@ -477,11 +494,15 @@ class DeliveryWorker:
                 self.metrics.database_error("worker")
                 self._outcomes[:0] = outcomes
                 self._flush_failures += 1
-                delay = min(30.0, 0.5 * 2 ** (self._flush_failures - 1))
+                delay = min(_FLUSH_RETRY_MAX_S, 0.5 * 2 ** (self._flush_failures - 1))
                 self._flush_retry_at = self._clock.monotonic() + delay
-                self._last_error = f"writing {len(outcomes)} outcome(s): {type(exc).__name__}: {exc}"
-                log.warning("could not write %d delivery outcome(s), retrying in %.1f s: %s", len(outcomes), delay,
-                            exc)
+                self._last_error = f"writing {len(outcomes)} outcome(s): {reason(exc)}"
+                if is_unavailable(exc):  # the outage is logged once (state.availability); the details at DEBUG
+                    log.debug("could not write %d delivery outcome(s), retrying in %.1f s", len(outcomes), delay,
+                              exc_info=True)
+                else:
+                    log.warning("could not write %d delivery outcome(s), retrying in %.1f s: %s", len(outcomes),
+                                delay, exc, exc_info=self._flush_failures == 1)
                 return False
             if self._flush_failures:
                 log.info("delivery outcomes written again after %d failed attempt(s)", self._flush_failures)
@@ -552,13 +573,24 @@ class DeliveryWorker:
         except SendFailure as failure:
             retry = await self._failed(row, ticket, failure)
         except Exception as exc:  # a bug or a surprise from a library: the send may have gone, so it counts
-            log.exception("message %d: unexpected error while sending", row.id)
+            self._unexpected(row, exc)
             retry = await self._failed(row, ticket, SendFailure("retry", None, type(exc).__name__, str(exc)))
         finally:
             if retry is not None and not self._keeps(row):  # handed over meanwhile: its new owner retries it
                 self._rows.pop(row.id, None)
                 retry = None
             self._queue.done(ticket.conversation, ticket.tenant, retry)
+
+    def _unexpected(self, row: OutboxRow, exc: Exception) -> None:
+        """Log an unexpected send error: its traceback the first time, one line when the same error comes again."""
+        signature = f"{type(exc).__name__}: {exc}"[:300]
+        if signature in self._bugs_logged:
+            log.warning("message %d: unexpected error while sending (traceback logged before): %s", row.id, signature)
+            return
+        if len(self._bugs_logged) >= 1000:
+            self._bugs_logged.clear()
+        self._bugs_logged.add(signature)
+        log.error("message %d: unexpected error while sending", row.id, exc_info=exc)
 
     def _keeps(self, row: OutboxRow) -> bool:
         return self._sends_for(tenant_key(row.tenant_id))
@@ -572,10 +604,11 @@ class DeliveryWorker:
             activity_id = await self._activity_to_update(row) if row.kind == "update" else ""
         except SendFailure:
             raise
-        except Exception as exc:  # the database did not answer: nothing was sent, try again later
-            self.metrics.database_error("worker")
-            raise SendFailure("retry", None, "DatabaseUnavailable", f"{type(exc).__name__}: {exc}",
-                              attempted=False) from exc
+        except Exception as exc:
+            if not is_unavailable(exc):  # a bug (or a surprise from Teams while opening a chat): uses an attempt
+                raise
+            self.metrics.database_error("worker")  # the database is away: nothing was sent, try again later
+            raise SendFailure("retry", None, "DatabaseUnavailable", reason(exc), attempted=False) from exc
         if row.kind == "update":
             return await self._sender.update(record.service_url, record.conversation_id, activity_id, row.payload)
         return await self._sender.send(record.service_url, record.conversation_id, row.payload)
