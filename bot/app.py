@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +28,7 @@ from state.notices import DeliveryReport, NoticeStore
 from state.outbox import OutboxStore
 from state.preferences import Preferences
 from state.prices import PriceLog
+from state.processed import ProcessedActivities
 from state.references import ConversationReferences
 from state.storage import DatabaseStorage
 from state.watches import WatchStore
@@ -46,6 +49,7 @@ from .delivery.ownership import Ownership
 from .delivery.proactive import ProactiveMessages
 from .delivery.settings import NotificationPreferences
 from .delivery.worker import DeliveryWorker
+from .log_repeats import repeat_filters
 from .metrics import Metrics, TenantQueue
 from .notices.acknowledge import Acknowledgements
 from .onboarding.team_members import WELCOME_TEAM_MEMBERS, TeamMemberWelcome
@@ -68,7 +72,10 @@ class BotApplication:
         self.metrics = Metrics()
         self.tenants = AllowedTenants(config.allowed_tenants)
         self.db = connect(config.database_url, startup_timeout_s=config.database_startup_timeout,
-                          pool_size=config.database_pool_size)
+                          pool_size=config.database_pool_size, busy_timeout_s=config.database_busy_timeout)
+        self.availability = self.db.availability
+        self.metrics.watch_database(lambda: self.availability.up, self.availability.outage_seconds,
+                                    lambda: self.availability.outages)
         self.storage = DatabaseStorage(self.db, self.clock)
         self.references = ConversationReferences(self.db, self.clock)
         self.teams = TeamsConnection(config, self.clock, self.metrics)
@@ -114,6 +121,7 @@ class BotApplication:
         )
         self.broadcast_store = BroadcastStore(self.db, self.outbox, self.clock)
         self.notices = NoticeStore(self.db, self.clock)
+        self.processed = ProcessedActivities(self.db, self.clock)
         turns = self.teams.turns(
             self.storage,
             bot_name=config.bot_name,
@@ -132,12 +140,15 @@ class BotApplication:
                                shared=lambda: len(self.worker.ownership.live) > 1, metrics=self.metrics),
             acknowledgements=Acknowledgements(self.notices, self.broadcast_store, self.preferences, self.clock,
                                               self.metrics),
+            processed=self.processed,
         )
         self.broadcasts = Broadcasts(self.broadcast_store, self.outbox, self.references, self.proactive, self.worker,
                                      self.scheduler, tenants=self.tenants, page=config.broadcast_page,
                                      list_page=min(500, config.broadcast_page))
         self.retention = Retention(self.outbox, self.broadcast_store, self.prices, self.scheduler, self.clock,
-                                   days=config.retention_days, analyses=self.analysis_store)
+                                   days=config.retention_days, analyses=self.analysis_store,
+                                   processed=self.processed)
+        self.availability.on_change(self._database_changed)
         self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
             self.teams.roster, self.references, self.proactive, config.bot_name))
         notify = NotifyEndpoints(config.notify_token, self.outbox, self.broadcasts,
@@ -160,7 +171,15 @@ class BotApplication:
         self._runner: web.AppRunner | None = None
         self._last_counts: dict[str, int] = {}
         self._housekeeper: asyncio.Task[None] | None = None
+        self._stack: AsyncExitStack | None = None
+        self._stop_failures: list[str] = []
         self.port: int | None = None
+
+    def _database_changed(self, up: bool) -> None:
+        """Back: every part that backs off retries now (the notification connection is woken by the database)."""
+        if up:
+            self.worker.database_back()
+            self.scheduler.database_back()
 
     def delivery_counts(self) -> dict[str, int]:
         """Proactive messages per outcome since start, from the metrics (the same numbers /metrics shows)."""
@@ -178,6 +197,8 @@ class BotApplication:
     def housekeeping(self) -> None:
         """This process's own chores: trim the rate limiter's idle keys, log the delivery counters if they moved."""
         self.limiter.forget_idle()
+        for repeats in repeat_filters():
+            repeats.flush()
         counts = self.delivery_counts()
         if counts != self._last_counts:
             log.info("delivery: %s", " ".join(f"{k}={v}" for k, v in counts.items()))
@@ -214,18 +235,38 @@ class BotApplication:
         return report
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
+        """Start every part in order. Each part's stop is registered on one exit stack as the part starts, so a
+        start that fails half-way (the port is taken) stops what did start: claims handed back, leases released,
+        the database closed."""
+        stack = AsyncExitStack()
+        try:
+            await self._start_parts(stack, host, port)
+        except BaseException:
+            await self._unwind(stack)
+            raise
+        self._stack = stack
+
+    async def _start_parts(self, stack: AsyncExitStack, host: str | None, port: int | None) -> None:
         await self.db.open()
+        stack.push_async_callback(self._stop_part, "database", self.db.close)  # (closed last)
+        if self.price_source is not None:
+            stack.push_async_callback(self._stop_part, "price source", self.price_source.close)
+        stack.push_async_callback(self._stop_part, "Teams connection", self.teams.close)
         await self.teams.start()  # the bot's token (in the background) and the channel's signing keys
+        stack.push_async_callback(self._stop_part, "delivery worker", self.worker.stop)
         await self.worker.start()
         self.scheduler.register("stats.log", self._retired_job)
+        stack.push_async_callback(self._stop_part, "scheduler", self.scheduler.stop)
         await self.scheduler.start()
         await self.scheduler.cancel(key="stats.log")  # was a shared job before replicas; now per process
         self._housekeeper = asyncio.create_task(self._housekeep_every_minute(), name="housekeeping")
+        stack.push_async_callback(self._stop_part, "housekeeping", self._stop_housekeeping)
         await self.watcher.start()
         await self.proactive.start()
         await self.broadcasts.start()
         await self.retention.start()
         self._runner = web.AppRunner(self.web_app, shutdown_timeout=self._shutdown_timeout, access_log=None)
+        stack.push_async_callback(self._stop_part, "HTTP server", self._stop_http)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host or self.config.host, self.config.port if port is None else port)
         await site.start()
@@ -233,23 +274,42 @@ class BotApplication:
         self.port = int(address[1])
         log.info("listening on http://%s:%d/api/messages", address[0], self.port)
 
+    async def _stop_part(self, name: str, stop: Callable[[], Awaitable[object]]) -> None:
+        """Stop one part; a failure is logged and the parts after it still stop."""
+        try:
+            await stop()
+        except Exception:
+            self._stop_failures.append(name)
+            log.exception("stopping the %s failed; stopping the rest", name)
+
+    async def _stop_housekeeping(self) -> None:
+        if self._housekeeper is not None:
+            task, self._housekeeper = self._housekeeper, None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _stop_http(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()  # stops accepting, waits for in-flight requests up to shutdown_timeout
+
+    async def _unwind(self, stack: AsyncExitStack) -> None:
+        self._stop_failures = []
+        await stack.aclose()
+        if self._stop_failures:
+            log.error("stopped; these parts failed to stop: %s", ", ".join(self._stop_failures))
+        else:
+            log.info("stopped")
+
     async def _retired_job(self, job: object) -> None:
         """A 'stats.log' run left by an older version: nothing to do (its key is cancelled at start)."""
 
     async def stop(self) -> None:
-        if self._housekeeper is not None:
-            self._housekeeper.cancel()
-            self._housekeeper = None
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()  # stops accepting, waits for in-flight requests up to shutdown_timeout
-        await self.scheduler.stop()
-        await self.worker.stop()
-        await self.teams.close()
-        if self.price_source is not None:
-            await self.price_source.close()
-        await self.db.close()
-        log.info("stopped")
+        """Stop in the reverse order of start: HTTP (in-flight turns finish), housekeeping, scheduler, delivery
+        (claims and tenants handed back), Teams, price source, database; one failing part stops no other."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await self._unwind(stack)
 
     async def run_until(self, stop: asyncio.Event) -> None:
         await self.start()

@@ -68,9 +68,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, log_format: str, replica_id: str) -> None:
-    """Root logging for the process: `log_format` "text" or "json", to stderr."""
+    """Root logging for the process: `log_format` "text" or "json", to stderr; repeated warnings rate-limited
+    (bot/log_repeats.py)."""
+    from .log_repeats import RepeatFilter
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(replica_id) if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(RepeatFilter())  # the same warning again within a minute: counted, said once
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 SEND_OUTCOMES = ("queued", "sent", "retried", "throttled", "failed", "cancelled", "expired", "dropped", "held",
@@ -131,6 +133,12 @@ class Metrics:
     def database_error(self, where: str) -> None:
         self._db_errors.labels(where).inc()
 
+    def watch_database(self, up: Callable[[], bool], outage_seconds: Callable[[], float],
+                       outages: Callable[[], int]) -> None:
+        """Serve the database's availability (read at scrape): `bot_database_available` (1/0),
+        `bot_database_outage_seconds_total` (the current outage included) and `bot_database_outages_total`."""
+        self.registry.register(_DatabaseCollector(up, outage_seconds, outages))
+
     def turn_waited(self, gave_up: bool) -> None:
         """A turn waited for another replica's turn of its conversation (and then ran, or gave up waiting)."""
         self._turn_waits.labels("gave_up" if gave_up else "ran_after").inc()
@@ -164,6 +172,20 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _DatabaseCollector(Collector):
+    def __init__(self, up: Callable[[], bool], outage_seconds: Callable[[], float],
+                 outages: Callable[[], int]) -> None:
+        self._up, self._outage_seconds, self._outages = up, outage_seconds, outages
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("bot_database_available", "1 while the database answers, 0 during an outage",
+                                value=1.0 if self._up() else 0.0)
+        yield CounterMetricFamily("bot_database_outage_seconds", "Seconds the database was unavailable since start",
+                                  value=self._outage_seconds())
+        yield CounterMetricFamily("bot_database_outages", "Times the database became unavailable since start",
+                                  value=self._outages())
 
 
 def bounded_tenants(queues: Iterable[TenantQueue], top: int) -> list[tuple[str, int, float]]:
