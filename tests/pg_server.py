@@ -52,6 +52,8 @@ class PostgresServer:
         self._names = itertools.count(1)
         self._as_postgres = os.geteuid() == 0
         self.template = ""
+        self._replication = False
+        self.durable = False  # synchronous_commit on: what was committed survives halt() (a crash)
         if self._as_postgres:
             try:
                 account = pwd.getpwnam("postgres")
@@ -77,14 +79,50 @@ class PostgresServer:
         if result.returncode != 0:
             raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip() or result.stdout}")
 
-    def start(self) -> None:
+    def start(self, *, replication: bool = False) -> None:
+        """initdb and start; `replication`: WAL for a streaming standby (see `standby()`)."""
         self._run("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync",
                   "--locale=C.UTF-8")
+        if replication:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write("host replication all 127.0.0.1/32 trust\n")
+        self.resume(replication=replication)
+
+    def _options(self, replication: bool) -> str:
         options = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300 "
-                   "-c shared_buffers=64MB")
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.base / "server.log"), "-w",
-                  "-t", "60", "start")
+                   "-c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB")
+        if replication:  # once a standby is named (`synchronous()`), a commit waits until the standby applied it
+            return (options + " -c wal_level=replica -c max_wal_senders=4 -c hot_standby=on"
+                    " -c synchronous_commit=remote_apply -c wal_sender_timeout=5s -c wal_receiver_timeout=5s")
+        return options + f" -c synchronous_commit={'on' if self.durable else 'off'}"
+
+    def synchronous(self) -> None:
+        """Commits on this primary wait for its standby from now on (`synchronous_standby_names = '*'`)."""
+        self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", "postgres", "-v",
+                  "ON_ERROR_STOP=1", "-c", "ALTER SYSTEM SET synchronous_standby_names = '*'", "-c",
+                  "SELECT pg_reload_conf()", server=False)
+
+    def resume(self, *, replication: bool = False) -> None:
+        """Start the server on its data directory and port (again, after `halt()`)."""
+        self._replication = replication
+        self._run("pg_ctl", "-D", str(self.data), "-o", self._options(replication), "-l",
+                  str(self.base / "server.log"), "-w", "-t", "60", "start")
+
+    def halt(self) -> None:
+        """Stop the server at once (immediate shutdown: as a crash), keeping its data for `resume()`."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def standby(self) -> PostgresServer:
+        """A streaming replica of this server (started with `replication=True`): `pg_basebackup -R` into a new
+        directory, started on its own port. `promote()` it after the primary is gone."""
+        replica = PostgresServer(self.bindir)
+        replica._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-D", str(replica.data),
+                     "-R", "-X", "stream", "-c", "fast")
+        replica.resume(replication=True)
+        return replica
+
+    def promote(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "promote")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
