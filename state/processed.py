@@ -9,7 +9,6 @@ try still runs finds it recorded. Rows are kept for a day (`purge`), far longer 
 from __future__ import annotations
 
 from .clock import Clock
-
 from .db import Database
 
 KEEP_S = 86_400.0

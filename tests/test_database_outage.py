@@ -215,7 +215,7 @@ async def _seed(url: str, double_url: str) -> None:
     db = connect(url)
     await db.open()
     try:
-        from scheduler.clock import SystemClock
+        from state.clock import SystemClock
         from state.outbox import OutboxStore
 
         await OutboxStore(db, SystemClock()).enqueue(
