@@ -1,6 +1,7 @@
-"""Soak: one bot process under mixed load for minutes, with Teams misbehaving and the database locked twice.
+"""Soak: one bot process under mixed load for minutes, with Teams misbehaving and the database away twice.
 
     python bench/soak.py [--minutes 10] [--users 200] [--tenants 4] [--fault-rate 0.10] [--throttle-rate 0.02]
+                         [--database sqlite|postgresql]
 
 The bot is `main.py` on a SQLite file (the default deployment), against a connector double (its own process)
 that enforces Teams' windows and, on top, answers a random `--fault-rate` of message calls with 502/503/504 or
@@ -11,12 +12,18 @@ The driver (this process) meanwhile:
     (a topic: notifications wait), `analyze gizmo` (acknowledged, progress, result later);
   - pushes a price for gadget and gizmo every 5 s (half the users watch gadget on any change: alerts);
   - broadcasts `broadcastK` to everyone through POST /api/notify every minute;
-  - at 30 % and 70 % of the run locks the database file from another process for 5 s (BEGIN EXCLUSIVE);
+  - at 30 % and 70 % of the run takes the database away: SQLite (the default) is locked from another process for
+    5 s (BEGIN EXCLUSIVE; the bot waits it out on its busy timeout), PostgreSQL (a throwaway server of its own,
+    `--database postgresql`) is stopped for 15 s (immediate shutdown, a crash) and started again;
+  - answers like Teams to a 503 with Retry-After (the bot's honest "not now" while its database is away): sends
+    the same activity (or request) again after Retry-After, up to 30 times; those 503s are counted apart;
   - samples the bot's RSS and the database's size (file + WAL) every 10 s.
 At the end the load stops, the outbox drains (up to 3 minutes), and the double's view is checked:
 lost = pings with no answer + (broadcast, conversation) pairs never delivered + analyses with no result.
-5xx = the bot's answers >= 500 to the driver. RSS growth: from the 2-minute sample to the end.
-The last line is JSON: minutes, turns, sends, lost, five_xx, rss_mb_start, rss_mb_end, rss_growth_pct, db_mb_end.
+5xx = the bot's answers >= 500 to the driver other than 503 with Retry-After (those are `honest_503`).
+RSS growth: from the 2-minute sample to the end.
+The last line is JSON: minutes, database, turns, sends, lost, five_xx, honest_503, rss_mb_start, rss_mb_end,
+rss_growth_pct, db_mb_end.
 """
 
 from __future__ import annotations
@@ -46,11 +53,14 @@ from _harness import ROOT, free_port, spawn, stop, wait_http
 
 sys.path.insert(0, str(ROOT))
 from tests.connector_double import FAULTS, ConnectorDouble, Fault, RecordedRequest, _Reject, serve
+from tests.pg_server import PostgresServer
 
 TOKEN = "bench-soak-token"
 TAGS = re.compile(r"\b(ping\d+|broadcast\d+)\b")
 SAMPLE_S = 10.0
 DB_LOCK_S = 5.0
+PG_OUTAGE_S = 15.0
+RESENDS = 30  # how often the driver sends a request answered 503 + Retry-After again (as Teams re-sends)
 Json = dict[str, Any]
 
 
@@ -141,6 +151,7 @@ def serve_double(args: argparse.Namespace) -> None:
 class Tally:
     turns: int = 0
     five_xx: int = 0
+    honest_503: int = 0  # 503 with Retry-After: the database was away; sent again
     other_errors: Counter[str] = field(default_factory=Counter)
     pings: dict[str, str] = field(default_factory=dict)  # tag -> conversation
     broadcasts: list[str] = field(default_factory=list)
@@ -150,8 +161,10 @@ class Tally:
 
 
 class Driver:
-    def __init__(self, args: argparse.Namespace, bot_url: str, double_url: str, db_path: Path, pid: int) -> None:
+    def __init__(self, args: argparse.Namespace, bot_url: str, double_url: str, db_path: Path, pid: int,
+                 server: PostgresServer | None = None) -> None:
         self.args, self.bot_url, self.double_url, self.db_path = args, bot_url, double_url, db_path
+        self.server = server
         self.process = psutil.Process(pid)
         self.tally = Tally()
         self.rng = random.Random(11)
@@ -169,17 +182,26 @@ class Driver:
         }
 
     async def post(self, http: aiohttp.ClientSession, path: str, body: Json, auth: bool = False) -> int:
+        """POST, and like Teams send it again after Retry-After while the answer is 503 with one."""
         headers = {"Authorization": f"Bearer {TOKEN}"} if auth else {}
-        try:
-            async with http.post(self.bot_url + path, json=body, headers=headers) as response:
-                await response.read()
-                if response.status >= 500:
-                    self.tally.five_xx += 1
-                    print(f"  {response.status} from {path} at {self.minute():.1f} min")
-                return response.status
-        except (aiohttp.ClientError, TimeoutError) as error:
-            self.tally.other_errors[type(error).__name__] += 1
-            return 0
+        for _ in range(RESENDS):
+            try:
+                async with http.post(self.bot_url + path, json=body, headers=headers) as response:
+                    await response.read()
+                    retry_after = response.headers.get("Retry-After")
+                    if response.status == 503 and retry_after:
+                        self.tally.honest_503 += 1
+                        await asyncio.sleep(float(retry_after))
+                        continue
+                    if response.status >= 500:
+                        self.tally.five_xx += 1
+                        print(f"  {response.status} from {path} at {self.minute():.1f} min")
+                    return response.status
+            except (aiohttp.ClientError, TimeoutError) as error:
+                self.tally.other_errors[type(error).__name__] += 1
+                return 0
+        self.tally.other_errors["still 503 after every re-send"] += 1
+        return 503
 
     async def pause(self, seconds: float) -> None:
         """Sleep `seconds`, but not past the end of the run."""
@@ -236,10 +258,19 @@ class Driver:
     async def database_faults(self) -> None:
         for at in (0.3, 0.7):
             await asyncio.sleep(max(0.0, self.started + at * self.args.minutes * 60 - time.monotonic()))
-            print(f"  locking the database for {DB_LOCK_S:g} s at {self.minute():.1f} min")
-            await asyncio.to_thread(lock_database, self.db_path, DB_LOCK_S)
+            if self.server is None:
+                print(f"  locking the database for {DB_LOCK_S:g} s at {self.minute():.1f} min")
+                await asyncio.to_thread(lock_database, self.db_path, DB_LOCK_S)
+                continue
+            print(f"  stopping PostgreSQL for {PG_OUTAGE_S:g} s at {self.minute():.1f} min")
+            await asyncio.to_thread(self.server.halt)
+            await asyncio.sleep(PG_OUTAGE_S)  # the outage: the load goes on meanwhile
+            await asyncio.to_thread(self.server.resume)
+            print(f"  PostgreSQL back at {self.minute():.1f} min")
 
     def db_mb(self) -> float:
+        if self.server is not None:
+            return sum(f.stat().st_size for f in self.server.data.rglob("*") if f.is_file()) / 1e6
         files = [self.db_path, self.db_path.with_name(self.db_path.name + "-wal")]
         return sum(f.stat().st_size for f in files if f.exists()) / 1e6
 
@@ -289,13 +320,22 @@ async def drain(bot_url: str, limit_s: float) -> Json:
 async def run(args: argparse.Namespace) -> Json:
     workdir = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     db_path = workdir / "soak.sqlite3"
+    server: PostgresServer | None = None
+    database_url = f"sqlite:///{db_path}"
+    if args.database == "postgresql":
+        server, missing = PostgresServer.find()
+        if server is None:
+            raise SystemExit(f"--database postgresql: {missing}")
+        server.durable = True  # an immediate shutdown is a crash: what the bot acknowledged must survive it
+        server.start()
+        database_url = server.create_database("soak")
     double_port, bot_port = free_port(), free_port()
     double = spawn(["bench/soak.py", "--role", "double", "--port", str(double_port),
                     "--fault-rate", str(args.fault_rate), "--throttle-rate", str(args.throttle_rate)],
                    log=workdir / "double.log")
     double_url, bot_url = f"http://127.0.0.1:{double_port}/", f"http://127.0.0.1:{bot_port}/"
     bot = spawn(["main.py"], env={
-        "HOST": "127.0.0.1", "PORT": str(bot_port), "DATABASE_URL": f"sqlite:///{db_path}",
+        "HOST": "127.0.0.1", "PORT": str(bot_port), "DATABASE_URL": database_url,
         "NOTIFY_TOKEN": TOKEN, "PRICES_TOKEN": TOKEN, "PRICE_SOURCE": "none", "ANALYZE_SECONDS": "20",
         "LOG_LEVEL": "WARNING", "MAX_ANALYSES_PER_TENANT": "100000",  # 200 users of one tenant: every ask is counted
 
@@ -304,7 +344,7 @@ async def run(args: argparse.Namespace) -> Json:
     try:
         await wait_http(double_url + "healthz")
         await wait_http(bot_url + "healthz")
-        driver = Driver(args, bot_url, double_url, db_path, bot.pid)
+        driver = Driver(args, bot_url, double_url, db_path, bot.pid, server)
         await driver.run()
         outbox = await drain(bot_url, 180)
         async with aiohttp.ClientSession() as http:
@@ -315,6 +355,8 @@ async def run(args: argparse.Namespace) -> Json:
     finally:
         stop(bot)
         stop(double)
+        if server is not None:
+            server.stop()
     return report(args, driver, seen, outbox, health, workdir)
 
 
@@ -340,12 +382,14 @@ def report(args: argparse.Namespace, driver: Driver, seen: Json, outbox: Json, h
           f"{seen['statuses']}")
     print(f"bot: outbox at the end {outbox}; delivery counters {health.get('delivery', {})}")
     print(f"lost: {len(lost_pings)} pings, {lost_broadcasts} broadcast deliveries, {len(lost_analyses)} analyses"
-          f" (target 0); 5xx answers: {tally.five_xx} (target 0); driver errors {dict(tally.other_errors)}")
+          f" (target 0); 5xx answers: {tally.five_xx} (target 0); honest 503s (database away, sent again): "
+          f"{tally.honest_503}; driver errors {dict(tally.other_errors)}")
     print(f"RSS {rss_start:.1f} MB at 2 min -> {rss_end:.1f} MB at the end ({growth:+.1f} %, target < 15 %); "
           f"database {tally.samples[-1][2]:.2f} MB")
     print(f"  logs: {workdir}")
-    return {"minutes": args.minutes, "turns": tally.turns, "sends": seen["accepted"], "lost": lost,
-            "five_xx": tally.five_xx, "rss_mb_start": round(rss_start, 1), "rss_mb_end": round(rss_end, 1),
+    return {"minutes": args.minutes, "database": args.database, "turns": tally.turns, "sends": seen["accepted"],
+            "lost": lost, "five_xx": tally.five_xx, "honest_503": tally.honest_503,
+            "rss_mb_start": round(rss_start, 1), "rss_mb_end": round(rss_end, 1),
             "rss_growth_pct": round(growth, 1), "db_mb_end": round(tally.samples[-1][2], 2)}
 
 
@@ -356,6 +400,8 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=4)
     parser.add_argument("--fault-rate", type=float, default=0.10, help="message calls answered 5xx or held")
     parser.add_argument("--throttle-rate", type=float, default=0.02, help="message calls answered 429")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="postgresql: a throwaway server, stopped for 15 s twice")
     parser.add_argument("--role", choices=("bench", "double"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -201,7 +201,7 @@ class WatchedDatabase:
             await asyncio.sleep(self._probe_s)
             try:
                 if self.engine == "sqlite":  # never cancelled half-way: a BEGIN finishing after it would stay open
-                    await self.check()  # (bounded by the busy timeout)
+                    await self.check()  # (it does not wait for the lock)
                 else:
                     await asyncio.wait_for(self.check(), timeout=max(2.0, self._probe_s * 4))
             except Exception as exc:  # still away; the reason may have changed, the WARNING was said once
@@ -214,6 +214,10 @@ class WatchedDatabase:
         """Raise unless the database takes writes now: SQLite's write lock can be had, PostgreSQL answers and is
         not a standby in recovery."""
         if self.engine == "sqlite":
+            writable = getattr(self.inner, "check_writable", None)
+            if writable is not None:
+                await writable()
+                return
             async with self.inner.transaction():
                 pass
             return

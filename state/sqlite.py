@@ -143,6 +143,18 @@ class SqliteDatabase:
         async with self._lock:  # one trip to aiosqlite's thread, not three (execute, fetch, close)
             return list(await self.conn.execute_fetchall(sql, params))
 
+    async def check_writable(self) -> None:
+        """Raise (`database is locked`) unless the write lock can be had right now: taken and given back at once,
+        without waiting on the busy timeout (for state.availability's probe)."""
+        async with self._lock:
+            conn = self.conn
+            await conn.execute("PRAGMA busy_timeout=0")
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                await conn.rollback()
+            finally:
+                await conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+
     def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
         self._subscribers.setdefault(channel, []).append(callback)
 
