@@ -149,6 +149,7 @@ class BotApplication:
                                    days=config.retention_days, analyses=self.analysis_store,
                                    processed=self.processed)
         self.availability.on_change(self._database_changed)
+        self._health_cache = CachedHealth(self.health, self.clock)
         self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
             self.teams.roster, self.references, self.proactive, config.bot_name))
         notify = NotifyEndpoints(config.notify_token, self.outbox, self.broadcasts,
@@ -160,7 +161,7 @@ class BotApplication:
         self.web_app = build_web_app(
             MessagesEndpoint(turns, self.metrics, local=not config.auth_enabled,
                              service_urls=self.teams.service_urls, tenants=self.tenants),
-            HealthEndpoint(CachedHealth(self.health, self.clock), operators), notify,
+            HealthEndpoint(self._health_cache, operators), notify,
             PricesEndpoint(TokenGate(config.prices_token, "PRICES_TOKEN", "Prices").refuse, self.watcher.observe,
                            self.clock),
             MetricsEndpoint(operators, self.metrics, self._refresh_gauges), self.metrics,
@@ -176,7 +177,9 @@ class BotApplication:
         self.port: int | None = None
 
     def _database_changed(self, up: bool) -> None:
-        """Back: every part that backs off retries now (the notification connection is woken by the database)."""
+        """Gone or back: /healthz says so at its next probe; back: every part that backs off retries now (the
+        notification connection is woken by the database)."""
+        self._health_cache.forget()
         if up:
             self.worker.database_back()
             self.scheduler.database_back()

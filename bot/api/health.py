@@ -43,6 +43,10 @@ class CachedHealth:
             self._running = asyncio.ensure_future(self._run())
         return await asyncio.shield(self._running)  # a probe that hangs up does not cancel the others' check
 
+    def forget(self) -> None:
+        """Something the check reads changed (the database went or came back): the next probe checks again."""
+        self._last = None
+
     async def _run(self) -> dict[str, Any]:
         try:
             started = self._clock.monotonic()
