@@ -77,6 +77,8 @@ async def test_the_database_is_marked_back_and_parts_woken_within_seconds(
                                      notify_token="tok"))
         chat = Chat(http, app, double, conversation_id="dm-back")
         await chat.say("help")
+        changes: asyncio.Queue[bool] = asyncio.Queue()
+        app.availability.on_change(changes.put_nowait)
         await outage.down()
         try:
             newcomer = Chat(http, app, double, conversation_id="dm-newcomer", user_id="29:newcomer")
@@ -86,8 +88,7 @@ async def test_the_database_is_marked_back_and_parts_woken_within_seconds(
             assert not app.availability.up
         finally:
             await outage.up()
-        changes: asyncio.Queue[bool] = asyncio.Queue()
-        app.availability.on_change(changes.put_nowait)
+        assert await asyncio.wait_for(changes.get(), 10) is False, "it went away once"
         assert await asyncio.wait_for(changes.get(), 10) is True, "the probe sees the return"
         async with http.post(bot_url(app, "/api/notify"), headers={"Authorization": "Bearer tok"},
                              json={"to": {"conversations": ["dm-back"]}, "text": "after the return"}) as response:
