@@ -52,8 +52,6 @@ def main() -> int:
     except OSError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
-    finally:  # stopped (or never started): a second Ctrl-C while the interpreter exits must not kill it mid-way
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
 
 
