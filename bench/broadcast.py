@@ -233,7 +233,7 @@ async def run_round(workdir: Path, databases: Databases, engine: str, recipients
                 if expanded_s is None and polls % 5 == 0:
                     async with session.get(f"{bot_url}api/notify/batches/{body['batchId']}",
                                            headers={"Authorization": f"Bearer {TOKEN}"}) as answer:
-                        if (await answer.json())["state"] == "expanded":
+                        if (await answer.json())["expansion"] == "expanded":
                             expanded_s = time.monotonic() - started
                 if polls % 5 == 0:
                     async with session.get(service_url + "_bench/progress") as answer:

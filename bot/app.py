@@ -24,7 +24,7 @@ from state.clock import Clock, SystemClock
 from state.db import connect
 from state.engagement import Engagement
 from state.leases import Leases, TurnLeases
-from state.notices import DeliveryReport, NoticeStore
+from state.notices import DeliveryReport, NoticeControl, NoticeStore
 from state.outbox import OutboxStore
 from state.preferences import Preferences
 from state.prices import PriceLog
@@ -35,7 +35,7 @@ from state.watches import WatchStore
 
 from .access import AllowedTenants
 from .analyses.service import AnalysisService
-from .api.broadcasts import Broadcasts
+from .api.broadcasts import Broadcasts, expansion_key
 from .api.guards import TokenGate
 from .api.health import CachedHealth, HealthEndpoint
 from .api.messages import MessagesEndpoint
@@ -52,6 +52,7 @@ from .delivery.worker import DeliveryWorker
 from .log_repeats import repeat_filters
 from .metrics import Metrics, TenantQueue
 from .notices.acknowledge import Acknowledgements
+from .notices.lifecycle import NoticeLifecycle
 from .onboarding.team_members import WELCOME_TEAM_MEMBERS, TeamMemberWelcome
 from .prices.alert_actions import AlertActions
 from .prices.sources import build_price_source
@@ -144,7 +145,7 @@ class BotApplication:
         )
         self.broadcasts = Broadcasts(self.broadcast_store, self.outbox, self.references, self.proactive, self.worker,
                                      self.scheduler, tenants=self.tenants, page=config.broadcast_page,
-                                     list_page=min(500, config.broadcast_page))
+                                     list_page=min(500, config.broadcast_page), clock=self.clock)
         self.retention = Retention(self.outbox, self.broadcast_store, self.prices, self.scheduler, self.clock,
                                    days=config.retention_days, analyses=self.analysis_store,
                                    processed=self.processed)
@@ -152,10 +153,13 @@ class BotApplication:
         self._health_cache = CachedHealth(self.health, self.clock)
         self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
             self.teams.roster, self.references, self.proactive, config.bot_name))
+        self.notice_lifecycle = NoticeLifecycle(NoticeControl(self.db, self.clock), self.worker, self.scheduler,
+                                                self.clock, self.metrics, tenant_rps=config.tenant_rps,
+                                                expansion_key=expansion_key)
         notify = NotifyEndpoints(config.notify_token, self.outbox, self.broadcasts,
-                                 lambda: self.clock.now().timestamp())
+                                 lambda: self.clock.now().timestamp(), self.notice_lifecycle)
         self.notice_endpoints = NoticeEndpoints(notify.refuse, self.broadcast_store, DeliveryReport(self.db),
-                                                self.metrics)
+                                                self.metrics, self.notice_lifecycle)
         operators = TokenGate(config.metrics_token, "METRICS_TOKEN", "Metrics",
                               open_when_unset=config.allow_open_metrics or is_loopback(config.host))
         self.web_app = build_web_app(

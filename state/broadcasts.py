@@ -25,6 +25,7 @@ from .migrations import BROADCAST_STATUSES
 from .outbox import Enqueued, OutboxItem, OutboxStore
 
 EXPANDING, EXPANDED = "expanding", "expanded"
+SCHEDULED, CANCELLED = "scheduled", "cancelled"  # waiting for its sendAt; cancelled (state/notices.py)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Broadcast:
     expanded_at: float | None
     last_change: float
     acknowledged: int = 0  # people who pressed its Acknowledge button (state/notices.py)
+    send_at: float | None = None  # when a scheduled broadcast goes
+    cancelled_at: float | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Broadcast:
@@ -60,13 +63,13 @@ class Broadcast:
             inactive=int(row["inactive"]),
             counts={s: int(row[f"n_{s}"]) for s in BROADCAST_STATUSES if row[f"n_{s}"]},
             created_at=float(row["created_at"]), expanded_at=row["expanded_at"], last_change=float(row["updated_at"]),
-            acknowledged=int(row["acknowledged"] or 0),
+            acknowledged=int(row["acknowledged"] or 0), send_at=row["send_at"], cancelled_at=row["cancelled_at"],
         )
 
     @property
     def finished(self) -> bool:
         """Every recipient written and none waiting any more (sent, failed, dropped, expired, cancelled...)."""
-        return self.state != EXPANDING and not any(self.counts.get(s) for s in ("pending", "held"))
+        return self.state not in (EXPANDING, SCHEDULED) and not any(self.counts.get(s) for s in ("pending", "held"))
 
     @property
     def targets(self) -> int:
@@ -93,17 +96,18 @@ class BroadcastStore:
 
     async def create(self, public_id: str, audience: dict[str, Any], payload: dict[str, Any], *,
                      priority: int = 0, expires_at: float | None = None, dedup_key: str | None = None,
-                     category: str = "notification",
+                     category: str = "notification", send_at: float | None = None,
                      also: Callable[[Connection, int], Awaitable[None]] | None = None) -> int:
-        """Record a broadcast's intent; `also(tx, id)` writes what must commit with it (the job that expands
-        it). Returns its id."""
+        """Record a broadcast's intent (with `send_at`: scheduled); `also(tx, id)` writes what must commit with
+        it (the job that expands it). Returns its id."""
         now = self._clock.now().timestamp()
         async with self._db.transaction() as tx:
             row = await tx.fetchone(
                 "INSERT INTO broadcasts (public_id, audience, payload, category, priority, expires_at, dedup_key, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "created_at, updated_at, state, send_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (public_id, json.dumps(audience, separators=(",", ":")), json.dumps(payload, separators=(",", ":")),
-                 category, priority, expires_at, dedup_key, now, now))
+                 category, priority, expires_at, dedup_key, now, now, EXPANDING if send_at is None else SCHEDULED,
+                 send_at))
             assert row is not None
             broadcast_id = int(row["id"])
             if also is not None:
@@ -122,6 +126,17 @@ class BroadcastStore:
         """Broadcasts whose recipients are still being written."""
         return [int(r["id"]) for r in await self._db.fetchall(
             "SELECT id FROM broadcasts WHERE state = 'expanding' ORDER BY id")]
+
+    async def scheduled(self) -> list[tuple[int, float]]:
+        """Broadcasts waiting for their time, with it."""
+        return [(int(r["id"]), float(r["send_at"])) for r in await self._db.fetchall(
+            "SELECT id, send_at FROM broadcasts WHERE state = 'scheduled' ORDER BY id")]
+
+    async def release(self, broadcast_id: int) -> bool:
+        """A scheduled broadcast's time came: its recipients may be written now (False: it was not waiting)."""
+        return bool(await self._db.execute(
+            "UPDATE broadcasts SET state = 'expanding', updated_at = ? WHERE id = ? AND state = 'scheduled'",
+            (self._clock.now().timestamp(), broadcast_id)))
 
     async def _lock(self, tx: Connection, broadcast_id: int) -> Row | None:
         """The broadcast, locked for this page (PostgreSQL; SQLite's writer is alone anyway), and the first
@@ -242,9 +257,11 @@ class BroadcastStore:
         )
 
     async def purge(self, before: float, limit: int = 500) -> int:
-        """Delete expanded broadcasts created before `before` whose rows are all gone; returns how many."""
+        """Delete expanded (or cancelled) broadcasts created before `before` whose rows are all gone; returns how
+        many. A scheduled one stays, however far ahead its time is."""
         return await self._db.execute(
             "DELETE FROM broadcasts WHERE id IN (SELECT b.id FROM broadcasts b WHERE b.created_at < ? "
-            "AND b.state <> 'expanding' AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.broadcast_id = b.id) LIMIT ?)",
+            "AND b.state NOT IN ('expanding', 'scheduled') "
+            "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.broadcast_id = b.id) LIMIT ?)",
             (before, limit),
         )

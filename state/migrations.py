@@ -549,6 +549,12 @@ ALTER TABLE broadcasts ADD COLUMN acknowledged INTEGER NOT NULL DEFAULT 0
 """
 """Who pressed Acknowledge on which broadcast (once per person); the broadcast counts them."""
 
+_SCHEDULES_V18 = """
+ALTER TABLE broadcasts ADD COLUMN send_at DOUBLE PRECISION;
+ALTER TABLE broadcasts ADD COLUMN cancelled_at DOUBLE PRECISION
+"""
+"""A notice may wait for its time (`state` 'scheduled', `send_at`) and be cancelled (`state` 'cancelled')."""
+
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -744,4 +750,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(16, "fair limits: one lock row per user and tenant; analyses by tenant and by age",
               _QUOTAS_V16, _QUOTAS_V16),
     Migration(17, "processed activities: a re-sent activity is answered once", _PROCESSED_V17, _PROCESSED_V17),
+    Migration(18, "notices: scheduled and cancelled broadcasts", _SCHEDULES_V18, _SCHEDULES_V18),
 )

@@ -7,6 +7,7 @@ two presses racing on two replicas still make one row (the primary key decides).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .clock import Clock
@@ -90,3 +91,53 @@ class DeliveryReport:
             name=r["name"], conversation_id=r["conversation_id"], status=r["status"], reason=r["last_error"],
             attempts=int(r["attempts"]), sent_at=r["sent_at"], acknowledged_at=r["acknowledged_at"],
         ) for r in rows]
+
+
+STOPPED_CHANNEL = "broadcast_stopped"
+"""Notification channel: a broadcast was cancelled; every replica stops sending its rows (payload: its id)."""
+
+
+class NoticeControl:
+    """Cancelling a broadcast, and what its estimated finish is computed from."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def cancel(self, broadcast_id: int) -> bool:
+        """Mark the broadcast cancelled: its expansion writes no more rows (False: it already was)."""
+        now = self._clock.now().timestamp()
+        return bool(await self._db.execute(
+            "UPDATE broadcasts SET state = 'cancelled', cancelled_at = ?, updated_at = ? "
+            "WHERE id = ? AND state <> 'cancelled'", (now, now, broadcast_id)))
+
+    async def cancel_rows(self, broadcast_id: int, after: int = 0, size: int = 5000) -> tuple[int, int | None]:
+        """Cancel the not yet sent (pending or held) among the broadcast's next `size` rows after row id `after`:
+        (how many, the last row id looked at; None when there are no more). Short transactions, and a walk by
+        id that reads each row once however many recipients."""
+        now = self._clock.now().timestamp()
+        async with self._db.transaction() as tx:
+            page = await tx.fetchone(
+                "SELECT MAX(id) AS last FROM (SELECT id FROM outbox WHERE broadcast_id = ? AND id > ? "
+                "ORDER BY id LIMIT ?) p", (broadcast_id, after, size))
+            last = page["last"] if page else None
+            if last is None:
+                return 0, None
+            cancelled = await tx.execute(
+                "UPDATE outbox SET status = 'cancelled', last_error = 'the notice was cancelled', updated_at = ? "
+                "WHERE broadcast_id = ? AND id > ? AND id <= ? AND status IN ('pending', 'held')",
+                (now, broadcast_id, after, int(last)))
+        return cancelled, int(last)
+
+    async def pending_by_tenant(self, broadcast_id: int) -> list[tuple[str | None, int]]:
+        """The broadcast's rows still to send, per tenant (each tenant has its own send budget)."""
+        return [(r["tenant_id"], int(r["n"])) for r in await self._db.fetchall(
+            "SELECT tenant_id, COUNT(*) AS n FROM outbox WHERE broadcast_id = ? AND status = 'pending' "
+            "GROUP BY tenant_id", (broadcast_id,))]
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        """`callback(broadcast id)` when any replica cancels a broadcast (`*`: some may have been missed)."""
+        self._db.subscribe(STOPPED_CHANNEL, callback)
+
+    async def announce_stopped(self, broadcast_id: int) -> None:
+        await self._db.notify(STOPPED_CHANNEL, str(broadcast_id))

@@ -53,7 +53,7 @@ async def expand(app: BotApplication, http: aiohttp.ClientSession, batch_id: str
     """Run the expansion job (and its follow-up runs) until every recipient is written."""
     for _ in range(100):
         progress = await batch(http, app, batch_id)
-        if progress["state"] == "expanded":
+        if progress["expansion"] == "expanded":
             return progress
         await app.scheduler.run_due()
     raise AssertionError(f"batch {batch_id} still expanding: {progress}")

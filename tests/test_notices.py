@@ -6,11 +6,13 @@ buttons pressed by `adaptiveCard/action` invokes to /api/messages, the Bot Conne
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -218,3 +220,141 @@ async def test_the_report_is_guarded_and_names_what_is_wrong(
     for bad in ("xyz", "0" * 31, "G" * 32, "%0a" + "0" * 29):
         status, _, text = await report(http, app, bad, None)
         assert status == 400 and "batchId" in text, (bad, status, text)
+
+
+# ---- schedule and cancel -----------------------------------------------------------------------------------
+
+
+async def cancel(http: aiohttp.ClientSession, app: BotApplication, batch_id: str,
+                 headers: dict[str, str] = AUTH) -> tuple[int, dict[str, Any]]:
+    async with http.delete(bot_url(app, f"/api/notify/batches/{batch_id}"), headers=headers) as response:
+        return response.status, await response.json()
+
+
+def sends(double: ConnectorDouble) -> int:
+    return len([r for r in double.find(op="send") if r.status and r.status < 300])
+
+
+async def rounds(app: BotApplication, clock: FakeClock, count: int = 5) -> None:
+    """Let time pass and the worker do what it would: claim, send, write outcomes."""
+    for _ in range(count):
+        clock.advance(2)
+        await app.scheduler.run_due()
+        await app.worker.maintain()
+        app.worker.pump()
+        await app.worker.idle()
+        await app.worker.flush()
+
+
+async def test_a_scheduled_notice_waits_for_its_minute_survives_a_restart_and_goes_once(
+    start_bot: StartBot, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock,
+) -> None:
+    app = await start_bot(notify_token=TOKEN, price_source="none")
+    ada = Chat(http, app, double)
+    await ada.install()
+    await ada.settle()
+    before = len(ada.texts())  # the welcome
+    status, body = await notify(http, app, {"to": {"conversations": ["dm-ada"]}, "text": "Town hall starts",
+                                            "sendAt": "2026-01-01T03:00:42+01:00"})  # 02:00:42 UTC → 02:00
+    assert status == 202 and body["state"] == "scheduled" and "ids" not in body, body
+    progress = await batch(http, app, body["batchId"])
+    assert progress["state"] == "scheduled" and progress["sendAt"] == "2026-01-01T02:00:00Z"
+    fake_clock.advance(3600 + 59 * 60 - 1)  # 01:58:59
+    await rounds(app, fake_clock, 1)  # 01:59:01: not yet
+    assert len(ada.texts()) == before and (await batch(http, app, body["batchId"]))["state"] == "scheduled"
+    await app.stop()
+    fake_clock.advance(120)  # down over its time
+    again = await start_bot(notify_token=TOKEN, price_source="none")
+    await rounds(again, fake_clock, 3)
+    await rounds(again, fake_clock, 3)
+    assert [t for t in Chat(http, again, double).texts()[before:]] == ["Town hall starts"], "once, after the restart"
+    done = await batch(http, again, body["batchId"])
+    assert done["state"] == "finished" and done["counts"] == {"sent": 1}
+
+
+@pytest.mark.parametrize(("send_at", "expires_at"), [
+    ("2026-01-01T09:00:00", None),  # no zone
+    ("tomorrow", None), ("2026-13-01T09:00:00Z", None), (1767258000, None), ("", None),
+    ("2028-01-01T09:00:00Z", None),  # over a year ahead
+    ("2026-01-02T09:00:00Z", "2026-01-02T08:00:00Z"),  # after it expires
+])
+async def test_send_at_needs_a_zone_and_a_time_that_makes_sense(
+    app: BotApplication, http: aiohttp.ClientSession, send_at: Any, expires_at: str | None,
+) -> None:
+    body: dict[str, Any] = {"to": {"all": True}, "text": "x", "sendAt": send_at}
+    if expires_at:
+        body["expiresAt"] = expires_at
+    status, answer = await notify(http, app, body)
+    assert status == 400 and answer["error"]["field"] == "sendAt", answer
+
+
+async def test_cancelling_a_scheduled_notice_means_it_never_goes(
+    app: BotApplication, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock,
+) -> None:
+    ada = Chat(http, app, double)
+    await ada.install()
+    await ada.settle()
+    before = sends(double)
+    status, body = await notify(http, app, {"to": {"all": True}, "text": "Never", "sendAt": "2026-01-01T00:10:00Z"})
+    assert status == 202
+    status, answer = await cancel(http, app, body["batchId"])
+    assert status == 200 and answer["state"] == "cancelled" and answer["alreadyCancelled"] is False
+    fake_clock.advance(3600)
+    await rounds(app, fake_clock)
+    assert sends(double) == before
+    progress = await batch(http, app, body["batchId"])
+    assert progress["state"] == "cancelled" and progress["cancelledAt"] == "2026-01-01T00:00:00Z"
+    again = await cancel(http, app, body["batchId"])
+    assert again == (200, {**answer, "alreadyCancelled": True})
+    async with http.get(bot_url(app, "/metrics")) as response:
+        assert 'bot_notice_actions_total{action="cancelled"} 1.0' in await response.text()
+
+
+async def test_cancelling_while_sending_stops_everything_not_sent_and_nothing_goes_after_the_answer(
+    app: BotApplication, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock,
+) -> None:
+    await seeded_with_names(app, double, 130)  # one tenant: 50 sends per second
+    app.broadcasts.page = 50
+    double.hold_next(3, ops={"send"})  # three sends stay in flight while the cancel comes
+    status, body = await notify(http, app, {"to": {"all": True}, "text": "Evacuate"})
+    assert status == 202
+    await expand(app, http, body["batchId"])
+    progress = await batch(http, app, body["batchId"])
+    assert progress["state"] == "sending"
+    now = fake_clock.now().timestamp()
+    estimate = datetime.fromisoformat(progress["estimatedFinishAt"]).timestamp()
+    assert now < estimate <= now + 130 / 50, "the rows still to send, at the tenant's 50 per second"
+    await app.worker.maintain()
+    app.worker.pump()
+    for _ in range(500):
+        if double.held_count == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert double.held_count == 3
+    cancelling = asyncio.create_task(cancel(http, app, body["batchId"]))
+    for _ in range(50):
+        await asyncio.sleep(0.01)  # the cancel reaches the bot and waits for the sends in flight
+    assert not cancelling.done(), "the cancel is answered only once the sends in flight have ended"
+    double.release_held()
+    status, answer = await cancelling
+    answered = sends(double)
+    assert status == 200 and 3 <= answered < 130 and answer["cancelled"] == 130 - answered, (answered, answer)
+    await rounds(app, fake_clock, 10)
+    assert sends(double) == answered, "nothing is sent after the cancel was answered"
+    done = await batch(http, app, body["batchId"])
+    assert done["state"] == "cancelled" and done["counts"] == {"sent": answered, "cancelled": 130 - answered}
+    assert (await cancel(http, app, body["batchId"]))[0] == 200
+
+
+async def test_a_finished_notice_cannot_be_cancelled_and_cancel_is_guarded(
+    app: BotApplication, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock,
+) -> None:
+    ada = Chat(http, app, double)
+    await ada.install()
+    status, body = await notify(http, app, {"to": {"conversations": ["dm-ada"]}, "text": "Done"})
+    await rounds(app, fake_clock, 2)
+    status, answer = await cancel(http, app, body["batchId"])
+    assert status == 409 and "finished" in answer["error"]["message"]
+    assert (await cancel(http, app, body["batchId"], headers={}))[0] == 401
+    assert (await cancel(http, app, "0" * 32))[0] == 404
+    assert (await cancel(http, app, "not-a-batch"))[0] == 400

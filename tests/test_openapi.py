@@ -44,7 +44,7 @@ def test_the_description_is_served(live: LiveBot) -> None:
 
 def _ground(case: Any, live: LiveBot) -> None:
     """What the description cannot say: generated activities reply to the connector double (never to a
-    generated host), and a notification's expiry is in the future."""
+    generated host), a notification's expiry is in the future, its sendAt within a year and before it."""
     if not isinstance(case.body, dict):
         return
     if case.operation.path == "/api/messages" and "serviceUrl" in case.body:
@@ -52,6 +52,8 @@ def _ground(case: Any, live: LiveBot) -> None:
     positive = case.meta is None or case.meta.generation.mode is GenerationMode.POSITIVE
     if case.operation.path == "/api/notify" and case.body.get("expiresAt") is not None and positive:
         case.body["expiresAt"] = "2100-01-01T00:00:00Z"
+    if case.operation.path == "/api/notify" and case.body.get("sendAt") is not None and positive:
+        case.body["sendAt"] = "2020-01-01T00:00:00Z"  # within a year ahead and before expiresAt: a past time goes now
 
 
 def _has_input(operation: Any) -> bool:

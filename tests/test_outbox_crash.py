@@ -46,7 +46,7 @@ async def expanded(http: aiohttp.ClientSession, url: str, batch_id: str, timeout
     while asyncio.get_running_loop().time() < deadline:
         async with http.get(f"{url}/api/notify/batches/{batch_id}",
                             headers={"Authorization": f"Bearer {TOKEN}"}) as response:
-            if (await response.json())["state"] == "expanded":
+            if (await response.json())["expansion"] == "expanded":
                 return
         await asyncio.sleep(0.02)
     raise AssertionError(f"broadcast {batch_id} not written within {timeout} s")

@@ -27,6 +27,7 @@ from bot.notices.acknowledge import with_acknowledge
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
 from state.broadcasts import Broadcast, BroadcastStore
+from state.clock import Clock, SystemClock
 from state.db import Connection
 from state.outbox import OutboxItem, OutboxStore
 from state.references import ConversationReferences
@@ -49,6 +50,7 @@ class Accepted:
 
     batch_id: str
     expanded: bool
+    scheduled: bool = False
     queued: int = 0
     held: int = 0
     muted: int = 0
@@ -61,7 +63,7 @@ class Accepted:
     def answer(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "batchId": self.batch_id,
-            "state": "expanded" if self.expanded else "expanding",
+            "state": "scheduled" if self.scheduled else "expanded" if self.expanded else "expanding",
             "queued": self.queued, "held": self.held, "muted": self.muted, "duplicates": self.duplicates,
             "unknown": {"users": self.unknown_users, "conversations": self.unknown_conversations},
             "inactive": {"conversations": self.inactive_conversations},
@@ -77,18 +79,22 @@ class Broadcasts:
     def __init__(self, store: BroadcastStore, outbox: OutboxStore, references: ConversationReferences,
                  proactive: ProactiveMessages, worker: DeliveryWorker, scheduler: Scheduler, *,
                  tenants: AllowedTenants | None = None, page: int = 1000, list_page: int = 500,
-                 pages_per_run: int = 20) -> None:
+                 pages_per_run: int = 20, clock: Clock | None = None) -> None:
         self._store = store
         self._outbox = outbox
         self._references = references
         self._proactive = proactive
         self._worker = worker
         self._scheduler = scheduler
+        self._clock = clock or SystemClock()
         self._tenants = tenants or AllowedTenants()  # ALLOWED_TENANTS: a target elsewhere is not one
         self.page = page  # conversations per page of a broadcast to everyone
         self.list_page = list_page  # entries of a list per page
         self.pages_per_run = pages_per_run  # pages per run of the job
         scheduler.register(EXPAND, self._expand_job)
+
+    def _clock_now(self) -> float:
+        return self._clock.now().timestamp()
 
     async def get(self, public_id: str) -> Broadcast | None:
         return await self._store.get(public_id)
@@ -102,6 +108,12 @@ class Broadcasts:
             if job is None or job.state == "dead":
                 await self._scheduler.schedule_in(0, EXPAND, {"broadcast": broadcast_id},
                                                   key=expansion_key(broadcast_id))
+        now = self._clock_now()
+        for broadcast_id, send_at in await self._store.scheduled():  # its job goes at its time
+            job = await self._scheduler.get(key=expansion_key(broadcast_id))
+            if job is None or job.state == "dead":
+                await self._scheduler.schedule_in(max(0.0, send_at - now), EXPAND, {"broadcast": broadcast_id},
+                                                  key=expansion_key(broadcast_id))
 
     async def accept(self, note: Notification) -> Accepted:
         """Record the broadcast and answer: expanded at once when small, else by its job."""
@@ -113,18 +125,23 @@ class Broadcasts:
         if note.target_all:
             first = await self._references.reachable(limit=INLINE_TARGETS + 1)
         inline = len(first) <= INLINE_TARGETS if note.target_all else listed <= INLINE_TARGETS
+        inline = inline and note.send_at is None  # a scheduled notice is written by its job, at its time
+        wait = 0.0 if note.send_at is None else max(0.0, note.send_at - self._clock_now())
         audience: dict[str, Any] = {"all": True} if note.target_all else {
             "users": note.users, "conversations": note.conversations}
         async with self._scheduler.staging() as stage:
 
             async def expand_later(tx: Connection, broadcast_id: int) -> None:
                 if not inline:
-                    await stage.schedule_in(tx, 0, EXPAND, {"broadcast": broadcast_id},
+                    await stage.schedule_in(tx, wait, EXPAND, {"broadcast": broadcast_id},
                                             key=expansion_key(broadcast_id))
 
             broadcast_id = await self._store.create(
                 public_id, audience, note.payload, priority=note.priority, expires_at=note.expires_at,
-                dedup_key=note.dedup_key, also=expand_later)
+                dedup_key=note.dedup_key, send_at=note.send_at, also=expand_later)
+        if note.send_at is not None:
+            log.info("broadcast %s scheduled in %.0f s", public_id, wait)
+            return Accepted(public_id, expanded=False, scheduled=True)
         if not inline:
             log.info("broadcast %s accepted: its recipients are being written", public_id)
             return Accepted(public_id, expanded=False)
@@ -180,6 +197,7 @@ class Broadcasts:
 
     async def _expand_job(self, job: Job) -> None:
         broadcast_id = int(job.payload.get("broadcast", 0))
+        await self._store.release(broadcast_id)  # a scheduled broadcast's time came (else nothing changes)
         for n in range(self.pages_per_run):
             if await self.expand_page(broadcast_id, first=n == 0):
                 return

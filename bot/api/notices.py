@@ -8,6 +8,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from bot.metrics import Metrics
+from bot.notices.lifecycle import NoticeLifecycle
 from bot.notices.report import CSV_TYPE, JSON_LINES_TYPE, csv_chunk, json_lines_chunk, wants_csv
 from state.broadcasts import Broadcast, BroadcastStore
 from state.notices import DeliveryReport
@@ -20,11 +21,12 @@ class NoticeEndpoints:
     """`refuse` is the notify API's token gate; the report streams `page` recipients per query."""
 
     def __init__(self, refuse: Callable[[web.Request], web.Response | None], broadcasts: BroadcastStore,
-                 report: DeliveryReport, metrics: Metrics, *, page: int = 1000) -> None:
+                 report: DeliveryReport, metrics: Metrics, lifecycle: NoticeLifecycle, *, page: int = 1000) -> None:
         self._refuse = refuse
         self._broadcasts = broadcasts
         self._report = report
         self._metrics = metrics
+        self._lifecycle = lifecycle
         self.page = page
 
     async def _batch(self, request: web.Request) -> Broadcast | web.Response:
@@ -42,7 +44,7 @@ class NoticeEndpoints:
     async def recipients(self, request: web.Request) -> web.StreamResponse:
         """GET …/recipients: one row per recipient, CSV (`Accept: text/csv`) or JSON lines, streamed in pages."""
         batch = await self._batch(request)
-        if isinstance(batch, web.StreamResponse):
+        if isinstance(batch, web.Response):
             return batch
         as_csv = wants_csv(request.headers.get("Accept", ""))
         response = web.StreamResponse(headers={
@@ -66,3 +68,14 @@ class NoticeEndpoints:
         await response.write_eof()
         self._metrics.notice("report")
         return response
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        """DELETE /api/notify/batches/{batchId}: nothing of it that has not gone yet goes (409 once finished)."""
+        batch = await self._batch(request)
+        if isinstance(batch, web.Response):
+            return batch
+        if batch.finished and batch.state != "cancelled":
+            return error(409, "Conflict", f"batch {batch.public_id} has finished: nothing is left to cancel")
+        cancelled = await self._lifecycle.cancel(batch)
+        return web.json_response({"batchId": batch.public_id, "state": "cancelled", "cancelled": cancelled.rows,
+                                  "alreadyCancelled": cancelled.already})

@@ -39,10 +39,13 @@ from .errors import JsonBody, describe, error, field_error, row_id
 from .guards import TokenGate
 
 if TYPE_CHECKING:
+    from bot.notices.lifecycle import NoticeLifecycle
+
     from .broadcasts import Broadcasts
 
 MAX_TARGETS = 10_000
 MAX_MESSAGE_BYTES = 28_000  # Teams caps a message at about 28 KB
+MAX_LEAD_S = 366 * 86_400  # a notice may be scheduled up to a year ahead
 BATCH_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -102,6 +105,7 @@ class NotifyRequest(_Strict):
     priority: Literal["normal", "urgent"] = "normal"
     expiresAt: Annotated[datetime, PlainValidator(_aware_datetime)] | None = None
     acknowledge: StrictBool = False
+    sendAt: Annotated[datetime, PlainValidator(_aware_datetime)] | None = None
 
 
 @dataclass
@@ -116,6 +120,7 @@ class Notification:
     priority: int = 0
     expires_at: float | None = None
     acknowledge: bool = False  # an Acknowledge button (bot/notices/acknowledge.py), added once the batch id is known
+    send_at: float | None = None  # scheduled: written and sent from then on (minute precision)
 
 
 def parse_notification(body: Any, now: float) -> Notification:
@@ -152,6 +157,13 @@ def parse_notification(body: Any, now: float) -> Notification:
         if expires <= now:
             raise BadRequest("expiresAt", "is already in the past")
         note.expires_at = expires
+    if request.sendAt is not None:
+        at = request.sendAt.timestamp()
+        if at > now + MAX_LEAD_S:
+            raise BadRequest("sendAt", "is more than a year ahead")
+        note.send_at = at - at % 60  # minute precision; a time already past goes at once
+        if note.expires_at is not None and note.send_at >= note.expires_at:
+            raise BadRequest("sendAt", "must be before expiresAt")
     return note
 
 
@@ -212,11 +224,13 @@ async def resolve_targets(note: Notification, references: ConversationReferences
 class NotifyEndpoints:
     """The HTTP side; `broadcasts` accepts each request as one broadcast (policy and outbox behind it)."""
 
-    def __init__(self, token: str, store: OutboxStore, broadcasts: Broadcasts, now: Callable[[], float]) -> None:
+    def __init__(self, token: str, store: OutboxStore, broadcasts: Broadcasts, now: Callable[[], float],
+                 lifecycle: NoticeLifecycle | None = None) -> None:
         self._gate = TokenGate(token, "NOTIFY_TOKEN", "Notify")
         self._store = store
         self._broadcasts = broadcasts
         self._now = now
+        self._lifecycle = lifecycle  # scheduled, sending, cancelled, finished (bot/notices/lifecycle.py)
 
     def refuse(self, request: web.Request) -> web.Response | None:
         """None when the request carries the right Bearer token, else the answer to give."""
@@ -259,9 +273,12 @@ class NotifyEndpoints:
         batch = await self._broadcasts.get(batch_id)
         if batch is None:
             return error(404, "NotFound", f"no batch {batch_id}")
+        notice = await self._lifecycle.status(batch) if self._lifecycle is not None else {"state": batch.state}
         return web.json_response({
             "batchId": batch.public_id,
-            "state": batch.state,
+            **notice,
+            "expansion": "expanded" if batch.expanded_at is not None else (
+                "expanding" if batch.state == "expanding" else None),
             "requested": batch.requested,
             "targets": batch.targets,
             "duplicates": max(0, batch.requested - batch.targets),

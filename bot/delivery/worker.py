@@ -127,6 +127,8 @@ class DeliveryWorker:
         self._rows: dict[int, OutboxRow] = {}
         self._sent_ids: OrderedDict[int, str] = OrderedDict()  # recent row id → Teams activity id
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._broadcast_sends: dict[asyncio.Task[None], int] = {}  # sends in flight of a broadcast's rows
+        self._stopped: OrderedDict[int, None] = OrderedDict()  # cancelled broadcasts: their rows start no send
         self._outcomes: list[Outcome] = []
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -334,7 +336,7 @@ class DeliveryWorker:
         now_wall = self._clock.now().timestamp()
         now = self._clock.monotonic()
         for row in rows:
-            if row.status != "pending" or row.id in self._rows:
+            if row.status != "pending" or row.id in self._rows or row.broadcast_id in self._stopped:
                 continue
             self._rows[row.id] = row
             self._queue.push(Ticket(
@@ -348,6 +350,18 @@ class DeliveryWorker:
         """Forget rows cancelled in the database (not yet sent)."""
         for row_id in row_ids:
             self._rows.pop(row_id, None)
+
+    def stop_broadcast(self, broadcast_id: int) -> None:
+        """A cancelled broadcast: none of its rows starts a send here from now on (one already started ends)."""
+        self._stopped[broadcast_id] = None
+        while len(self._stopped) > 10_000:
+            self._stopped.popitem(last=False)
+        self.cancel([row_id for row_id, row in self._rows.items() if row.broadcast_id == broadcast_id])
+
+    async def broadcast_settled(self, broadcast_id: int) -> None:
+        """Wait until no send of the broadcast's rows is in flight here."""
+        while tasks := {task for task, of in self._broadcast_sends.items() if of == broadcast_id}:
+            await asyncio.wait(tasks)
 
     # -- a turn's replies ------------------------------------------------------------------------
 
@@ -460,6 +474,8 @@ class DeliveryWorker:
             for ticket in sends:
                 task = asyncio.create_task(self._deliver(ticket, lookup))
                 self._in_flight.add(task)
+                if (row := self._rows.get(ticket.row_id)) is not None and row.broadcast_id is not None:
+                    self._broadcast_sends[task] = row.broadcast_id
                 task.add_done_callback(self._finished)
         return len(tickets)
 
@@ -473,6 +489,7 @@ class DeliveryWorker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self._broadcast_sends.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed unexpectedly", exc_info=task.exception())
         self._wake.set()
@@ -543,7 +560,8 @@ class DeliveryWorker:
     async def _deliver(self, ticket: Ticket,
                        lookup: asyncio.Future[dict[str, ConversationRecord]] | None = None) -> None:
         row = self._rows.get(ticket.row_id)
-        if row is None:  # cancelled meanwhile
+        if row is None or row.broadcast_id in self._stopped:  # cancelled meanwhile
+            self._rows.pop(ticket.row_id, None)
             self._queue.done(ticket.conversation, ticket.tenant)
             return
         tenant = tenant_key(row.tenant_id)
