@@ -149,6 +149,10 @@ class ProactiveMessages:
             decision = decide(state, category=item.category, urgent=item.priority > 0, muted=muted_here,
                               deferred=plan[1] if plan else None)
             deferred_until = plan[0].timestamp() if plan and decision.reason == plan[1] else None
+            if decision.action == "hold" and target.conversation_id is None:
+                # No 1:1 chat to hold it in (someone known only from a group chat): nothing would release it. It
+                # goes when the wait is over (quiet hours, digest: deferred_until), the worker opening the chat.
+                decision = Decision("deliver", decision.reason)
             record = records.get(target.conversation_id or "")
             if not self._tenants.allows(item.tenant_id or (record.tenant_id if record else None)):
                 decision, deferred_until = Decision("drop", "the bot does not serve this tenant"), None
@@ -248,6 +252,11 @@ class ProactiveMessages:
         groups = {key for key, record in (await self._references.get_many(
             {r.conversation_id for r in held if r.conversation_id})).items()
             if record.conversation_type in GROUP_SCOPES}
+        orphans = [r.id for r in held if not r.conversation_id]
+        if orphans:  # held with no chat to wait in (older versions did that): they go, the worker opens the chat
+            await self._store.set_status(orphans, "pending", only_from=("held",))
+            await self._worker.offer([r for r in await self._store.get_many(orphans) if r.status == "pending"])
+            log.info("%d held notification(s) had no conversation to wait in; they go now", len(orphans))
         for row in held:
             if not row.conversation_id:
                 continue
