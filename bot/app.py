@@ -24,7 +24,7 @@ from state.clock import Clock, SystemClock
 from state.db import connect
 from state.engagement import Engagement
 from state.leases import Leases, TurnLeases
-from state.notices import DeliveryReport, NoticeControl, NoticeStore
+from state.notices import Audiences, DeliveryReport, NoticeControl, NoticeStore
 from state.outbox import OutboxStore
 from state.preferences import Preferences
 from state.prices import PriceLog
@@ -36,6 +36,7 @@ from state.watches import WatchStore
 from .access import AllowedTenants
 from .analyses.service import AnalysisService
 from .api.broadcasts import Broadcasts, expansion_key
+from .api.dry_run import DryRun
 from .api.guards import TokenGate
 from .api.health import CachedHealth, HealthEndpoint
 from .api.messages import MessagesEndpoint
@@ -157,7 +158,8 @@ class BotApplication:
                                                 self.clock, self.metrics, tenant_rps=config.tenant_rps,
                                                 expansion_key=expansion_key)
         notify = NotifyEndpoints(config.notify_token, self.outbox, self.broadcasts,
-                                 lambda: self.clock.now().timestamp(), self.notice_lifecycle)
+                                 lambda: self.clock.now().timestamp(), self.notice_lifecycle,
+                                 DryRun(Audiences(self.db), self.references, self.tenants, self.metrics))
         self.notice_endpoints = NoticeEndpoints(notify.refuse, self.broadcast_store, DeliveryReport(self.db),
                                                 self.metrics, self.notice_lifecycle)
         operators = TokenGate(config.metrics_token, "METRICS_TOKEN", "Metrics",

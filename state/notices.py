@@ -7,11 +7,11 @@ two presses racing on two replicas still make one row (the primary key decides).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from .clock import Clock
-from .db import Database
+from .db import Database, Row, marks
 
 
 @dataclass(frozen=True)
@@ -141,3 +141,24 @@ class NoticeControl:
 
     async def announce_stopped(self, broadcast_id: int) -> None:
         await self._db.notify(STOPPED_CHANNEL, str(broadcast_id))
+
+
+class Audiences:
+    """What a notice to everyone would reach, without writing anything (a dry run)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def everyone(self, tenants: Collection[str] | None, sample: int = 10) -> tuple[int, list[Row]]:
+        """How many active conversations (of `tenants`, lower case, when given) and the first `sample` of them."""
+        served, params = "", []
+        if tenants:
+            served = f" AND LOWER(TRIM(tenant_id)) IN ({marks(len(tenants))})"
+            params = sorted(tenants)
+        count = await self._db.fetchone(
+            f"SELECT COUNT(*) AS n FROM conversation_refs WHERE active = 1{served}", params)
+        rows = await self._db.fetchall(
+            "SELECT conversation_id, tenant_id, conversation_type, user_id, user_aad_id, "
+            f"COALESCE(user_name, channel_name) AS name FROM conversation_refs WHERE active = 1{served} "
+            "ORDER BY conversation_id LIMIT ?", (*params, sample))
+        return (int(count["n"]) if count else 0), rows

@@ -358,3 +358,32 @@ async def test_a_finished_notice_cannot_be_cancelled_and_cancel_is_guarded(
     assert (await cancel(http, app, body["batchId"], headers={}))[0] == 401
     assert (await cancel(http, app, "0" * 32))[0] == 404
     assert (await cancel(http, app, "not-a-batch"))[0] == 400
+
+
+# ---- dry run -----------------------------------------------------------------------------------------------
+
+
+async def test_a_dry_run_says_whom_a_notice_would_reach_and_sends_nothing(
+    app: BotApplication, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock,
+) -> None:
+    await seeded_with_names(app, double, 15)
+    await app.references.mark_inactive("a:conv-0014", "uninstalled")
+    status, answer = await notify(http, app, {"to": {"all": True}, "text": "x", "dryRun": True, "acknowledge": True})
+    assert status == 200 and answer["dryRun"] is True and answer["requested"] == 14
+    assert [s["conversationId"] for s in answer["sample"]] == [f"a:conv-{n:04d}" for n in range(10)]
+    assert answer["sample"][1]["name"] == HOSTILE[1] and answer["sample"][1]["aadObjectId"] == "aad-0001"
+    status, answer = await notify(http, app, {
+        "to": {"conversations": ["a:conv-0001", "a:conv-0014", "a:nobody"]}, "text": "x", "dryRun": True,
+        "sendAt": "2026-01-01T10:00:00Z"})
+    assert status == 200 and answer["requested"] == 1 and answer["sample"] == [
+        {"conversationId": "a:conv-0001", "tenantId": "tenant-1", "userId": None}]
+    assert answer["unknown"]["conversations"] == ["a:nobody"] and answer["inactive"]["conversations"] == ["a:conv-0014"]
+    await rounds(app, fake_clock, 2)
+    assert await app.db.fetchone("SELECT 1 AS x FROM outbox") is None
+    assert await app.db.fetchone("SELECT 1 AS x FROM broadcasts") is None and sends(double) == 0
+
+
+@pytest.mark.parametrize("value", ["true", 1, None])
+async def test_dry_run_must_be_true_or_false(app: BotApplication, http: aiohttp.ClientSession, value: Any) -> None:
+    status, answer = await notify(http, app, {"to": {"all": True}, "text": "x", "dryRun": value})
+    assert status == 400 and answer["error"]["field"] == "dryRun"

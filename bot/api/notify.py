@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from bot.notices.lifecycle import NoticeLifecycle
 
     from .broadcasts import Broadcasts
+    from .dry_run import DryRun
 
 MAX_TARGETS = 10_000
 MAX_MESSAGE_BYTES = 28_000  # Teams caps a message at about 28 KB
@@ -106,6 +107,7 @@ class NotifyRequest(_Strict):
     expiresAt: Annotated[datetime, PlainValidator(_aware_datetime)] | None = None
     acknowledge: StrictBool = False
     sendAt: Annotated[datetime, PlainValidator(_aware_datetime)] | None = None
+    dryRun: StrictBool = False
 
 
 @dataclass
@@ -121,6 +123,7 @@ class Notification:
     expires_at: float | None = None
     acknowledge: bool = False  # an Acknowledge button (bot/notices/acknowledge.py), added once the batch id is known
     send_at: float | None = None  # scheduled: written and sent from then on (minute precision)
+    dry_run: bool = False  # only say whom it would reach (bot/api/dry_run.py)
 
 
 def parse_notification(body: Any, now: float) -> Notification:
@@ -151,6 +154,7 @@ def parse_notification(body: Any, now: float) -> Notification:
     note.payload = payload
     note.dedup_key = request.dedupKey
     note.acknowledge = request.acknowledge
+    note.dry_run = request.dryRun
     note.priority = PRIORITIES[request.priority]
     if request.expiresAt is not None:
         expires = request.expiresAt.timestamp()
@@ -225,12 +229,13 @@ class NotifyEndpoints:
     """The HTTP side; `broadcasts` accepts each request as one broadcast (policy and outbox behind it)."""
 
     def __init__(self, token: str, store: OutboxStore, broadcasts: Broadcasts, now: Callable[[], float],
-                 lifecycle: NoticeLifecycle | None = None) -> None:
+                 lifecycle: NoticeLifecycle | None = None, dry_run: DryRun | None = None) -> None:
         self._gate = TokenGate(token, "NOTIFY_TOKEN", "Notify")
         self._store = store
         self._broadcasts = broadcasts
         self._now = now
         self._lifecycle = lifecycle  # scheduled, sending, cancelled, finished (bot/notices/lifecycle.py)
+        self._dry_run = dry_run
 
     def refuse(self, request: web.Request) -> web.Response | None:
         """None when the request carries the right Bearer token, else the answer to give."""
@@ -247,6 +252,10 @@ class NotifyEndpoints:
             note = parse_notification(body.value, self._now())
         except BadRequest as exc:
             return field_error(exc.field, str(exc))
+        if note.dry_run:  # nothing is stored or sent
+            if self._dry_run is None:
+                return error(501, "NotImplemented", "dryRun is not available here")
+            return web.json_response(await self._dry_run.preview(note))
         accepted = await self._broadcasts.accept(note)
         return web.json_response(accepted.answer(), status=202)
 
