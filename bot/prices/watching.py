@@ -94,13 +94,14 @@ class PriceWatcher:
     async def start(self) -> None:
         """Make sure every watched product is polled by the configured source, and that no product is silenced by
         a dead job: a poll or evaluation that ran out of attempts is armed again (and logged)."""
-        for key in await self._prices.watched_products():
-            await self._ensure_polling(key)
+        # evaluations first: a re-armed poll due at once may run and schedule a fresh evaluation over a dead one
         for job in await self._scheduler.list_jobs("evaluate:"):
             if job.state is JobState.DEAD:
                 log.warning("re-arming the dead evaluation of %s (last error: %s)", job.payload.get("product"),
                             job.last_error)
                 await self._scheduler.schedule_in(0, EVALUATE, job.payload, key=job.key)
+        for key in await self._prices.watched_products():
+            await self._ensure_polling(key)
 
     async def _ensure_polling(self, product: str) -> None:
         if self._source is None:
