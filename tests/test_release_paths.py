@@ -56,6 +56,7 @@ async def settle(app: BotApplication, clock: FakeClock, seconds: float = 0.0) ->
     clock.advance(seconds)
     await app.scheduler.run_due()
     for _ in range(5):
+        await app.worker.maintain()  # takes the tenants with work, claims their rows (the policy decides here)
         app.worker.pump()
         await app.worker.idle()
     await app.worker.flush()
@@ -131,3 +132,26 @@ async def test_a_row_an_older_version_held_without_a_chat_goes_after_a_restart(
     await settle(app, fake_clock, 60)  # a maintenance pass claims what is pending
     row = await app.outbox.get(stuck.id)
     assert row is not None and row.status == "sent" and len(to_bob(double)) == 1
+
+
+async def test_a_large_broadcast_also_waits_for_quiet_hours_and_then_opens_the_chat(
+    start_bot: StartBot, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock,
+) -> None:
+    app = await start_bot(notify_token=TOKEN)
+    await bob_in_a_group_only(http, app, double)
+    await app.preferences.set_quiet(user_subject("29:bob"), QuietHours.parse("22:00-07:00"))
+    users = ["29:bob", *(f"29:nobody-{n}" for n in range(100))]  # over 100 targets: expanded by its job
+    async with http.post(bot_url(app, "/api/notify"), headers=AUTH,
+                         json={"to": {"users": users}, "text": "Inventory count at 18:00"}) as response:
+        assert response.status == 202
+        answer = await response.json()
+    assert answer["state"] == "expanding"
+    for _ in range(3):
+        await settle(app, fake_clock, 20)  # the expansion, then the worker's claim: the policy decides now
+    assert to_bob(double) == [], "not inside bob's quiet hours"
+    assert (await batch(http, app, answer["batchId"]))["finished"] is False
+    await settle(app, fake_clock, timedelta(hours=7).total_seconds())
+
+    await settle(app, fake_clock, 20)
+    assert len(double.find(op="create")) == 1 and len(to_bob(double)) == 1, "after quiet hours: a 1:1 chat, sent"
+    assert (await batch(http, app, answer["batchId"]))["finished"] is True

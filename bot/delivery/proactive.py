@@ -202,18 +202,24 @@ class ProactiveMessages:
         decisions = await self._decisions(items)
         held: list[tuple[OutboxRow, OutboxItem, _Target, float | None, str | None]] = []
         dropped: list[tuple[int, str]] = []
+        later: list[tuple[int, str | None, float | None]] = []  # no chat to wait in: pending until `until`
         stopped: set[int] = set()
+        now = self._clock.now().timestamp()
         for row, item, (decision, target, until) in zip(undecided, items, decisions, strict=True):
-            if decision.action == "hold" and target.conversation_id:  # (no conversation to wait in: it goes)
+            if decision.action == "hold" and target.conversation_id:
                 held.append((row, item, target, until, decision.reason if until is not None else None))
             elif decision.action == "drop":
                 dropped.append((row.id, decision.reason))
+            elif until is not None and until > now:  # quiet hours or digest, and no 1:1 chat yet (see _decisions)
+                later.append((row.id, decision.reason, until))
             else:
                 continue
             stopped.add(row.id)
         if not stopped:
             return list(rows)
-        await self._store.settle_undecided([(r.id, note, until) for r, _, _, until, note in held], dropped)
+        await self._store.settle_undecided([(r.id, note, until) for r, _, _, until, note in held] + later, dropped)
+        if later:  # they wait as pending rows due at `until` (held ones would need a chat to be released from)
+            await self._store.set_status([row_id for row_id, _, _ in later], "pending", only_from=("held",))
         for row, item, target, until, _ in held:
             self._metrics.message(row.category, "held")
             await self._hold(row.id, target, item, deferred_until=until)
