@@ -24,7 +24,7 @@ from state.clock import Clock, SystemClock
 from state.db import connect
 from state.engagement import Engagement
 from state.leases import Leases, TurnLeases
-from state.notices import Audiences, DeliveryReport, NoticeControl, NoticeStore
+from state.notices import Audiences, DeliveryReport, NoticeControl, NoticeStore, RecallStore
 from state.outbox import OutboxStore
 from state.preferences import Preferences
 from state.prices import PriceLog
@@ -54,6 +54,7 @@ from .log_repeats import repeat_filters
 from .metrics import Metrics, TenantQueue
 from .notices.acknowledge import Acknowledgements
 from .notices.lifecycle import NoticeLifecycle
+from .notices.recall import Recalls
 from .onboarding.team_members import WELCOME_TEAM_MEMBERS, TeamMemberWelcome
 from .prices.alert_actions import AlertActions
 from .prices.sources import build_price_source
@@ -161,7 +162,9 @@ class BotApplication:
                                  lambda: self.clock.now().timestamp(), self.notice_lifecycle,
                                  DryRun(Audiences(self.db), self.references, self.tenants, self.metrics))
         self.notice_endpoints = NoticeEndpoints(notify.refuse, self.broadcast_store, DeliveryReport(self.db),
-                                                self.metrics, self.notice_lifecycle)
+                                                self.metrics, self.notice_lifecycle, Recalls(
+                                                    RecallStore(self.db, self.clock), self.references,
+                                                    self.teams.sender, self.worker, self.scheduler, self.metrics))
         operators = TokenGate(config.metrics_token, "METRICS_TOKEN", "Metrics",
                               open_when_unset=config.allow_open_metrics or is_loopback(config.host))
         self.web_app = build_web_app(

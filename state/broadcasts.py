@@ -52,6 +52,7 @@ class Broadcast:
     acknowledged: int = 0  # people who pressed its Acknowledge button (state/notices.py)
     send_at: float | None = None  # when a scheduled broadcast goes
     cancelled_at: float | None = None
+    recalled: int = 0  # its sent messages deleted again (POST …/recall)
 
     @classmethod
     def from_row(cls, row: Row) -> Broadcast:
@@ -64,6 +65,7 @@ class Broadcast:
             counts={s: int(row[f"n_{s}"]) for s in BROADCAST_STATUSES if row[f"n_{s}"]},
             created_at=float(row["created_at"]), expanded_at=row["expanded_at"], last_change=float(row["updated_at"]),
             acknowledged=int(row["acknowledged"] or 0), send_at=row["send_at"], cancelled_at=row["cancelled_at"],
+            recalled=int(row["recalled"] or 0),
         )
 
     @property

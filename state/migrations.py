@@ -555,6 +555,12 @@ ALTER TABLE broadcasts ADD COLUMN cancelled_at DOUBLE PRECISION
 """
 """A notice may wait for its time (`state` 'scheduled', `send_at`) and be cancelled (`state` 'cancelled')."""
 
+_RECALLS_V19 = """
+ALTER TABLE outbox ADD COLUMN recalled_at DOUBLE PRECISION;
+ALTER TABLE broadcasts ADD COLUMN recalled INTEGER NOT NULL DEFAULT 0
+"""
+"""A sent notice's message deleted again (recall): when, and how many of a broadcast's."""
+
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -751,4 +757,5 @@ MIGRATIONS: tuple[Migration, ...] = (
               _QUOTAS_V16, _QUOTAS_V16),
     Migration(17, "processed activities: a re-sent activity is answered once", _PROCESSED_V17, _PROCESSED_V17),
     Migration(18, "notices: scheduled and cancelled broadcasts", _SCHEDULES_V18, _SCHEDULES_V18),
+    Migration(19, "notices: recalled messages", _RECALLS_V19, _RECALLS_V19),
 )

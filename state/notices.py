@@ -7,7 +7,7 @@ two presses racing on two replicas still make one row (the primary key decides).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from .clock import Clock
@@ -79,7 +79,8 @@ class DeliveryReport:
     async def page(self, broadcast_id: int, after: int, size: int) -> list[RecipientRow]:
         """The recipients after row id `after`, at most `size` of them."""
         rows = await self._db.fetchall(
-            "SELECT o.id, o.conversation_id, o.target_user_id, o.status, o.last_error, o.attempts, o.sent_at, "
+            "SELECT o.id, o.conversation_id, o.target_user_id, o.last_error, o.attempts, o.sent_at, "
+            "CASE WHEN o.recalled_at IS NOT NULL THEN 'recalled' ELSE o.status END AS status, "
             "r.user_id, r.user_aad_id, COALESCE(r.user_name, r.channel_name) AS name, "
             "(SELECT MIN(a.acknowledged_at) FROM acknowledgements a WHERE a.broadcast_id = o.broadcast_id "
             "AND a.conversation_id = o.conversation_id) AS acknowledged_at "
@@ -162,3 +163,49 @@ class Audiences:
             f"COALESCE(user_name, channel_name) AS name FROM conversation_refs WHERE active = 1{served} "
             "ORDER BY conversation_id LIMIT ?", (*params, sample))
         return (int(count["n"]) if count else 0), rows
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """A broadcast's message that went, and where (what a recall deletes)."""
+
+    row_id: int
+    conversation_id: str
+    tenant_id: str | None
+    activity_id: str
+
+
+class RecallStore:
+    """Which of a broadcast's messages went and are not recalled yet; marking them recalled."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def sent_page(self, broadcast_id: int, after: int, size: int) -> list[SentMessage]:
+        """Sent, not recalled messages after row id `after` (keyset), at most `size`."""
+        rows = await self._db.fetchall(
+            "SELECT id, conversation_id, tenant_id, activity_id FROM outbox WHERE broadcast_id = ? AND id > ? "
+            "AND status = 'sent' AND activity_id IS NOT NULL AND conversation_id IS NOT NULL "
+            "AND recalled_at IS NULL ORDER BY id LIMIT ?", (broadcast_id, after, size))
+        return [SentMessage(int(r["id"]), str(r["conversation_id"]), r["tenant_id"], str(r["activity_id"]))
+                for r in rows]
+
+    async def to_recall(self, broadcast_id: int) -> int:
+        row = await self._db.fetchone(
+            "SELECT COUNT(*) AS n FROM outbox WHERE broadcast_id = ? AND status = 'sent' "
+            "AND activity_id IS NOT NULL AND recalled_at IS NULL", (broadcast_id,))
+        return int(row["n"]) if row else 0
+
+    async def mark_recalled(self, broadcast_id: int, row_ids: Sequence[int]) -> int:
+        """Record the messages deleted; the broadcast counts them (each once)."""
+        if not row_ids:
+            return 0
+        now = self._clock.now().timestamp()
+        async with self._db.transaction() as tx:
+            marked = await tx.execute(
+                f"UPDATE outbox SET recalled_at = ? WHERE id IN ({marks(len(row_ids))}) AND recalled_at IS NULL",
+                (now, *row_ids))
+            if marked:
+                await tx.execute("UPDATE broadcasts SET recalled = recalled + ? WHERE id = ?", (marked, broadcast_id))
+        return marked

@@ -387,3 +387,65 @@ async def test_a_dry_run_says_whom_a_notice_would_reach_and_sends_nothing(
 async def test_dry_run_must_be_true_or_false(app: BotApplication, http: aiohttp.ClientSession, value: Any) -> None:
     status, answer = await notify(http, app, {"to": {"all": True}, "text": "x", "dryRun": value})
     assert status == 400 and answer["error"]["field"] == "dryRun"
+
+
+# ---- recall ------------------------------------------------------------------------------------------------
+
+
+async def recall(http: aiohttp.ClientSession, app: BotApplication, batch_id: str,
+                 headers: dict[str, str] = AUTH) -> tuple[int, dict[str, Any]]:
+    async with http.post(bot_url(app, f"/api/notify/batches/{batch_id}/recall"), headers=headers) as response:
+        return response.status, await response.json()
+
+
+def deletes(double: ConnectorDouble) -> int:
+    return len([r for r in double.find(op="delete") if r.status and r.status < 300])
+
+
+async def test_recall_deletes_the_sent_messages_within_the_tenants_budget_and_after_a_429(
+    app: BotApplication, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock,
+) -> None:
+    await seeded_with_names(app, double, 60)  # one tenant: 50 Bot Connector calls per second
+    status, body = await notify(http, app, {"to": {"all": True}, "text": "Sent by mistake"})
+    assert status == 202
+    await deliver_all(app, fake_clock)
+    await app.worker.flush()
+    assert sends(double) == 60
+    fake_clock.advance(60)  # the sends have left the rate windows
+    double.fail_next("throttled", 1, conversation_id="a:conv-0000", ops={"delete"})  # Retry-After: 1
+    status, answer = await recall(http, app, body["batchId"])
+    assert status == 202 and answer["toRecall"] == 60 and answer["state"] == "recalling"
+    await app.scheduler.run_due()
+    assert deletes(double) == 0, "the first delete was throttled: the job comes back after its Retry-After"
+    fake_clock.advance(1)
+    await app.scheduler.run_due()
+    assert 0 < deletes(double) <= 50, "no more than the tenant's budget in one second"
+    for _ in range(5):
+        fake_clock.advance(1)
+        await app.scheduler.run_due()
+    assert deletes(double) == 60 and len({r.conversation_id for r in double.find(op="delete") if r.status == 200}) == 60
+    assert all(double.activity(r.conversation_id, r.activity_id or "") is None for r in double.find(op="delete"))
+    progress = await batch(http, app, body["batchId"])
+    assert progress["recalled"] == 60
+    _, _, text = await report(http, app, body["batchId"], None)
+    assert {json.loads(line)["status"] for line in text.splitlines()} == {"recalled"}
+    again = await recall(http, app, body["batchId"])
+    await app.scheduler.run_due()
+    assert again[1]["toRecall"] == 0 and deletes(double) == 60, "a second recall deletes nothing again"
+    async with http.get(bot_url(app, "/metrics")) as response:
+        assert 'bot_notice_actions_total{action="recalled"} 60.0' in await response.text()
+
+
+async def test_recall_while_sending_cancels_the_rest_and_is_guarded(
+    app: BotApplication, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock,
+) -> None:
+    ada = Chat(http, app, double)
+    await ada.install()
+    status, body = await notify(http, app, {"to": {"conversations": ["dm-ada"]}, "text": "Later",
+                                            "sendAt": "2026-01-01T08:00:00Z"})
+    status, answer = await recall(http, app, body["batchId"])
+    assert status == 202 and answer["toRecall"] == 0
+    assert (await batch(http, app, body["batchId"]))["state"] == "cancelled", "nothing more goes"
+    assert (await recall(http, app, body["batchId"], headers={}))[0] == 401
+    assert (await recall(http, app, "0" * 32))[0] == 404
+    assert (await recall(http, app, "zz"))[0] == 400

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from bot.metrics import Metrics
 from bot.notices.lifecycle import NoticeLifecycle
+from bot.notices.recall import Recalls
 from bot.notices.report import CSV_TYPE, JSON_LINES_TYPE, csv_chunk, json_lines_chunk, wants_csv
 from state.broadcasts import Broadcast, BroadcastStore
 from state.notices import DeliveryReport
@@ -21,12 +22,14 @@ class NoticeEndpoints:
     """`refuse` is the notify API's token gate; the report streams `page` recipients per query."""
 
     def __init__(self, refuse: Callable[[web.Request], web.Response | None], broadcasts: BroadcastStore,
-                 report: DeliveryReport, metrics: Metrics, lifecycle: NoticeLifecycle, *, page: int = 1000) -> None:
+                 report: DeliveryReport, metrics: Metrics, lifecycle: NoticeLifecycle, recalls: Recalls, *,
+                 page: int = 1000) -> None:
         self._refuse = refuse
         self._broadcasts = broadcasts
         self._report = report
         self._metrics = metrics
         self._lifecycle = lifecycle
+        self._recalls = recalls
         self.page = page
 
     async def _batch(self, request: web.Request) -> Broadcast | web.Response:
@@ -79,3 +82,14 @@ class NoticeEndpoints:
         cancelled = await self._lifecycle.cancel(batch)
         return web.json_response({"batchId": batch.public_id, "state": "cancelled", "cancelled": cancelled.rows,
                                   "alreadyCancelled": cancelled.already})
+
+    async def recall(self, request: web.Request) -> web.Response:
+        """POST …/recall: delete the messages that went (what has not gone yet is cancelled first)."""
+        batch = await self._batch(request)
+        if isinstance(batch, web.Response):
+            return batch
+        if not batch.finished:
+            await self._lifecycle.cancel(batch)
+        to_recall = await self._recalls.start(batch.id)
+        return web.json_response({"batchId": batch.public_id, "state": "recalling", "toRecall": to_recall,
+                                  "recalled": batch.recalled}, status=202)

@@ -33,6 +33,7 @@ def build_web_app(
     app.router.add_get("/api/notify/batches/{batchId}", notify.batch)
     app.router.add_get("/api/notify/batches/{batchId}/recipients", notices.recipients)
     app.router.add_delete("/api/notify/batches/{batchId}", notices.cancel)
+    app.router.add_post("/api/notify/batches/{batchId}/recall", notices.recall)
     app.router.add_post("/api/prices", prices.post)
     app.router.add_get("/metrics", metrics.get)
     app.router.add_get("/openapi.json", openapi_endpoint(load_spec()))

@@ -89,7 +89,7 @@ class NoticeLifecycle:
         """The notice's fields of the batch status."""
         state = public_state(batch)
         fields: dict[str, Any] = {"state": state, "sendAt": iso(batch.send_at), "cancelledAt": iso(batch.cancelled_at),
-                                  "estimatedFinishAt": None}
+                                  "estimatedFinishAt": None, "recalled": batch.recalled}
         if state == "sending":
             pending = await self._control.pending_by_tenant(batch.id)
             if pending:  # each tenant's budget sends its rows; the slowest tenant finishes last

@@ -208,15 +208,19 @@ class JsonConnector:
         path = f"v3/conversations/{quote(conversation_id, safe='')}/activities/{quote(activity_id, safe='')}"
         return await self._call("PUT", service_url, path, activity, conversation_id)
 
+    async def delete(self, service_url: str, conversation_id: str, activity_id: str) -> None:
+        path = f"v3/conversations/{quote(conversation_id, safe='')}/activities/{quote(activity_id, safe='')}"
+        await self._call("DELETE", service_url, path, None, conversation_id)
+
     async def create_conversation(self, service_url: str, parameters: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", service_url, "v3/conversations", parameters, None)
 
-    async def _call(self, method: str, service_url: str, path: str, body: dict[str, Any],
+    async def _call(self, method: str, service_url: str, path: str, body: dict[str, Any] | None,
                     conversation_id: str | None) -> dict[str, Any]:
         headers = _HEADERS.copy()
         if conversation_id is not None:
             headers["x-ms-conversation-id"] = conversation_id
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        data = b"" if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         pool, tokens, paused = self._session.connections(), self._tokens, 0.0
         async with asyncio.timeout(self._timeout):
             if tokens is None:

@@ -1,4 +1,4 @@
-"""Talks to the Bot Connector for the delivery worker: send, update, open a 1:1 chat.
+"""Talks to the Bot Connector for the delivery worker: send, update, delete, open a 1:1 chat.
 
 Implements the worker's `Sender` protocol: the stored activity JSON goes out as it is, over keep-alive
 connections (`connector.JsonConnector`), with no msrest model built on the way. Every failure becomes
@@ -92,6 +92,13 @@ class TeamsSender:
         except Exception as exc:
             raise classify(exc) from exc
         return activity_id
+
+    async def delete(self, service_url: str, conversation_id: str, activity_id: str) -> None:
+        """Delete an activity the bot sent (a recalled notice)."""
+        try:
+            await self._connector.delete(service_url, conversation_id, activity_id)
+        except Exception as exc:
+            raise classify(exc) from exc
 
     async def open_personal_chat(self, service_url: str, tenant_id: str | None, bot_id: str, user_id: str) -> str:
         """Create (or get back) the 1:1 chat between the bot and a user; returns its conversation id."""
