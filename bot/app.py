@@ -2,6 +2,8 @@
 
 start: open the database (migrating it), get the Teams identity ready, start background work, then accept HTTP.
 stop:  stop accepting, let in-flight turns finish, stop background work, close the database.
+Both through one AsyncExitStack: a part's stop is registered as it starts, so a failed start stops what started
+and a failing stop does not keep the others from stopping.
 """
 
 from __future__ import annotations

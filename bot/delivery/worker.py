@@ -4,10 +4,12 @@ One loop task picks what may go now from the SendQueue, runs each send as a trac
 `max_in_flight` at once, one per conversation), and waits on a single timer for the next one. Outcomes
 are buffered and written to the outbox in batches; `flush()` writes them now.
 
-Supervised: a database error while writing outcomes keeps them (in order) and retries with backoff; a
-database error while looking up where a row goes, or any unexpected error in a send, retries that row
-later. Neither ends delivery, loses an outcome or strands a row in memory. `health()` reports delivery
-as stuck when outcomes have waited to be written for over `stuck_after_s` (the /healthz 503).
+Supervised: a database error while writing outcomes keeps them (in order) and retries with backoff (at most
+2 s; at once when the database is back: `database_back`); the database being away while looking up where a row
+goes retries that row later without using an attempt, while any other error there or in a send (a bug) uses an
+attempt and logs its traceback once. Neither ends delivery, loses an outcome or strands a row in memory.
+`health()` reports delivery as stuck when outcomes have waited to be written for over `stuck_after_s` (the
+/healthz 503).
 
 Replicas: a row is sent only by the replica that claimed it (`claimed_by`, with a lease renewed while it
 waits here), and a replica claims only rows of the tenants it owns (ownership.py). Rows queued here are
