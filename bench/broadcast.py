@@ -19,7 +19,11 @@ Each round seeds N personal conversations across `--tenants` tenants straight in
 - busy turns: while the broadcast is accepted, written and sent, someone else chats with the bot: a "help"
   message every 250 ms from the POST until the last send, from 20 other conversations in turn; p50/p99/max of the HTTP
   answer time of those turns;
-- lost / duplicates: seeded conversations that got no message / more than one, as the double counted them.
+- lost / duplicates: seeded conversations that got no message / more than one, as the double counted them;
+- report: after the sends, GET /api/notify/batches/{id}/recipients as CSV, read as it streams: rows, seconds,
+  rows per second, size, and the bot's peak RSS while it streams (sampled every 100 ms) and its growth over the
+  RSS when the report began (the report holds one page of 1,000 rows at a time). The report's rows are every
+  recipient row: the seeded conversations plus the busy turns' 20 conversations when the expansion reached them.
 
 The last line is JSON with the figures of the large round.
 """
@@ -247,6 +251,7 @@ async def run_round(workdir: Path, databases: Databases, engine: str, recipients
             await busy
             async with session.get(service_url + "_bench/delivery") as answer:
                 delivery = await answer.json()
+            report_figures = await stream_report(session, bot_url, body["batchId"], process)
         stop(bot)
         processes.remove(bot)
         bytes_raw, bytes_live = await db_bytes(database_url, n)
@@ -269,7 +274,31 @@ async def run_round(workdir: Path, databases: Databases, engine: str, recipients
         "busy_turn_p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "busy_turn_max_ms": round(max(latencies) * 1000, 1) if latencies else None,
         "lost": int(delivery["lost"]), "duplicates": int(delivery["duplicated"]),
+        **report_figures,
     }
+
+
+async def stream_report(session: aiohttp.ClientSession, bot_url: str, batch_id: str,
+                        process: psutil.Process) -> Json:
+    """GET the delivery report as CSV (every recipient, after the sends), reading it as it streams; the bot's
+    RSS sampled every 100 ms meanwhile."""
+    started = sampled = time.monotonic()
+    before = peak = process.memory_info().rss
+    rows, size = 0, 0
+    async with session.get(f"{bot_url}api/notify/batches/{batch_id}/recipients",
+                           headers={"Authorization": f"Bearer {TOKEN}", "Accept": "text/csv"}) as answer:
+        if answer.status != 200:
+            raise RuntimeError(f"the report answered {answer.status}")
+        async for chunk in answer.content.iter_chunked(1 << 16):
+            rows += chunk.count(b"\r\n")
+            size += len(chunk)
+            if time.monotonic() - sampled >= SAMPLE_S:
+                peak, sampled = max(peak, process.memory_info().rss), time.monotonic()
+    seconds = time.monotonic() - started
+    peak = max(peak, process.memory_info().rss)
+    return {"report_rows": rows - 1, "report_s": round(seconds, 2), "report_rows_per_s": round((rows - 1) / seconds),
+            "report_mb": round(size / 1024 / 1024, 1), "report_peak_rss_mb": round(peak / 1024 / 1024, 1),
+            "report_rss_growth_mb": round((peak - before) / 1024 / 1024, 1)}
 
 
 def report(small: Json | None, large: Json) -> Json:
@@ -287,7 +316,11 @@ def report(small: Json | None, large: Json) -> Json:
             ("  live (after VACUUM FULL)", "db_live_bytes_per_recipient", None),
             ("busy turns answered", "busy_turns", None), ("busy turn p50, ms", "busy_turn_p50_ms", None),
             ("busy turn p99, ms", "busy_turn_p99_ms", "≤ 250"), ("busy turn max, ms", "busy_turn_max_ms", "≤ 1000"),
-            ("lost", "lost", "0"), ("duplicates", "duplicates", "0")]
+            ("lost", "lost", "0"), ("duplicates", "duplicates", "0"),
+            ("report (CSV) rows", "report_rows", None), ("report, s", "report_s", None),
+            ("report rows/s", "report_rows_per_s", None), ("report size, MB", "report_mb", None),
+            ("peak RSS while streaming, MB", "report_peak_rss_mb", "≤ idle + 100"),
+            ("RSS growth while streaming, MB", "report_rss_growth_mb", "≈ 0")]
     columns = [r for r in (small, large) if r is not None]
     print(f"one notify to everyone on {large['engine']}, {os.cpu_count()} cores, load average "
           f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -301,7 +334,8 @@ def report(small: Json | None, large: Json) -> Json:
     keys = ["recipients", "engine", "accept_s", "expanded_s", "done_s", "sends_per_s", "cpu_ms_per_send",
             "peak_rss_mb", "idle_rss_mb", "rss_growth_mb_small_to_large", "db_bytes_per_recipient",
             "db_live_bytes_per_recipient", "busy_turn_p99_ms", "busy_turn_max_ms", "lost", "duplicates",
-            "busy_turn_p50_ms", "busy_turns", "seed_s", "small_recipients", "small_peak_rss_mb"]
+            "busy_turn_p50_ms", "busy_turns", "seed_s", "small_recipients", "small_peak_rss_mb", "report_rows",
+            "report_s", "report_rows_per_s", "report_mb", "report_peak_rss_mb", "report_rss_growth_mb"]
     return {k: figures.get(k) for k in keys}
 
 
