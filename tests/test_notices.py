@@ -449,3 +449,41 @@ async def test_recall_while_sending_cancels_the_rest_and_is_guarded(
     assert (await recall(http, app, body["batchId"], headers={}))[0] == 401
     assert (await recall(http, app, "0" * 32))[0] == 404
     assert (await recall(http, app, "zz"))[0] == 400
+
+
+# ---- channels ----------------------------------------------------------------------------------------------
+
+CHANNEL = "19:deals@thread.tacv2"
+CHANNEL_DATA = {"tenant": {"id": "t1"}, "team": {"id": "19:team@thread.tacv2"}, "channel": {"id": CHANNEL}}
+
+
+@pytest.mark.parametrize("listed", [1, 101], ids=["at-once", "in-pages"])
+async def test_a_notice_to_channels_posts_once_in_each_channel_and_nowhere_else(
+    app: BotApplication, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock, listed: int,
+) -> None:
+    ada = Chat(http, app, double)
+    await ada.say("help")
+    member = Chat(http, app, double, conversation_id=f"{CHANNEL};messageid=1001", kind="channel",
+                  channel_data=CHANNEL_DATA)
+    await member.say("help")  # the bot now knows the channel (from a thread of it)
+    await ada.settle()
+    unknown = [f"19:other-{n}@thread.tacv2" for n in range(listed - 1)]
+    status, body = await notify(http, app, {"to": {"channels": [CHANNEL, "dm-ada", *unknown]}, "text": "Deals!"})
+    assert status == 202, body
+    if listed > 100:
+        await expand(app, http, body["batchId"])
+    else:
+        assert body["unknown"]["conversations"] == ["dm-ada"], "a 1:1 chat is not a channel"
+    await deliver_all(app, fake_clock)
+    posts = [a for a in double.sent_activities(CHANNEL) if a.get("text") == "Deals!"]
+    assert len(posts) == 1, "one new post in the channel"
+    assert "Deals!" not in ada.texts()
+    progress = await batch(http, app, body["batchId"])
+    assert progress["counts"] == {"sent": 1} and progress["unknown"] == listed
+
+
+async def test_a_thread_is_not_a_channel(app: BotApplication, http: aiohttp.ClientSession) -> None:
+    status, answer = await notify(http, app, {"to": {"channels": [f"{CHANNEL};messageid=1"]}, "text": "x"})
+    assert status == 400 and answer["error"]["field"] == "to.channels.0"
+    status, answer = await notify(http, app, {"to": {"channels": [CHANNEL], "users": ["29:a"]}, "text": "x"})
+    assert status == 400 and answer["error"]["field"] == "to"

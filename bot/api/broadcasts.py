@@ -129,6 +129,8 @@ class Broadcasts:
         wait = 0.0 if note.send_at is None else max(0.0, note.send_at - self._clock_now())
         audience: dict[str, Any] = {"all": True} if note.target_all else {
             "users": note.users, "conversations": note.conversations}
+        if note.channels_only:
+            audience["channelsOnly"] = True
         async with self._scheduler.staging() as stage:
 
             async def expand_later(tx: Connection, broadcast_id: int) -> None:
@@ -231,6 +233,7 @@ class Broadcasts:
         end = start + len(chunk)
         note = Notification(payload=broadcast.payload, conversations=[v for k, v in chunk if k == "c"],
                             users=[v for k, v in chunk if k == "u"], dedup_key=broadcast.dedup_key,
+                            channels_only=bool(broadcast.audience.get("channelsOnly")),
                             priority=broadcast.priority, expires_at=broadcast.expires_at)
         resolved = await resolve_targets(note, self._references, self._tenants, broadcast_id=broadcast.id,
                                          undecided=True)

@@ -89,11 +89,12 @@ class _Strict(BaseModel):
 
 
 class Recipients(_Strict):
-    """`to`: exactly one of everyone, some users, some conversations."""
+    """`to`: exactly one of everyone, some users, some conversations, some channels (one new post in each)."""
 
     all: Literal[True] | None = None
     users: Ids | None = None
     conversations: Ids | None = None
+    channels: Ids | None = None
 
 
 class NotifyRequest(_Strict):
@@ -118,6 +119,7 @@ class Notification:
     target_all: bool = False
     users: list[str] = field(default_factory=list)
     conversations: list[str] = field(default_factory=list)
+    channels_only: bool = False  # `to.channels`: each conversation must be a channel the bot is in
     dedup_key: str | None = None
     priority: int = 0
     expires_at: float | None = None
@@ -135,10 +137,15 @@ def parse_notification(body: Any, now: float) -> Notification:
     except ValidationError as exc:
         raise BadRequest(*describe(exc)) from None
     to = request.to
-    if sum(x is not None for x in (to.all, to.users, to.conversations)) != 1:
-        raise BadRequest("to", 'must be exactly one of {"all": true}, {"users": [...]}, {"conversations": [...]}')
+    if sum(x is not None for x in (to.all, to.users, to.conversations, to.channels)) != 1:
+        raise BadRequest("to", 'must be exactly one of {"all": true}, {"users": [...]}, {"conversations": [...]}, '
+                               '{"channels": [...]}')
+    for n, channel in enumerate(to.channels or ()):
+        if ";messageid=" in channel:
+            raise BadRequest(f"to.channels.{n}", "is a thread of a channel: give the channel's own id")
     note = Notification(payload={}, target_all=to.all is True, users=list(dict.fromkeys(to.users or ())),
-                        conversations=list(dict.fromkeys(to.conversations or ())))
+                        conversations=list(dict.fromkeys(to.conversations or to.channels or ())),
+                        channels_only=to.channels is not None)
     if request.text is None and request.card is None:
         raise BadRequest("text", "give a text, a card, or both")
     payload: dict[str, Any] = {"type": "message"}
@@ -207,7 +214,8 @@ async def resolve_targets(note: Notification, references: ConversationReferences
                      if allows(tenant_id)]
     for conversation_id in note.conversations:
         record = await references.get(conversation_key(conversation_id))
-        if record is None or not allows(record.tenant_id):
+        if record is None or not allows(record.tenant_id) or (
+                note.channels_only and record.conversation_type != "channel"):
             out.unknown_conversations.append(conversation_id)
         elif not record.active:
             out.inactive_conversations.append(conversation_id)
