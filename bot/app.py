@@ -154,7 +154,8 @@ class BotApplication:
                                    days=config.retention_days, analyses=self.analysis_store,
                                    processed=self.processed)
         self.availability.on_change(self._database_changed)
-        self._health_cache = CachedHealth(self.health, self.clock)
+        self._health_cache = CachedHealth(self.readiness, self.clock)
+        self._health_detail_cache = CachedHealth(self.health, self.clock)
         self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
             self.teams.roster, self.references, self.proactive, config.bot_name))
         self.notice_lifecycle = NoticeLifecycle(NoticeControl(self.db, self.clock), self.worker, self.scheduler,
@@ -172,7 +173,7 @@ class BotApplication:
         self.web_app = build_web_app(
             MessagesEndpoint(turns, self.metrics, local=not config.auth_enabled,
                              service_urls=self.teams.service_urls, tenants=self.tenants),
-            HealthEndpoint(self._health_cache, operators), notify,
+            HealthEndpoint(self._health_cache, operators, self._health_detail_cache), notify,
             PricesEndpoint(TokenGate(config.prices_token, "PRICES_TOKEN", "Prices").refuse, self.watcher.observe,
                            self.clock),
             MetricsEndpoint(operators, self.metrics, self._refresh_gauges), self.metrics,
@@ -191,6 +192,7 @@ class BotApplication:
         """Gone or back: /healthz says so at its next probe; back: every part that backs off retries now (the
         notification connection is woken by the database)."""
         self._health_cache.forget()
+        self._health_detail_cache.forget()
         if up:
             self.worker.database_back()
             self.scheduler.database_back()
@@ -226,7 +228,12 @@ class BotApplication:
             except Exception:
                 log.exception("housekeeping failed; trying again in a minute")
 
-    async def health(self) -> dict[str, Any]:
+    async def readiness(self) -> dict[str, Any]:
+        """What public probes are told: the check of `health` without the operator's queue counts (a count of the
+        outbox is a scan of every row a million-person notice left; probes come every few seconds)."""
+        return await self.health(outbox=False)
+
+    async def health(self, outbox: bool = True) -> dict[str, Any]:
         """Ready to serve: the database answers and delivery is not stuck (else `ok` False and `reasons`)."""
         database_ok = await self.db.ping()
         if not database_ok:
@@ -240,7 +247,7 @@ class BotApplication:
         report["delivery"] = {**self.delivery_counts(), **delivery}
         report["replica"] = self.worker.replica_status()
         report["teams"] = self.teams.status()
-        if database_ok:
+        if database_ok and outbox:
             try:
                 report["outbox"] = await self.outbox.counts()
             except Exception:  # the ping just passed; a failure here is reported, not raised

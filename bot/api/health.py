@@ -1,10 +1,10 @@
 """GET /healthz (ready: 200 `{"status": "ok"}` when the database answers and delivery is not stuck, else 503
 `{"status": "unavailable"}`) and GET /livez (alive: 200 while the process serves HTTP at all).
 
-Probes are free and public, so they must be cheap: the check (a database round trip and a count of the
-outbox) runs at most once per `max_age_s` whatever the probe rate, and concurrent probes share one run. The
-details (reasons, replica, tenants, queue counts, identity state) are only for the operator:
-`/healthz?detail=1` with the METRICS_TOKEN Bearer token (or without, where /metrics is open).
+Probes are free and public, so they must be cheap: the check (one database round trip) runs at most once per
+`max_age_s` whatever the probe rate, and concurrent probes share one run. The details (reasons, replica, tenants,
+queue counts, identity state) are only for the operator and cost more (a count of the outbox):
+`/healthz?detail=1` with the METRICS_TOKEN Bearer token (or without, where /metrics is open), cached the same way.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ class CachedHealth:
 
 
 class HealthEndpoint:
-    def __init__(self, health: CachedHealth, operators: TokenGate) -> None:
+    def __init__(self, health: CachedHealth, operators: TokenGate, details: CachedHealth | None = None) -> None:
         self._health = health
+        self._details = details or health  # the operator's fuller check (queue counts)
         self._operators = operators  # who may see the details: the /metrics gate
 
     async def get(self, request: web.Request) -> web.Response:
@@ -71,7 +72,7 @@ class HealthEndpoint:
         if wants_detail and not self._operators.allows(request):
             return error(401, "Unauthorized", "the details need the Bearer token of /metrics (METRICS_TOKEN)",
                          **{"WWW-Authenticate": "Bearer"})
-        report = await self._health.current()
+        report = await (self._details if wants_detail else self._health).current()
         status = "ok" if report.get("ok") else "unavailable"
         body = {"status": status, **report} if wants_detail else {"status": status}
         return web.json_response(body, status=200 if status == "ok" else 503)
