@@ -27,10 +27,11 @@ from state.db import connect
 from state.engagement import Engagement
 from state.leases import Leases, TurnLeases
 from state.notices import Audiences, DeliveryReport, NoticeControl, NoticeStore, RecallStore
-from state.outbox import OutboxStore
+from state.outbox import OutboxItem, OutboxStore
 from state.preferences import Preferences
 from state.prices import PriceLog
 from state.processed import ProcessedActivities
+from state.reach import ReachStore
 from state.references import ConversationReferences
 from state.storage import DatabaseStorage
 from state.watches import WatchStore
@@ -52,6 +53,8 @@ from .delivery.ownership import Ownership
 from .delivery.proactive import ProactiveMessages
 from .delivery.settings import NotificationPreferences
 from .delivery.worker import DeliveryWorker
+from .graph.client import GraphClient
+from .graph.limits import InstallLimits
 from .log_repeats import repeat_filters
 from .metrics import Metrics, TenantQueue
 from .notices.acknowledge import Acknowledgements
@@ -61,6 +64,10 @@ from .onboarding.team_members import WELCOME_TEAM_MEMBERS, TeamMemberWelcome
 from .prices.alert_actions import AlertActions
 from .prices.sources import build_price_source
 from .prices.watching import PriceWatcher
+from .reach.installer import Installer
+from .reach.people import NewPeople, welcome_item
+from .reach.targets import ReachTargets
+from .reach.team import TeamPages
 from .retention import Retention
 from .teams.edge import TeamsConnection
 from .turn_gate import TurnGate
@@ -86,6 +93,11 @@ class BotApplication:
         self.teams = TeamsConnection(config, self.clock, self.metrics)
         self.outbox = OutboxStore(self.db, self.clock)
         self.limiter = TeamsRateLimiter(self.clock, tenant_rps=config.tenant_rps)
+        self.reach = ReachStore(self.db, self.clock)
+        self.new_people = NewPeople(
+            self.reach, self.references, self.teams.sender, app_id=config.app_id, clock=self.clock,
+            proactive_install=config.proactive_install, default_service_url=config.teams_service_url,
+            metrics=self.metrics, wake_installer=lambda: self.installer.wake())
         self.worker = DeliveryWorker(
             self.outbox,
             self.references,
@@ -96,6 +108,7 @@ class BotApplication:
             metrics=self.metrics,
             ownership=Ownership(Leases(self.db), config.replica_id, self.clock, lease_s=config.lease_seconds),
             claim_batch=250,  # claimed rows pass the policy in one step: small pages keep that step short
+            new_people=self.new_people,
         )
         self.scheduler = Scheduler(self.db, self.clock, on_job_start=self.metrics.scheduler_lag,
                                    owner=config.replica_id, lease_seconds=max(config.lease_seconds, 30.0))
@@ -106,6 +119,13 @@ class BotApplication:
             self.clock, hold_max_seconds=config.hold_max_seconds, max_message_bytes=MAX_MESSAGE_BYTES,
             tenants=self.tenants,
         )
+        self.installer = Installer(
+            self.reach, GraphClient(self.teams.session.get, self.teams.graph_tokens_for, config.graph_url,
+                                    proxy_for=self.teams.session.proxy_for, on_answer=self.metrics.graph_request),
+            InstallLimits(self.clock), self.clock, manifest_id=config.app_id,
+            catalog_app_id=config.teams_catalog_app_id, owner=config.replica_id, metrics=self.metrics,
+            welcome=lambda tenant, user: self._queue(welcome_item(config.bot_name, tenant, user)),
+            release=self._release_rows)
         self.price_source = build_price_source(
             config.price_source, clock=self.clock, url_template=config.price_url_template,
             price_path=config.price_field, currency_path=config.price_currency_field,
@@ -141,6 +161,7 @@ class BotApplication:
             alert_actions=AlertActions(self.watcher, self.preferences),
             preferences=self.preferences,
             reply_slots=self.worker,
+            reached=self.new_people.installed_by_us if config.proactive_install else None,
             turn_gate=TurnGate(TurnLeases(self.db), config.replica_id, self.clock,
                                shared=lambda: len(self.worker.ownership.live) > 1, metrics=self.metrics),
             acknowledgements=Acknowledgements(self.notices, self.broadcast_store, self.preferences, self.clock,
@@ -149,7 +170,8 @@ class BotApplication:
         )
         self.broadcasts = Broadcasts(self.broadcast_store, self.outbox, self.references, self.proactive, self.worker,
                                      self.scheduler, tenants=self.tenants, page=config.broadcast_page,
-                                     list_page=min(500, config.broadcast_page), clock=self.clock)
+                                     list_page=min(500, config.broadcast_page), clock=self.clock,
+                                     team_pages=TeamPages(self.teams.roster, self.references, self.broadcast_store))
         self.retention = Retention(self.outbox, self.broadcast_store, self.prices, self.scheduler, self.clock,
                                    days=config.retention_days, analyses=self.analysis_store,
                                    processed=self.processed)
@@ -163,7 +185,8 @@ class BotApplication:
                                                 expansion_key=expansion_key)
         notify = NotifyEndpoints(config.notify_token, self.outbox, self.broadcasts,
                                  lambda: self.clock.now().timestamp(), self.notice_lifecycle,
-                                 DryRun(Audiences(self.db), self.references, self.tenants, self.metrics))
+                                 DryRun(Audiences(self.db), self.references, self.tenants, self.metrics),
+                                 reach=ReachTargets(self.references, self.reach))
         self.notice_endpoints = NoticeEndpoints(notify.refuse, self.broadcast_store, DeliveryReport(self.db),
                                                 self.metrics, self.notice_lifecycle, Recalls(
                                                     RecallStore(self.db, self.clock), self.references,
@@ -187,6 +210,13 @@ class BotApplication:
         self._stack: AsyncExitStack | None = None
         self._stop_failures: list[str] = []
         self.port: int | None = None
+
+    async def _queue(self, item: OutboxItem) -> None:
+        await self.proactive.enqueue([item])
+
+    async def _release_rows(self, ids: list[int]) -> None:
+        """Rows made pending again outside the worker (parked behind an install): hand them to it."""
+        await self.worker.offer(await self.outbox.get_many(ids))
 
     def _database_changed(self, up: bool) -> None:
         """Gone or back: /healthz says so at its next probe; back: every part that backs off retries now (the
@@ -276,6 +306,9 @@ class BotApplication:
         await self.teams.start()  # the bot's token (in the background) and the channel's signing keys
         stack.push_async_callback(self._stop_part, "delivery worker", self.worker.stop)
         await self.worker.start()
+        if self.config.proactive_install:
+            stack.push_async_callback(self._stop_part, "reach installer", self.installer.stop)
+            await self.installer.start()
         self.scheduler.register("stats.log", self._retired_job)
         stack.push_async_callback(self._stop_part, "scheduler", self.scheduler.stop)
         await self.scheduler.start()

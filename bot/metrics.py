@@ -76,6 +76,11 @@ class Metrics:
                                    "conversation, by how the wait ended", ["outcome"], registry=r)
         self._notices = Counter("bot_notice_actions", "Notices: acknowledgements, reports, schedules, cancels, "
                                 "recalls", ["action"], registry=r)
+        self._reach = Counter("bot_reach_steps", "People reached for the first time: steps taken (installing, "
+                              "installed, not installed, forbidden, failed, deferred, first_chat)", ["step"],
+                              registry=r)
+        self._graph = Counter("bot_graph_requests", "Requests to Microsoft Graph by operation and HTTP status "
+                              "(0: no answer)", ["op", "status"], registry=r)
         self._totals: dict[str, int] = dict.fromkeys(SEND_OUTCOMES, 0)
         self._send_counters: dict[tuple[str, str], Counter] = {}  # labelled children: two per send, looked up once
 
@@ -142,6 +147,13 @@ class Metrics:
     def turn_waited(self, gave_up: bool) -> None:
         """A turn waited for another replica's turn of its conversation (and then ran, or gave up waiting)."""
         self._turn_waits.labels("gave_up" if gave_up else "ran_after").inc()
+
+    def reach_step(self, step: str) -> None:
+        """A step in reaching a new person (bot/reach)."""
+        self._reach.labels(step).inc()
+
+    def graph_request(self, op: str, status: int) -> None:
+        self._graph.labels(op, str(status)).inc()
 
     # -- reading ---------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ CARD = "application/vnd.microsoft.card.adaptive"
 class InstallContext:
     """Where and by whom the bot was added."""
 
-    scope: str  # personal | groupChat | team
+    scope: str  # personal | groupChat | team | member | reached (installed for you by the bot, bot/reach)
     installer: str | None = None
     team: str | None = None
     channel: str | None = None
@@ -31,6 +31,9 @@ def _why(bot_name: str, where: InstallContext) -> str:
     if where.scope == "member":
         place = f"the **{where.team}** team" if where.team else "a team you're in"
         return f"{added} to {place}; I'm saying hello once, here in our 1:1 chat."
+    if where.scope == "reached":
+        return (f"Your organisation installed {bot_name} for you, so that its notices reach you here; "
+                "the first one follows this message.")
     return f"You installed {bot_name}. Here's what I can do for you."
 
 

@@ -425,6 +425,23 @@ CREATE TABLE processed_activities (
 CREATE INDEX processed_activities_age ON processed_activities (processed_at)
 """
 
+_REACH_V20 = """
+CREATE TABLE reach_people (
+    tenant_id   TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('installing', 'installed', 'not installed', 'forbidden', 'failed')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    not_before  DOUBLE PRECISION NOT NULL,
+    last_error  TEXT,
+    claimed_by  TEXT,
+    claim_until DOUBLE PRECISION,
+    created_at  DOUBLE PRECISION NOT NULL,
+    updated_at  DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (tenant_id, user_id)
+);
+CREATE INDEX reach_people_due ON reach_people (state, not_before)
+"""
+
 
 # ---- version 14: broadcasts (one notice, many recipients: the payload once, small recipient rows) ---------
 
@@ -758,4 +775,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(17, "processed activities: a re-sent activity is answered once", _PROCESSED_V17, _PROCESSED_V17),
     Migration(18, "notices: scheduled and cancelled broadcasts", _SCHEDULES_V18, _SCHEDULES_V18),
     Migration(19, "notices: recalled messages", _RECALLS_V19, _RECALLS_V19),
+    Migration(20, "reach: people the bot installs itself for through Graph, step by step", _REACH_V20, _REACH_V20),
 )

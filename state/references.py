@@ -292,6 +292,20 @@ class ConversationReferences:
         rows = await self._db.fetchall(f"SELECT * FROM conversation_refs {where} ORDER BY first_seen", params)
         return [ConversationRecord.from_row(r) for r in rows]
 
+    async def team(self, team_id: str) -> ConversationRecord | None:
+        """An active channel of a team the bot is in (the team's id is its General channel's), newest first."""
+        row = await self._db.fetchone(
+            "SELECT * FROM conversation_refs WHERE active = 1 AND conversation_type = 'channel' "
+            "AND (team_id = ? OR conversation_id = ?) ORDER BY last_seen DESC LIMIT 1", (team_id, team_id))
+        return ConversationRecord.from_row(row) if row else None
+
+    async def tenant_service_url(self, tenant_id: str) -> str | None:
+        """The Bot Connector URL last seen for a tenant (where to open a chat with someone new there), or None."""
+        row = await self._db.fetchone(
+            "SELECT service_url FROM conversation_refs WHERE tenant_id = ? ORDER BY last_seen DESC LIMIT 1",
+            (tenant_id,))
+        return str(row["service_url"]) if row else None
+
     async def reachable(self, after: str = "", limit: int = 1000) -> list[tuple[str, str | None]]:
         """(conversation id, tenant id) of up to `limit` active conversations after `after`, in conversation id
         order: a page of what a broadcast to everyone targets, without reading (and parsing) whole records."""

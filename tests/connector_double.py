@@ -184,6 +184,9 @@ class ConnectorDouble:
         self.throttled: Counter[str] = Counter()  # 429s per refusing window, e.g. "per tenant: 50 per 1s"
         self.conversations: dict[str, _Conversation] = {}
         self.teams: dict[str, Json] = {}
+        self.require_install = False  # switch: creating a 1:1 with someone who lacks the app answers 403
+        self.installed: set[tuple[str, str]] = set()  # (tenant, user) with the app in their personal scope
+        self._rostered: set[tuple[str, str]] = set()  # (tenant, id or aadObjectId) on a roster of that tenant
         self._one_to_one: dict[tuple[str, str, str], str] = {}
         self._scripts: list[_Script] = []
         self._windows: dict[tuple[Any, ...], deque[float]] = {}
@@ -209,7 +212,22 @@ class ConnectorDouble:
         """Add a roster entry (a TeamsChannelAccount dict with at least "id") to a conversation or team."""
         if not member.get("id"):
             raise ValueError("a member needs an 'id'")
-        self._conversation(conversation_id).members[str(member["id"])] = dict(member)
+        conversation = self._conversation(conversation_id)
+        conversation.members[str(member["id"])] = dict(member)
+        tenant = conversation.tenant_id or str(member.get("tenantId") or "")
+        for key in (member.get("id"), member.get("aadObjectId")):
+            if key:
+                self._rostered.add((tenant, str(key)))
+
+    def install(self, tenant_id: str, user_id: str, bot_id: str) -> str:
+        """The app is installed for `user_id` (as Graph's install does): creates no longer answer 403; returns
+        the id of the bot's 1:1 chat with them (what Teams' installationUpdate names)."""
+        self.installed.add((tenant_id, user_id))
+        key = (bot_id, tenant_id, user_id)
+        conversation_id = self._one_to_one.get(key) or f"a:double-{len(self._one_to_one) + 1}"
+        self._one_to_one[key] = conversation_id
+        self._conversation(conversation_id).tenant_id = tenant_id
+        return conversation_id
 
     def add_team(
         self,
@@ -635,9 +653,13 @@ class ConnectorDouble:
         user = str(members[0]["id"])
         key = (bot, tenant, user)
         conversation_id = self._one_to_one.get(key) or f"a:double-{len(self._one_to_one) + 1}"
-        record.conversation_id = conversation_id
-        if self.throttling:
+        record.conversation_id = f"1:1:{bot}:{tenant}:{user}"
+        if self.throttling:  # a create's window is the 1:1's (the same pair, the same chat), refused or not
             self._admit(record, None, "create")
+        record.conversation_id = conversation_id
+        if self.require_install and (tenant, user) not in self.installed and (tenant, user) not in self._rostered:
+            record.conversation_id = None  # no conversation came of it (its window counted the would-be one's)
+            raise _Reject(403, "ForbiddenOperationException", "Bot is not installed in user's personal scope")
         self._one_to_one[key] = conversation_id
         conversation = self._conversation(conversation_id)
         conversation.tenant_id = tenant

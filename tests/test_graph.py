@@ -214,6 +214,15 @@ def test_install_limits_allow_30_per_second_per_tenant_and_honour_retry_after(fa
     assert limits.wait(TENANT) == pytest.approx(9)
 
 
+def test_install_limits_with_every_slot_in_flight_wait_a_window_not_forever(fake_clock: FakeClock) -> None:
+    limits = InstallLimits(fake_clock)
+    for _ in range(30):
+        limits.begin(TENANT)  # answers not back yet
+    assert limits.wait(TENANT) == 1.0, "a finite time to look again (a bench once parked people at +inf)"
+    limits.complete(TENANT)
+    assert 0 < limits.wait(TENANT) <= 1.1
+
+
 def test_install_limits_cap_the_app_at_300_per_second_over_all_tenants(fake_clock: FakeClock) -> None:
     limits = InstallLimits(fake_clock)
     for n in range(300):

@@ -24,6 +24,7 @@ from bot.access import AllowedTenants
 from bot.delivery.proactive import ProactiveMessages
 from bot.delivery.worker import DeliveryWorker
 from bot.notices.acknowledge import with_acknowledge
+from bot.reach.team import TeamPages
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
 from state.broadcasts import Broadcast, BroadcastStore
@@ -79,7 +80,8 @@ class Broadcasts:
     def __init__(self, store: BroadcastStore, outbox: OutboxStore, references: ConversationReferences,
                  proactive: ProactiveMessages, worker: DeliveryWorker, scheduler: Scheduler, *,
                  tenants: AllowedTenants | None = None, page: int = 1000, list_page: int = 500,
-                 pages_per_run: int = 20, clock: Clock | None = None) -> None:
+                 pages_per_run: int = 20, clock: Clock | None = None, team_pages: TeamPages | None = None) -> None:
+        self._team_pages = team_pages  # a team's roster, page by page (bot/reach/team.py)
         self._store = store
         self._outbox = outbox
         self._references = references
@@ -127,10 +129,14 @@ class Broadcasts:
         inline = len(first) <= INLINE_TARGETS if note.target_all else listed <= INLINE_TARGETS
         inline = inline and note.send_at is None  # a scheduled notice is written by its job, at its time
         wait = 0.0 if note.send_at is None else max(0.0, note.send_at - self._clock_now())
-        audience: dict[str, Any] = {"all": True} if note.target_all else {
+        audience: dict[str, Any] = {"all": True} if note.target_all else {"team": note.team} if note.team else {
             "users": note.users, "conversations": note.conversations}
         if note.channels_only:
             audience["channelsOnly"] = True
+        if note.tenant_id:  # listed AAD ids the bot has not met are reached in this tenant (bot/reach)
+            audience["tenantId"] = note.tenant_id
+        if note.team:  # a roster is read page by page, always by the job (bot/reach/team.py)
+            inline = False
         async with self._scheduler.staging() as stage:
 
             async def expand_later(tx: Connection, broadcast_id: int) -> None:
@@ -214,6 +220,8 @@ class Broadcasts:
         if broadcast.audience.get("all"):
             page = await self._store.expand_all_page(broadcast_id, self.page, tenants=self._tenants.names or None)
             done, written = page.done, page.written
+        elif broadcast.audience.get("team") and self._team_pages is not None:
+            done, written = await self._team_pages.next_page(broadcast)
         else:
             done, written = await self._list_page_of(broadcast)
         if written:
@@ -234,6 +242,7 @@ class Broadcasts:
         note = Notification(payload=broadcast.payload, conversations=[v for k, v in chunk if k == "c"],
                             users=[v for k, v in chunk if k == "u"], dedup_key=broadcast.dedup_key,
                             channels_only=bool(broadcast.audience.get("channelsOnly")),
+                            tenant_id=broadcast.audience.get("tenantId"),
                             priority=broadcast.priority, expires_at=broadcast.expires_at)
         resolved = await resolve_targets(note, self._references, self._tenants, broadcast_id=broadcast.id,
                                          undecided=True)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from aiohttp import web
 from pydantic import (
@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from bot.access import AllowedTenants
+from bot.graph.client import is_guid
 from bot.notices.acknowledge import with_acknowledge
 from bot.validation import check_id, check_printable
 from state.model import conversation_key
@@ -88,13 +89,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _guid(text: str) -> str:
+    if not is_guid(text):
+        raise ValueError("must be an Entra tenant id (a GUID)")
+    return text.lower()
+
+
 class Recipients(_Strict):
-    """`to`: exactly one of everyone, some users, some conversations, some channels (one new post in each)."""
+    """`to`: exactly one of everyone, some users (optionally of one tenant), some conversations, some channels
+    (one new post in each), a team (each member 1:1)."""
 
     all: Literal[True] | None = None
     users: Ids | None = None
+    tenantId: Annotated[StrictStr, AfterValidator(_guid)] | None = None
     conversations: Ids | None = None
     channels: Ids | None = None
+    team: Id | None = None
 
 
 class NotifyRequest(_Strict):
@@ -126,6 +136,8 @@ class Notification:
     acknowledge: bool = False  # an Acknowledge button (bot/notices/acknowledge.py), added once the batch id is known
     send_at: float | None = None  # scheduled: written and sent from then on (minute precision)
     dry_run: bool = False  # only say whom it would reach (bot/api/dry_run.py)
+    tenant_id: str | None = None  # users not known yet are AAD object ids of this tenant (bot/reach)
+    team: str | None = None  # every member of this team, 1:1 (bot/reach/team.py)
 
 
 def parse_notification(body: Any, now: float) -> Notification:
@@ -137,15 +149,18 @@ def parse_notification(body: Any, now: float) -> Notification:
     except ValidationError as exc:
         raise BadRequest(*describe(exc)) from None
     to = request.to
-    if sum(x is not None for x in (to.all, to.users, to.conversations, to.channels)) != 1:
-        raise BadRequest("to", 'must be exactly one of {"all": true}, {"users": [...]}, {"conversations": [...]}, '
-                               '{"channels": [...]}')
+    if sum(x is not None for x in (to.all, to.users, to.conversations, to.channels, to.team)) != 1:
+        raise BadRequest("to", 'must be exactly one of {"all": true}, {"users": [...]} (with "tenantId" to reach '
+                               'people the bot has not met), {"conversations": [...]}, {"channels": [...]}, '
+                               '{"team": "<team id>"}')
+    if to.tenantId is not None and to.users is None:
+        raise BadRequest("to.tenantId", 'goes with "users" only')
     for n, channel in enumerate(to.channels or ()):
         if ";messageid=" in channel:
             raise BadRequest(f"to.channels.{n}", "is a thread of a channel: give the channel's own id")
     note = Notification(payload={}, target_all=to.all is True, users=list(dict.fromkeys(to.users or ())),
                         conversations=list(dict.fromkeys(to.conversations or to.channels or ())),
-                        channels_only=to.channels is not None)
+                        channels_only=to.channels is not None, tenant_id=to.tenantId, team=to.team)
     if request.text is None and request.card is None:
         raise BadRequest("text", "give a text, a card, or both")
     payload: dict[str, Any] = {"type": "message"}
@@ -228,16 +243,28 @@ async def resolve_targets(note: Notification, references: ConversationReferences
             out.items.append(item(personal[0].conversation_id, personal[0].tenant_id))
         elif known:
             out.items.append(item(None, known[0].tenant_id, user_id))
+        elif note.tenant_id is not None and is_guid(user_id) and allows(note.tenant_id):  # new there: bot/reach
+            out.items.append(item(None, note.tenant_id, user_id))
         else:
             out.unknown_users.append(user_id)
     return out
+
+
+class Reach(Protocol):
+    """What bot/reach adds to a batch's status, and whether the bot is in a team (bot/reach/targets.py)."""
+
+    async def knows_team(self, team_id: str) -> bool: ...
+
+    async def batch_view(self, batch_id: str) -> dict[str, Any]: ...
 
 
 class NotifyEndpoints:
     """The HTTP side; `broadcasts` accepts each request as one broadcast (policy and outbox behind it)."""
 
     def __init__(self, token: str, store: OutboxStore, broadcasts: Broadcasts, now: Callable[[], float],
-                 lifecycle: NoticeLifecycle | None = None, dry_run: DryRun | None = None) -> None:
+                 lifecycle: NoticeLifecycle | None = None, dry_run: DryRun | None = None, *,
+                 reach: Reach | None = None) -> None:
+        self._reach = reach
         self._gate = TokenGate(token, "NOTIFY_TOKEN", "Notify")
         self._store = store
         self._broadcasts = broadcasts
@@ -260,6 +287,9 @@ class NotifyEndpoints:
             note = parse_notification(body.value, self._now())
         except BadRequest as exc:
             return field_error(exc.field, str(exc))
+        if note.team is not None and (self._reach is None or not await self._reach.knows_team(note.team)):
+            return web.json_response({"error": {"code": "NotFound", "field": "to.team", "message": (
+                f"to.team: the bot is not in team {note.team[:200]!r} (or has not heard from it)")}}, status=404)
         if note.dry_run:  # nothing is stored or sent
             if self._dry_run is None:
                 return error(501, "NotImplemented", "dryRun is not available here")
@@ -307,6 +337,7 @@ class NotifyEndpoints:
             "finishedAt": _iso(batch.last_change) if batch.finished else None,
             "finished": batch.finished,
             "acknowledged": batch.acknowledged,
+            **(await self._reach.batch_view(batch.public_id) if self._reach is not None else {}),
         })
 
 

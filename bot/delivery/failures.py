@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Action = Literal["retry", "gone", "drop"]
+Action = Literal["retry", "gone", "drop", "park"]
 
 
 @dataclass
 class SendFailure(Exception):
-    """A send that did not succeed. `action`: retry later, the conversation is gone, or drop the message.
+    """A send that did not succeed. `action`: retry later, the conversation is gone, drop the message, or park it
+    (held, `message` as its note, until what it waits for is done: an install for a new person, bot/reach).
 
     `attempted=False` means Teams was never asked (e.g. the bot had no token yet): the retry does not use
     up one of the message's bounded attempts, so an identity-service outage fails no message."""

@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from bot.logs import log_context
 from bot.metrics import Metrics
@@ -61,6 +61,16 @@ class Limiter(Protocol):
 
     @property
     def history_s(self) -> float: ...
+
+
+class NewPeople(Protocol):
+    """A way to people no conversation reference knows (bot/reach/people.py)."""
+
+    def reachable(self, row: OutboxRow) -> bool: ...
+
+    async def open_chat(self, row: OutboxRow) -> ConversationRecord: ...
+
+    async def parked(self, row: OutboxRow) -> None: ...
 
 
 class Sender(Protocol):
@@ -113,6 +123,7 @@ class DeliveryWorker:
         metrics: Metrics | None = None,
         ownership: Ownership | None = None,
         claim_batch: int = 1000,
+        new_people: NewPeople | None = None,
     ) -> None:
         self._store = store
         self._references = references
@@ -144,6 +155,7 @@ class DeliveryWorker:
         self.metrics = metrics or Metrics()
         self.ownership = ownership or Ownership(None, "local", clock)
         self._claim_batch = claim_batch
+        self._new_people = new_people
         self._claim_wanted = False  # a notification or a drained queue: claim more on the next pass
         self._to_acquire: set[str] = set()  # announced tenants nobody owns that this replica should
         self._leaving: set[str] = set()  # tenants being handed over: no new sends, release when none in flight
@@ -660,6 +672,9 @@ class DeliveryWorker:
             if not personal[0].active:
                 raise SendFailure("drop", None, "ConversationInactive", personal[0].inactive_reason or "inactive")
             return personal[0]
+        if (not known or not known[0].bot_id) and self._new_people is not None and self._new_people.reachable(row):
+            record = await self._new_people.open_chat(row)
+            self._chat_opened(row, record.conversation_id)
         if not known or not known[0].bot_id:
             raise SendFailure("drop", None, "UnknownUser", f"no conversation with {user_id} to reach them from")
         base = known[0]
@@ -681,9 +696,16 @@ class DeliveryWorker:
             bot_id=base.bot_id, bot_name=base.bot_name,
         )
         await self._references.upsert(record, reactivate=True)
-        row.conversation_id = conversation_id
         log.info("opened a 1:1 chat %s with user %s", conversation_id, user_id)
-        return record
+        self._chat_opened(row, conversation_id)
+
+    @staticmethod
+    def _chat_opened(row: OutboxRow, conversation_id: str) -> NoReturn:
+        """Creating the chat was this ticket's request to Teams: the message itself goes with the next ticket of
+        the conversation, so each request counts against Teams' limits (the chat is known from now on)."""
+        row.conversation_id = conversation_id
+        raise SendFailure("retry", None, "ChatOpened", f"opened the 1:1 chat {conversation_id}; the message is next",
+                          retry_after=0.0, attempted=False)
 
     async def _activity_to_update(self, row: OutboxRow) -> str:
         if row.update_of is None:
@@ -717,6 +739,12 @@ class DeliveryWorker:
             self.metrics.throttled(failure.retry_after)
             if self._limiter is not None:
                 self._limiter.penalize(ticket.conversation, ticket.tenant, failure.retry_after or self._retry.base_s)
+        if failure.action == "park" and self._new_people is not None:
+            return await self._park(row, ticket, failure, attempts)
+        if failure.code == "ChatOpened":  # not a failure: the message goes with its next ticket, to that chat
+            self._outcome(Outcome(row.id, "pending", conversation_id=row.conversation_id))
+            ticket.ready_at = self._clock.monotonic()
+            return ticket
         if failure.action == "retry" and (attempts < self._retry.max_attempts or not failure.attempted):
             delay = self._retry.delay(max(1, attempts), failure.retry_after, self._rng)
             row.attempts = attempts
@@ -739,6 +767,24 @@ class DeliveryWorker:
         else:
             log.warning("message %d not delivered: %s", row.id, failure)
         self._finish(row, Outcome(row.id, "failed", attempts=attempts, last_error=str(failure)))
+        return None
+
+    async def _park(self, row: OutboxRow, ticket: Ticket, failure: SendFailure, attempts: int) -> Ticket | None:
+        """Hold the row (written now, not buffered) until what it waits for is done, then say it is parked; if
+        the database does not answer, it stays pending here and is tried again."""
+        self._rows.pop(row.id, None)  # first: a release racing with this cannot find it still queued here
+        try:
+            await self._store.apply([Outcome(row.id, "held", attempts=attempts, last_error=failure.message)])
+        except Exception as exc:
+            self.metrics.database_error("worker")
+            self._rows[row.id] = row
+            ticket.ready_at = self._clock.monotonic() + self._retry.base_s
+            log.warning("message %d: could not park it (%s); trying again", row.id, exc)
+            return ticket
+        row.status = "held"
+        self.metrics.message(row.category, "held")
+        if self._new_people is not None:
+            await self._new_people.parked(row)
         return None
 
     async def _conversation_gone(self, conversation_id: str, failure: SendFailure) -> None:

@@ -56,7 +56,10 @@ class GraphClient:
 
     def __init__(self, session: Callable[[], aiohttp.ClientSession], tokens: Callable[[str], BearerTokens],
                  graph_url: str, *, timeout_s: float = 20.0,
-                 proxy_for: Callable[[str], dict[str, Any]] | None = None) -> None:
+                 proxy_for: Callable[[str], dict[str, Any]] | None = None,
+                 on_answer: Callable[[str, int], None] | None = None) -> None:
+        """`on_answer(op, status)` is told of every answer (status 0: none), e.g. for metrics."""
+        self._on_answer = on_answer
         self._session = session
         self._proxy = proxy_for(graph_url) if proxy_for is not None else {}  # SharedSession.proxy_for: HTTPS_PROXY
         self._tokens = tokens
@@ -117,15 +120,22 @@ class GraphClient:
                     body: dict[str, Any] | None = None) -> dict[str, Any]:
         _check("tenant id", tenant_id)
         try:
+            token = await self._tokens(tenant_id).token()
+        except Exception as exc:  # no token yet (the identity service is down, slow, or refuses): try again later
+            raise GraphError(0, "TokenUnavailable", str(exc), getattr(exc, "retry_after", None)) from exc
+        try:
             async with asyncio.timeout(self._timeout):
-                token = await self._tokens(tenant_id).token()
                 headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
                 async with self._session().request(method, self.base + path, params=params, json=body,
                                                    headers=headers, **self._proxy) as response:
                     raw = await response.read()
                     status, retry_after = response.status, response.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            if self._on_answer is not None:
+                self._on_answer(path.split("/")[-1], 0)
             raise GraphError(0, type(exc).__name__, str(exc) or "Graph did not answer") from exc
+        if self._on_answer is not None:
+            self._on_answer(path.split("/")[-1], status)
         if status >= 300:
             raise _error(status, raw, retry_after)
         try:

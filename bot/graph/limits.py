@@ -8,6 +8,8 @@ tenant. Per process: with several replicas each holds its own windows (see docs/
 
 from __future__ import annotations
 
+import math
+
 from scheduler.ratelimit import TeamsRateLimiter, Window
 from state.clock import Clock
 
@@ -21,10 +23,14 @@ class InstallLimits:
 
     def __init__(self, clock: Clock, *, per_tenant: int = INSTALLS_PER_TENANT,
                  per_app: int = INSTALLS_PER_APP) -> None:
+        self._window_s = 1.0
         self._limiter = TeamsRateLimiter(clock, conversation_windows=(Window(per_tenant, 1.0),), tenant_rps=per_app)
 
     def wait(self, tenant_id: str) -> float:
-        return self._limiter.wait_time(tenant_id, _APP)
+        """Seconds until the next install for this tenant may start; with every slot in flight, the window's
+        length (a completion frees one by then), never infinity: callers schedule on it."""
+        wait = self._limiter.wait_time(tenant_id, _APP)
+        return wait if math.isfinite(wait) else self._window_s
 
     def begin(self, tenant_id: str) -> None:
         """An install request is going out now (checked with `wait`); it holds a slot until `complete`."""

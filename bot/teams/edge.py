@@ -10,6 +10,7 @@ the bot accepts HTTP; `close()` releases them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from botbuilder.core import (
     ConversationState,
@@ -41,6 +42,7 @@ from .alert_buttons import AlertButtons
 from .connector import JsonConnector, SharedSession
 from .credentials import ConnectorCredentials
 from .dialog_state import DialogStackState
+from .graph_tokens import GraphTokens
 from .handler import ProactiveBot
 from .replies import QueuedReplies, ReplySlots, TurnReplies
 from .roster import TeamsRoster
@@ -63,7 +65,9 @@ class TeamsConnection:
         self.credentials: ConnectorCredentials | None = None  # the token, only where it belongs, paused on 401s
         self.service_urls: ServiceUrlHosts | None = None  # SERVICE_URL_HOSTS (auth on only)
         self.signing_keys: ChannelSigningKeys | None = None
+        self.graph_tokens: GraphTokens | None = None
         if config.auth_enabled:
+            self.graph_tokens = GraphTokens(config, self.session, clock)
             self.tokens = ChannelTokens(credential_factory(config, self.session), config.oauth_scope, clock,
                                         on_acquired=self.metrics.token_acquired)
             self.signing_keys = ChannelSigningKeys(config.open_id_metadata_url, self.session, clock)
@@ -93,6 +97,7 @@ class TeamsConnection:
         turn_gate: TurnGate | None = None,
         acknowledgements: Acknowledgements | None = None,
         processed: ProcessedActivities | None = None,
+        reached: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> SdkTurns:
         """The activity handler over `storage`, wrapped as the /api/messages turn processor."""
         bot = ProactiveBot(
@@ -111,10 +116,17 @@ class TeamsConnection:
             turn_gate=turn_gate,
             acknowledgements=acknowledgements,
             processed=processed,
+            reached=reached,
         )
         self.adapter.replies = TurnReplies(JsonConnector(self.session, self.credentials, timeout_s=10.0), reply_slots,
                                            QueuedReplies(proactive, self._clock))
         return SdkTurns(self.adapter, self.authentication, bot)
+
+    def graph_tokens_for(self, tenant_id: str) -> ChannelTokens:
+        """The Graph token source of a tenant (bot/graph's client asks it per call)."""
+        if self.graph_tokens is None:
+            raise RuntimeError("Graph needs MicrosoftAppId and its credentials")
+        return self.graph_tokens.for_tenant(tenant_id)
 
     def status(self) -> dict[str, object]:
         """For /healthz: whether requests are authenticated, the bot's token, the channel's signing keys."""
@@ -138,6 +150,8 @@ class TeamsConnection:
             await self.signing_keys.stop()
         if self.tokens is not None:
             await self.tokens.close()
+        if self.graph_tokens is not None:
+            await self.graph_tokens.close()
         await self.session.close()
 
     async def _on_turn_error(self, turn_context: TurnContext, exc: Exception) -> None:

@@ -10,6 +10,7 @@ each user's time zone from the `localTimezone` Teams puts on their activities (i
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from botbuilder.core import BotState, ConversationState, InvokeResponse, TurnContext, UserState
@@ -105,7 +106,11 @@ class ProactiveBot(TeamsActivityHandler):
         turn_gate: TurnGate | None = None,
         acknowledgements: Acknowledgements | None = None,
         processed: ProcessedActivities | None = None,
+        reached: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
+        """`reached(tenant, aad id)`: whether the bot itself is installing (or just installed) the app for that
+        person (bot/reach), whose welcome then comes from there, before their notice."""
+        self._reached = reached
         self._bot_name = bot_name
         self._processed = processed
         self._references = references
@@ -273,6 +278,9 @@ class ProactiveBot(TeamsActivityHandler):
         await self._engagement.fire(conversation_id, "installed")
         if not await self._engagement.mark_welcomed(conversation_id):
             return
+        if await self._installed_by_us(activity):
+            log.info("conversation %s: installed by the bot for a notice; that path welcomes", conversation_id)
+            return
         known = await self._references.get(conversation_id)
         where = install_context(activity.channel_data, activity.conversation.conversation_type,
                                 activity.from_property.name if activity.from_property else None, known)
@@ -288,6 +296,14 @@ class ProactiveBot(TeamsActivityHandler):
                  "team_id": team_id_of(activity.channel_data) or (known.team_id if known else None)},
                 key=f"welcome-members:{conversation_id}",
             )
+
+
+    async def _installed_by_us(self, activity: Activity) -> bool:
+        if self._reached is None or activity.conversation.conversation_type != "personal":
+            return False
+        tenant = tenant_of(activity)
+        aad = getattr(activity.from_property, "aad_object_id", None) if activity.from_property else None
+        return bool(tenant and aad and await self._reached(tenant, aad))
 
 
 def _member(activity: Activity) -> str | None:
