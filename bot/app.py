@@ -27,7 +27,7 @@ from state.db import connect
 from state.engagement import Engagement
 from state.leases import Leases, TurnLeases
 from state.notices import Audiences, DeliveryReport, NoticeControl, NoticeStore, RecallStore
-from state.outbox import OutboxItem, OutboxStore
+from state.outbox import OutboxStore
 from state.preferences import Preferences
 from state.prices import PriceLog
 from state.processed import ProcessedActivities
@@ -124,7 +124,8 @@ class BotApplication:
                                     proxy_for=self.teams.session.proxy_for, on_answer=self.metrics.graph_request),
             InstallLimits(self.clock), self.clock, manifest_id=config.app_id,
             catalog_app_id=config.teams_catalog_app_id, owner=config.replica_id, metrics=self.metrics,
-            welcome=lambda tenant, user: self._queue(welcome_item(config.bot_name, tenant, user)),
+            welcome=lambda tenant, user, also: self.proactive.enqueue([welcome_item(config.bot_name, tenant, user)],
+                                                                      also=also),
             release=self._release_rows)
         self.price_source = build_price_source(
             config.price_source, clock=self.clock, url_template=config.price_url_template,
@@ -210,9 +211,6 @@ class BotApplication:
         self._stack: AsyncExitStack | None = None
         self._stop_failures: list[str] = []
         self.port: int | None = None
-
-    async def _queue(self, item: OutboxItem) -> None:
-        await self.proactive.enqueue([item])
 
     async def _release_rows(self, ids: list[int]) -> None:
         """Rows made pending again outside the worker (parked behind an install): hand them to it."""

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 
 from .clock import Clock
-from .db import Database, Row
+from .db import Connection, Database, Row
 
 STEPS = ("installing", "installed", "not installed", "forbidden", "failed")
 PARKED = "installing: waiting for the app to be installed for this person"
@@ -68,12 +68,13 @@ class ReachStore:
             (tenant_id, user_id, now, now, now))
         return changed > 0
 
-    async def record(self, tenant_id: str, user_id: str, state: str, error: str | None = None) -> None:
-        """Set a person's step (and why), ending any claim on them."""
+    async def record(self, tenant_id: str, user_id: str, state: str, error: str | None = None, *,
+                     tx: Connection | None = None) -> None:
+        """Set a person's step (and why), ending any claim on them; on `tx` to commit with other writes."""
         if state not in STEPS:
             raise ValueError(f"unknown reach step {state!r}")
         now = self._now()
-        await self._db.execute(
+        await (tx or self._db).execute(
             "INSERT INTO reach_people (tenant_id, user_id, state, attempts, not_before, last_error, created_at, "
             "updated_at) VALUES (?, ?, ?, 0, ?, ?, ?, ?) ON CONFLICT (tenant_id, user_id) DO UPDATE SET "
             "state = excluded.state, last_error = excluded.last_error, claimed_by = NULL, claim_until = NULL, "

@@ -38,6 +38,7 @@ from state.model import (
 )
 from state.outbox import OutboxItem, OutboxRow, OutboxStore, Writes
 from state.preferences import Preferences
+from state.reach import PARKED
 from state.references import ConversationRecord, ConversationReferences
 
 from .digest import DEFAULT_MAX_BYTES, digest_payloads, reason_of
@@ -258,7 +259,8 @@ class ProactiveMessages:
         groups = {key for key, record in (await self._references.get_many(
             {r.conversation_id for r in held if r.conversation_id})).items()
             if record.conversation_type in GROUP_SCOPES}
-        orphans = [r.id for r in held if not r.conversation_id]
+        orphans = [r.id for r in held if not r.conversation_id and r.last_error != PARKED]  # (PARKED: bot/reach
+        # lets those go once the app is installed for their person)
         if orphans:  # held with no chat to wait in (older versions did that): they go, the worker opens the chat
             await self._store.set_status(orphans, "pending", only_from=("held",))
             await self._worker.offer([r for r in await self._store.get_many(orphans) if r.status == "pending"])

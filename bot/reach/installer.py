@@ -6,8 +6,9 @@ races), claim due installs (a lease per person, so on several replicas each runs
 Graph's install budget for its tenant allows (`InstallLimits`, else it waits for its turn):
 
 - `POST …/installedApps` (the catalog id from TEAMS_CATALOG_APP_ID, else looked up by the manifest id);
-- 201 or 409 (already installed): queue the welcome (`welcome`; one per person, dedup key), mark the person
-  `installed`, release their parked notices (`release`), which queue after the welcome;
+- 201 or 409 (already installed): queue the welcome (`welcome`; one per person, dedup key) and mark the person
+  `installed` in the same transaction (the worker never meets the welcome of someone still `installing`),
+  release their parked notices (`release`), which queue after the welcome;
 - 429/503/504, no answer, no token: try again after Retry-After (the tenant's budget waits too) or a backoff,
   at most `max_attempts` times, then `failed`;
 - 403 (no admin consent, app blocked): `forbidden`; anything else (404 unknown user, 400): `failed`; their
@@ -30,6 +31,7 @@ from bot.graph.client import GraphError
 from bot.graph.limits import InstallLimits
 from bot.metrics import Metrics
 from state.clock import Clock
+from state.db import Connection
 from state.reach import Person, ReachStore
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,8 @@ class Graph(Protocol):
     async def install_for_user(self, tenant_id: str, user_id: str, catalog_app_id: str) -> bool: ...
 
 
-Welcome = Callable[[str, str], Awaitable[None]]
-"""Queue the first-contact welcome for (tenant, user)."""
+Welcome = Callable[[str, str, Callable[[Connection], Awaitable[None]]], Awaitable[object]]
+"""Queue the first-contact welcome for (tenant, user), committing the given writes with it."""
 Release = Callable[[list[int]], Awaitable[None]]
 """Hand outbox rows made pending again to the delivery worker."""
 
@@ -158,8 +160,10 @@ class Installer:
             return
         finally:
             self._limits.complete(tenant)
-        await self._welcome(tenant, user)
-        await self._store.record(tenant, user, "installed", None if fresh else "already installed")
+        async def installed(tx: Connection) -> None:  # with the welcome row: the worker never sees one without
+            await self._store.record(tenant, user, "installed", None if fresh else "already installed", tx=tx)
+
+        await self._welcome(tenant, user, installed)
         self._metrics.reach_step("installed")
         released = await self._store.release_parked(tenant, user)
         if released:
