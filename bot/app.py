@@ -64,6 +64,7 @@ from .onboarding.team_members import WELCOME_TEAM_MEMBERS, TeamMemberWelcome
 from .prices.alert_actions import AlertActions
 from .prices.sources import build_price_source
 from .prices.watching import PriceWatcher
+from .reach.groups import GroupPages
 from .reach.installer import Installer
 from .reach.people import NewPeople, welcome_item
 from .reach.targets import ReachTargets
@@ -119,9 +120,10 @@ class BotApplication:
             self.clock, hold_max_seconds=config.hold_max_seconds, max_message_bytes=MAX_MESSAGE_BYTES,
             tenants=self.tenants,
         )
+        self.graph = GraphClient(self.teams.session.get, self.teams.graph_tokens_for, config.graph_url,
+                                 proxy_for=self.teams.session.proxy_for, on_answer=self.metrics.graph_request)
         self.installer = Installer(
-            self.reach, GraphClient(self.teams.session.get, self.teams.graph_tokens_for, config.graph_url,
-                                    proxy_for=self.teams.session.proxy_for, on_answer=self.metrics.graph_request),
+            self.reach, self.graph,
             InstallLimits(self.clock), self.clock, manifest_id=config.app_id,
             catalog_app_id=config.teams_catalog_app_id, owner=config.replica_id, metrics=self.metrics,
             welcome=lambda tenant, user, also: self.proactive.enqueue([welcome_item(config.bot_name, tenant, user)],
@@ -172,7 +174,9 @@ class BotApplication:
         self.broadcasts = Broadcasts(self.broadcast_store, self.outbox, self.references, self.proactive, self.worker,
                                      self.scheduler, tenants=self.tenants, page=config.broadcast_page,
                                      list_page=min(500, config.broadcast_page), clock=self.clock,
-                                     team_pages=TeamPages(self.teams.roster, self.references, self.broadcast_store))
+                                     team_pages=TeamPages(self.teams.roster, self.references, self.broadcast_store),
+                                     group_pages=GroupPages(self.graph, self.references, self.broadcast_store,
+                                                            self.tenants))
         self.retention = Retention(self.outbox, self.broadcast_store, self.prices, self.scheduler, self.clock,
                                    days=config.retention_days, analyses=self.analysis_store,
                                    processed=self.processed)

@@ -7,7 +7,10 @@ calls to reach people who never installed it:
 - `POST /v1.0/users/{id}/teamwork/installedApps` (`{"teamsApp@odata.bind": ".../appCatalogs/teamsApps/{id}"}`):
   201, or 409 when it is already installed;
 - `GET /v1.0/users/{id}/teamwork/installedApps?$expand=teamsApp&$filter=teamsApp/id eq '{id}'`;
-- `GET /v1.0/users/{id}/teamwork/installedApps/{installation id}/chat`.
+- `GET /v1.0/users/{id}/teamwork/installedApps/{installation id}/chat`;
+- `GET /v1.0/groups/{id}/transitiveMembers/microsoft.graph.user?$select=…` (op "members"): the users of a group
+  (`GraphTenant.groups`: its users, plus those of its nested groups, `GraphTenant.nested`), `group_page` a
+  page, paged by `@odata.nextLink` (`$skiptoken`); `throttle_members_at` answers one page 429 once.
 
 Every request needs a Bearer token from the identity double (`IdentityDouble.decode_access_token`): signed
 by it, for Graph's audience (`audience`), of a tenant this double knows; the user must belong to that tenant
@@ -51,6 +54,19 @@ class GraphTenant:
     consented: bool = True
     catalog: dict[str, str] = field(default_factory=dict)
     installed: dict[str, str] = field(default_factory=dict)  # user → installation id
+    groups: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # group → its direct users (Graph's users)
+    nested: dict[str, list[str]] = field(default_factory=dict)  # group → its member groups
+
+    def transitive(self, group: str, seen: set[str] | None = None) -> list[dict[str, Any]]:
+        """A group's users through nested groups, each once (as Graph's transitiveMembers lists them)."""
+        seen = seen if seen is not None else set()
+        if group in seen:
+            return []
+        seen.add(group)
+        users = list(self.groups.get(group, []))
+        for inner in self.nested.get(group, []):
+            users += self.transitive(inner, seen)
+        return list({u["id"]: u for u in users}.values())
 
 
 @dataclass
@@ -84,6 +100,9 @@ class GraphDouble:
         self.ops: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
         self.throttled = 0
+        self.group_page = 100
+        self.throttle_members_at: int | None = None  # once: 429 (Retry-After `members_retry_after`) for this page
+        self.members_retry_after = 30.0
         self.on_install: OnInstall | None = None
         self._faults: list[tuple[str, int, str, float | None, int]] = []  # (op, status, code, retry_after, left)
         self._windows: dict[str, deque[float]] = {}
@@ -127,6 +146,8 @@ class GraphDouble:
                                                                                   self._installations))
         app.router.add_get("/v1.0/users/{user}/teamwork/installedApps/{installation}/chat",
                            self._route("chat", self._chat))
+        app.router.add_get("/v1.0/groups/{group}/transitiveMembers/microsoft.graph.user",
+                           self._route("members", self._members))
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert("127.0.0.1", "localhost", "*.example.test").configure_cert(context)  # proxy tests
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -247,6 +268,24 @@ class GraphDouble:
         if tenant.installed.get(user) != request.match_info["installation"]:
             return _error(404, "NotFound", "Installation not found.")
         return web.json_response({"id": self.chat_id(user), "chatType": "oneOnOne"})
+
+    async def _members(self, record: GraphRequest, request: web.Request, tenant: GraphTenant) -> web.Response:
+        group = request.match_info["group"]
+        if group not in tenant.groups and group not in tenant.nested:
+            return _error(404, "Request_ResourceNotFound", f"Resource '{group}' does not exist.")
+        users = tenant.transitive(group)
+        start = int(request.query.get("$skiptoken", "0"))
+        if self.throttle_members_at == start:
+            self.throttle_members_at = None
+            self.throttled += 1
+            return _error(429, "TooManyRequests", "Too many requests", self.members_retry_after)
+        page = users[start:start + self.group_page]
+        body: dict[str, Any] = {"value": [{"@odata.type": "#microsoft.graph.user", **u} for u in page]}
+        if start + self.group_page < len(users):
+            body["@odata.nextLink"] = (f"{self.url}/v1.0/groups/{group}/transitiveMembers/microsoft.graph.user"
+                                       f"?$select=id,displayName,userType,accountEnabled"
+                                       f"&$skiptoken={start + self.group_page}")
+        return web.json_response(body)
 
     @staticmethod
     def chat_id(user: str) -> str:

@@ -24,6 +24,7 @@ from bot.access import AllowedTenants
 from bot.delivery.proactive import ProactiveMessages
 from bot.delivery.worker import DeliveryWorker
 from bot.notices.acknowledge import with_acknowledge
+from bot.reach.groups import GroupPages, Later
 from bot.reach.team import TeamPages
 from scheduler.jobs import Job
 from scheduler.scheduler import Scheduler
@@ -80,7 +81,9 @@ class Broadcasts:
     def __init__(self, store: BroadcastStore, outbox: OutboxStore, references: ConversationReferences,
                  proactive: ProactiveMessages, worker: DeliveryWorker, scheduler: Scheduler, *,
                  tenants: AllowedTenants | None = None, page: int = 1000, list_page: int = 500,
-                 pages_per_run: int = 20, clock: Clock | None = None, team_pages: TeamPages | None = None) -> None:
+                 pages_per_run: int = 20, clock: Clock | None = None, team_pages: TeamPages | None = None,
+                 group_pages: GroupPages | None = None) -> None:
+        self._group_pages = group_pages  # Entra groups' members from Graph, page by page (bot/reach/groups.py)
         self._team_pages = team_pages  # a team's roster, page by page (bot/reach/team.py)
         self._store = store
         self._outbox = outbox
@@ -130,12 +133,13 @@ class Broadcasts:
         inline = inline and note.send_at is None  # a scheduled notice is written by its job, at its time
         wait = 0.0 if note.send_at is None else max(0.0, note.send_at - self._clock_now())
         audience: dict[str, Any] = {"all": True} if note.target_all else {"team": note.team} if note.team else {
+            "groups": note.groups, "includeGuests": note.include_guests} if note.groups else {
             "users": note.users, "conversations": note.conversations}
         if note.channels_only:
             audience["channelsOnly"] = True
         if note.tenant_id:  # listed AAD ids the bot has not met are reached in this tenant (bot/reach)
             audience["tenantId"] = note.tenant_id
-        if note.team:  # a roster is read page by page, always by the job (bot/reach/team.py)
+        if note.team or note.groups:  # a roster or a group is read page by page, always by the job (bot/reach)
             inline = False
         async with self._scheduler.staging() as stage:
 
@@ -207,7 +211,13 @@ class Broadcasts:
         broadcast_id = int(job.payload.get("broadcast", 0))
         await self._store.release(broadcast_id)  # a scheduled broadcast's time came (else nothing changes)
         for n in range(self.pages_per_run):
-            if await self.expand_page(broadcast_id, first=n == 0):
+            try:
+                if await self.expand_page(broadcast_id, first=n == 0):
+                    return
+            except Later as later:  # Graph's Retry-After: the same cursor, then
+                log.info("broadcast %d: expansion deferred %.1f s: %s", broadcast_id, later.seconds, later)
+                await self._scheduler.schedule_in(later.seconds, EXPAND, {"broadcast": broadcast_id},
+                                                  key=expansion_key(broadcast_id))
                 return
             await asyncio.sleep(0)  # let turns and sends in between pages
         await self._scheduler.schedule_in(0, EXPAND, {"broadcast": broadcast_id}, key=expansion_key(broadcast_id))
@@ -222,6 +232,8 @@ class Broadcasts:
             done, written = page.done, page.written
         elif broadcast.audience.get("team") and self._team_pages is not None:
             done, written = await self._team_pages.next_page(broadcast)
+        elif broadcast.audience.get("groups") and self._group_pages is not None:
+            done, written = await self._group_pages.next_page(broadcast)
         else:
             done, written = await self._list_page_of(broadcast)
         if written:

@@ -37,6 +37,10 @@ class DryRun:
                  "conversationType": r["conversation_type"], "userId": r["user_id"], "aadObjectId": r["user_aad_id"],
                  "name": r["name"]} for r in rows],
                 "unknown": {"users": [], "conversations": []}, "inactive": {"conversations": []}}
+        if note.groups:  # a group's members are read from Graph only when it is sent
+            return {**answer, "requested": None, "sample": [], "note": (
+                "groups are not expanded in a dry run: their members are read from Microsoft Graph when it is sent"),
+                "unknown": {"users": [], "conversations": []}, "inactive": {"conversations": []}}
         resolved = await resolve_targets(note, self._references, self._tenants)
         return {**answer, "requested": len(resolved.items), "sample": [
             {"conversationId": item.conversation_id, "tenantId": item.tenant_id, "userId": item.target_user_id}

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .dry_run import DryRun
 
 MAX_TARGETS = 10_000
+MAX_GROUPS = 100
 MAX_MESSAGE_BYTES = 28_000  # Teams caps a message at about 28 KB
 MAX_LEAD_S = 366 * 86_400  # a notice may be scheduled up to a year ahead
 BATCH_ID = re.compile(r"[0-9a-f]{32}")
@@ -95,9 +96,15 @@ def _guid(text: str) -> str:
     return text.lower()
 
 
+def _group(text: str) -> str:
+    if not is_guid(text):
+        raise ValueError("must be an Entra group id (a GUID)")
+    return text.lower()
+
+
 class Recipients(_Strict):
     """`to`: exactly one of everyone, some users (optionally of one tenant), some conversations, some channels
-    (one new post in each), a team (each member 1:1)."""
+    (one new post in each), a team (each member 1:1), the members of some Entra groups (of one tenant)."""
 
     all: Literal[True] | None = None
     users: Ids | None = None
@@ -105,6 +112,9 @@ class Recipients(_Strict):
     conversations: Ids | None = None
     channels: Ids | None = None
     team: Id | None = None
+    groups: Annotated[list[Annotated[StrictStr, AfterValidator(_group)]],
+                      Field(min_length=1, max_length=MAX_GROUPS)] | None = None
+    includeGuests: StrictBool | None = None
 
 
 class NotifyRequest(_Strict):
@@ -138,6 +148,8 @@ class Notification:
     dry_run: bool = False  # only say whom it would reach (bot/api/dry_run.py)
     tenant_id: str | None = None  # users not known yet are AAD object ids of this tenant (bot/reach)
     team: str | None = None  # every member of this team, 1:1 (bot/reach/team.py)
+    groups: list[str] = field(default_factory=list)  # the members of these Entra groups (bot/reach/groups.py)
+    include_guests: bool = False  # groups: guests and disabled accounts too
 
 
 def parse_notification(body: Any, now: float) -> Notification:
@@ -149,18 +161,23 @@ def parse_notification(body: Any, now: float) -> Notification:
     except ValidationError as exc:
         raise BadRequest(*describe(exc)) from None
     to = request.to
-    if sum(x is not None for x in (to.all, to.users, to.conversations, to.channels, to.team)) != 1:
+    if sum(x is not None for x in (to.all, to.users, to.conversations, to.channels, to.team, to.groups)) != 1:
         raise BadRequest("to", 'must be exactly one of {"all": true}, {"users": [...]} (with "tenantId" to reach '
                                'people the bot has not met), {"conversations": [...]}, {"channels": [...]}, '
-                               '{"team": "<team id>"}')
-    if to.tenantId is not None and to.users is None:
-        raise BadRequest("to.tenantId", 'goes with "users" only')
+                               '{"team": "<team id>"}, {"groups": [...], "tenantId": "<tenant id>"}')
+    if to.tenantId is not None and to.users is None and to.groups is None:
+        raise BadRequest("to.tenantId", 'goes with "users" or "groups" only')
+    if to.groups is not None and to.tenantId is None:
+        raise BadRequest("to.tenantId", 'is required with "groups" (the tenant of the groups)')
+    if to.includeGuests is not None and to.groups is None:
+        raise BadRequest("to.includeGuests", 'goes with "groups" only')
     for n, channel in enumerate(to.channels or ()):
         if ";messageid=" in channel:
             raise BadRequest(f"to.channels.{n}", "is a thread of a channel: give the channel's own id")
     note = Notification(payload={}, target_all=to.all is True, users=list(dict.fromkeys(to.users or ())),
                         conversations=list(dict.fromkeys(to.conversations or to.channels or ())),
-                        channels_only=to.channels is not None, tenant_id=to.tenantId, team=to.team)
+                        channels_only=to.channels is not None, tenant_id=to.tenantId, team=to.team,
+                        groups=list(dict.fromkeys(to.groups or ())), include_guests=to.includeGuests is True)
     if request.text is None and request.card is None:
         raise BadRequest("text", "give a text, a card, or both")
     payload: dict[str, Any] = {"type": "message"}

@@ -2,7 +2,9 @@
 
 - the app's id in an organisation's catalog, looked up once per tenant by the manifest id (`externalId`);
 - install the app for a user (`POST /users/{id}/teamwork/installedApps`; 409 = already installed);
-- that installation's id, and the chat between the bot and the user (`…/installedApps/{id}/chat`).
+- that installation's id, and the chat between the bot and the user (`…/installedApps/{id}/chat`);
+- one page of a group's transitive members who are users (`GET /groups/{id}/transitiveMembers/microsoft.graph.user`,
+  paged by `@odata.nextLink`, which is followed only when it points back into GRAPH_URL).
 
 Every call carries a token of the user's tenant (`tokens(tenant).token()`). Ids are checked to be GUIDs
 before they reach a URL. Errors are `GraphError` with Graph's status, code and `Retry-After` (seconds);
@@ -116,6 +118,21 @@ class GraphClient:
             raise GraphError(502, "NoChat", "Graph returned no chat id")
         return chat
 
+    async def group_members_page(self, tenant_id: str, group_id: str, next_link: str | None = None
+                                 ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the users in a group, through nested groups: (users, the next page's link or None)."""
+        _check("group id", group_id)
+        if next_link:
+            if not next_link.startswith(self.base + f"groups/{group_id}/transitiveMembers/"):
+                raise GraphError(502, "BadNextLink", "Graph's @odata.nextLink leaves the group's members")
+            answer = await self._call("GET", tenant_id, next_link.removeprefix(self.base))
+        else:
+            answer = await self._call("GET", tenant_id, f"groups/{group_id}/transitiveMembers/microsoft.graph.user",
+                                      params={"$select": "id,displayName,userType,accountEnabled", "$top": "999"})
+        users = [u for u in answer.get("value") or [] if isinstance(u, dict) and isinstance(u.get("id"), str)]
+        link = answer.get("@odata.nextLink")
+        return users, link if isinstance(link, str) and link else None
+
     async def _call(self, method: str, tenant_id: str, path: str, *, params: dict[str, str] | None = None,
                     body: dict[str, Any] | None = None) -> dict[str, Any]:
         _check("tenant id", tenant_id)
@@ -132,10 +149,10 @@ class GraphClient:
                     status, retry_after = response.status, response.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             if self._on_answer is not None:
-                self._on_answer(path.split("/")[-1], 0)
+                self._on_answer(path.split("?")[0].split("/")[-1], 0)
             raise GraphError(0, type(exc).__name__, str(exc) or "Graph did not answer") from exc
         if self._on_answer is not None:
-            self._on_answer(path.split("/")[-1], status)
+            self._on_answer(path.split("?")[0].split("/")[-1], status)
         if status >= 300:
             raise _error(status, raw, retry_after)
         try:
