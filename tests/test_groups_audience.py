@@ -71,7 +71,7 @@ async def test_nested_groups_reach_each_member_once(
                                               "text": "Fire drill at 11"})
     assert status == 202 and answer["state"] == "expanding", answer
     seen = await reached(bot, connector, fake_clock, "Fire drill at 11", 4)
-    assert len(set(seen)) == 4, seen
+    assert len(seen) == len(set(seen)) == 4, seen
     assert sorted(r.path.split("/")[3] for r in graph.requests if r.op == "members") == [GROUP_A, GROUP_B]
     assert {r.query.get("$select") for r in graph.requests if r.op == "members"} == {
         "id,displayName,userType,accountEnabled"}
@@ -87,7 +87,7 @@ async def test_guests_and_disabled_accounts_only_with_include_guests(
     seed(graph, {GROUP_A: [user(20), user(21, userType="Guest"), user(22, accountEnabled=False)]})
     _, first = await notify(http, bot, {"to": {"groups": [GROUP_A], "tenantId": TENANT}, "text": "Members only"})
     seen = await reached(bot, connector, fake_clock, "Members only", 1)
-    assert len(set(seen)) == 1
+    assert len(seen) == len(set(seen)) == 1
     status_now = await batch(http, bot, first["batchId"])
     assert (status_now["requested"], status_now["targets"], status_now["counts"]) == (1, 1, {"sent": 1}), status_now
     assert [r.body["members"][0]["id"] for r in connector.find("create")][:1] == [person(20)]
@@ -95,7 +95,7 @@ async def test_guests_and_disabled_accounts_only_with_include_guests(
     _, second = await notify(http, bot, {"to": {"groups": [GROUP_A], "tenantId": TENANT, "includeGuests": True},
                                          "text": "Everyone incl. guests"})
     seen = await reached(bot, connector, fake_clock, "Everyone incl. guests", 3)
-    assert len(set(seen)) == 3
+    assert len(seen) == len(set(seen)) == 3
     status_now = await batch(http, bot, second["batchId"])
     assert (status_now["targets"], status_now["counts"]) == (3, {"sent": 3}), status_now
     assert {r.path.split("/")[3] for r in graph.installs(201)} == {person(20), person(21), person(22)}
@@ -112,7 +112,7 @@ async def test_a_group_of_three_pages_is_read_page_by_page(
     seen = await reached(bot, connector, fake_clock, "Paged", 8)
     pages = [r for r in graph.requests if r.op == "members"]
     assert len(pages) == 3 and [r.query.get("$skiptoken") for r in pages] == [None, "3", "6"]
-    assert len(set(seen)) == 8
+    assert len(seen) == len(set(seen)) == 8
     assert (await batch(http, bot, answer["batchId"]))["counts"] == {"sent": 8}
 
 
@@ -133,7 +133,7 @@ async def test_graph_429_defers_the_expansion_by_retry_after_keeping_its_cursor(
     seen = await reached(bot, connector, fake_clock, "Throttled", 4)
     pages = [r for r in graph.requests if r.op == "members"]
     assert [(r.status, r.query.get("$skiptoken")) for r in pages] == [(200, None), (429, "2"), (200, "2")]
-    assert len(set(seen)) == 4
+    assert len(seen) == len(set(seen)) == 4
     assert (await batch(http, bot, answer["batchId"]))["counts"] == {"sent": 4}
 
 
