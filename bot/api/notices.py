@@ -15,7 +15,7 @@ from state.broadcasts import Broadcast, BroadcastStore
 from state.notices import DeliveryReport
 
 from .errors import error
-from .notify import BATCH_ID
+from .notify import find_batch
 
 
 class NoticeEndpoints:
@@ -33,16 +33,7 @@ class NoticeEndpoints:
         self.page = page
 
     async def _batch(self, request: web.Request) -> Broadcast | web.Response:
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        batch_id = request.match_info["batchId"]
-        if not BATCH_ID.fullmatch(batch_id):
-            return error(400, "BadRequest", "batchId must be the 32 hexadecimal digits POST /api/notify returned")
-        batch = await self._broadcasts.get(batch_id)
-        if batch is None:
-            return error(404, "NotFound", f"no batch {batch_id}")
-        return batch
+        return await find_batch(request, self._refuse, self._broadcasts)
 
     async def recipients(self, request: web.Request) -> web.StreamResponse:
         """GET …/recipients: one row per recipient, CSV (`Accept: text/csv`) or JSON lines, streamed in pages."""

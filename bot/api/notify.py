@@ -32,6 +32,7 @@ from bot.access import AllowedTenants
 from bot.graph.client import is_guid
 from bot.notices.acknowledge import with_acknowledge
 from bot.validation import check_id, check_printable
+from state.broadcasts import Broadcast
 from state.model import conversation_key
 from state.outbox import PRIORITIES, OutboxItem, OutboxStore
 from state.references import ConversationReferences
@@ -50,6 +51,26 @@ MAX_GROUPS = 100
 MAX_MESSAGE_BYTES = 28_000  # Teams caps a message at about 28 KB
 MAX_LEAD_S = 366 * 86_400  # a notice may be scheduled up to a year ahead
 BATCH_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class BatchLookup(Protocol):
+    async def get(self, public_id: str) -> Broadcast | None: ...
+
+
+async def find_batch(request: web.Request, refuse: Callable[[web.Request], web.Response | None],
+                     broadcasts: BatchLookup) -> Broadcast | web.Response:
+    """The batch a `/api/notify/batches/{batchId}…` route names, or the answer that refuses the request
+    (no token: 401; not a batch id: 400; no such batch: 404)."""
+    refused = refuse(request)
+    if refused is not None:
+        return refused
+    batch_id = request.match_info["batchId"]
+    if not BATCH_ID.fullmatch(batch_id):
+        return error(400, "BadRequest", "batchId must be the 32 hexadecimal digits POST /api/notify returned")
+    batch = await broadcasts.get(batch_id)
+    if batch is None:
+        return error(404, "NotFound", f"no batch {batch_id}")
+    return batch
 
 
 class BadRequest(Exception):
@@ -328,15 +349,9 @@ class NotifyEndpoints:
 
     async def batch(self, request: web.Request) -> web.Response:
         """GET /api/notify/batches/{batchId}: how far one POST /api/notify got."""
-        refused = self.refuse(request)
-        if refused is not None:
-            return refused
-        batch_id = request.match_info["batchId"]
-        if not BATCH_ID.fullmatch(batch_id):
-            return error(400, "BadRequest", "batchId must be the 32 hexadecimal digits POST /api/notify returned")
-        batch = await self._broadcasts.get(batch_id)
-        if batch is None:
-            return error(404, "NotFound", f"no batch {batch_id}")
+        batch = await find_batch(request, self.refuse, self._broadcasts)
+        if isinstance(batch, web.Response):
+            return batch
         notice = await self._lifecycle.status(batch) if self._lifecycle is not None else {"state": batch.state}
         return web.json_response({
             "batchId": batch.public_id,
