@@ -56,7 +56,7 @@ from .delivery.worker import DeliveryWorker
 from .graph.client import GraphClient
 from .graph.limits import InstallLimits
 from .log_repeats import repeat_filters
-from .metrics import Metrics, TenantQueue
+from .metrics import Metrics
 from .notices.acknowledge import Acknowledgements
 from .notices.lifecycle import NoticeLifecycle
 from .notices.recall import Recalls
@@ -234,13 +234,10 @@ class BotApplication:
         return self.metrics.delivery_totals()
 
     async def _refresh_gauges(self) -> None:
-        async def queues() -> list[TenantQueue]:
-            return [TenantQueue(*row) for row in await self.outbox.pending_by_tenant()]
-
         async def dead() -> int:
             return len(await self.scheduler.dead_jobs())
 
-        await self.metrics.collect(self.outbox.counts, queues, dead, self.clock.now().timestamp())
+        await self.metrics.collect(self.outbox.counts, self.outbox.tenant_queues, dead, self.clock.now().timestamp())
 
     def housekeeping(self) -> None:
         """This process's own chores: trim the rate limiter's idle keys, log the delivery counters if they moved."""

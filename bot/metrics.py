@@ -8,12 +8,14 @@ bot/; gauges that need the database are filled by `collect()` right before a scr
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+from state.outbox_counts import PENDING_CAP
+from state.outbox_counts import TenantQueue as TenantQueue  # what `collect` reads
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 SEND_OUTCOMES = ("queued", "sent", "retried", "throttled", "failed", "cancelled", "expired", "dropped", "held",
@@ -24,15 +26,6 @@ CATEGORIES = frozenset({"notification", "alert", "welcome", "progress", "result"
 TOP_TENANTS = 10  # queue gauges carry at most this many tenant labels, plus "other" (and "none")
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LAG = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0)
-
-
-@dataclass(frozen=True)
-class TenantQueue:
-    """Pending outbox rows of one tenant: how many, and when the oldest was queued (epoch seconds)."""
-
-    tenant_id: str | None
-    pending: int
-    oldest_created_at: float
 
 
 NOTICE_ACTIONS = ("acknowledged", "report", "scheduled", "cancelled", "recalled", "dry_run")
@@ -56,9 +49,10 @@ class Metrics:
         self._retry_after = Counter("bot_teams_retry_after_seconds", "Sum of the Retry-After seconds Teams asked for",
                                     registry=r)
         self._outbox = Gauge("bot_outbox_rows", "Outbox rows by status (read at scrape)", ["status"], registry=r)
-        self._queue = Gauge("bot_queue_pending", "Pending outbox rows per tenant (top tenants, then other)",
-                            ["tenant"], registry=r)
-        self._queue_age = Gauge("bot_queue_oldest_pending_seconds", "Age of the oldest pending row per tenant",
+        self._queue = Gauge("bot_queue_pending", f"Pending outbox rows per tenant, counted up to {PENDING_CAP} "
+                            f"per tenant (top {TOP_TENANTS} tenants, then other: the sum of theirs); the exact "
+                            "total is bot_outbox_rows{status=\"pending\"}", ["tenant"], registry=r)
+        self._queue_age = Gauge("bot_queue_oldest_pending_seconds", "Age of the first-queued pending row per tenant",
                                 ["tenant"], registry=r)
         self._lag = Histogram("bot_scheduler_lag_seconds", "Scheduler jobs: from due to started", buckets=_LAG,
                               registry=r)

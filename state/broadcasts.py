@@ -250,13 +250,26 @@ class BroadcastStore:
 
     async def purge_rows(self, before: float, limit: int = 500) -> int:
         """Delete up to `limit` rows of a broadcast that finished (every row written, none pending or held)
-        and last changed before `before`; returns how many (call again until it returns less than `limit`)."""
-        return await self._db.execute(
-            "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE o.broadcast_id = (SELECT b.id FROM "
-            "broadcasts b WHERE b.state <> 'expanding' AND b.n_pending = 0 AND b.n_held = 0 AND b.updated_at < ? "
-            "AND EXISTS (SELECT 1 FROM outbox r WHERE r.broadcast_id = b.id) ORDER BY b.id LIMIT 1) LIMIT ?)",
-            (before, limit),
-        )
+        and last changed before `before`; returns how many (call again until it returns less than `limit`).
+        Its counters go down with them in the same transaction: they count the rows there are (the outbox's
+        counts add them up, state/outbox_counts.py)."""
+        async with self._db.transaction() as tx:
+            rows = await tx.fetchall(
+                "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE o.broadcast_id = (SELECT b.id "
+                "FROM broadcasts b WHERE b.state <> 'expanding' AND b.n_pending = 0 AND b.n_held = 0 "
+                "AND b.updated_at < ? AND EXISTS (SELECT 1 FROM outbox r WHERE r.broadcast_id = b.id) "
+                "ORDER BY b.id LIMIT 1) LIMIT ?) RETURNING broadcast_id, status",
+                (before, limit),
+            )
+            gone: dict[int, dict[str, int]] = {}
+            for row in rows:
+                by_status = gone.setdefault(int(row["broadcast_id"]), {})
+                by_status[row["status"]] = by_status.get(row["status"], 0) + 1
+            for broadcast_id, by_status in gone.items():
+                await tx.execute(
+                    "UPDATE broadcasts SET " + ", ".join(f"n_{s} = n_{s} - ?" for s in BROADCAST_STATUSES)
+                    + " WHERE id = ?", (*(by_status.get(s, 0) for s in BROADCAST_STATUSES), broadcast_id))
+        return len(rows)
 
     async def purge(self, before: float, limit: int = 500) -> int:
         """Delete expanded (or cancelled) broadcasts created before `before` whose rows are all gone; returns how

@@ -578,6 +578,13 @@ ALTER TABLE broadcasts ADD COLUMN recalled INTEGER NOT NULL DEFAULT 0
 """
 """A sent notice's message deleted again (recall): when, and how many of a broadcast's."""
 
+_SINGLE_ROWS_V21 = """
+CREATE INDEX outbox_single_status ON outbox (status, broadcast_id) WHERE broadcast_id IS NULL
+"""
+"""The outbox counted by status without reading a broadcast's rows (its `broadcasts.n_<status>` count them):
+an index of the rows outside broadcasts only, so it adds nothing per recipient (state/outbox_counts.py); with
+`broadcast_id` in it (always NULL there) SQLite counts from the index alone."""
+
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -776,4 +783,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(18, "notices: scheduled and cancelled broadcasts", _SCHEDULES_V18, _SCHEDULES_V18),
     Migration(19, "notices: recalled messages", _RECALLS_V19, _RECALLS_V19),
     Migration(20, "reach: people the bot installs itself for through Graph, step by step", _REACH_V20, _REACH_V20),
+    Migration(21, "outbox counts that do not read a broadcast's rows", _SINGLE_ROWS_V21, _SINGLE_ROWS_V21),
 )

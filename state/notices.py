@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
+from . import outbox_counts
 from .clock import Clock
 from .db import Database, Row, marks
 
@@ -130,11 +131,11 @@ class NoticeControl:
                 (now, broadcast_id, after, int(last)))
         return cancelled, int(last)
 
-    async def pending_by_tenant(self, broadcast_id: int) -> list[tuple[str | None, int]]:
-        """The broadcast's rows still to send, per tenant (each tenant has its own send budget)."""
-        return [(r["tenant_id"], int(r["n"])) for r in await self._db.fetchall(
-            "SELECT tenant_id, COUNT(*) AS n FROM outbox WHERE broadcast_id = ? AND status = 'pending' "
-            "GROUP BY tenant_id", (broadcast_id,))]
+    async def busiest_queue(self) -> float:
+        """Pending rows in the busiest tenant's queue (each tenant has its own send budget), in bounded work:
+        exact up to PENDING_CAP rows per tenant, beyond that estimated (state/outbox_counts.py)."""
+        queues = await outbox_counts.tenant_queues(self._db)
+        return outbox_counts.busiest_queue(queues, (await outbox_counts.status_counts(self._db)).get("pending", 0))
 
     def subscribe(self, callback: Callable[[str], None]) -> None:
         """`callback(broadcast id)` when any replica cancels a broadcast (`*`: some may have been missed)."""

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from state.clock import Clock
 
 from .db import Connection, Database, Row, chunks, marks
+from .outbox_counts import PENDING_CAP, TenantQueue, status_counts, tenant_queues
 
 Status = Literal["pending", "held", "sent", "failed", "dropped", "expired", "cancelled", "superseded", "merged"]
 PRIORITIES = {"normal": 0, "urgent": 1}
@@ -500,8 +501,8 @@ class OutboxStore:
         return {int(r["id"]): str(r["category"]) for r in rows}
 
     async def counts(self) -> dict[str, int]:
-        rows = await self._db.fetchall("SELECT status, COUNT(*) AS n FROM outbox GROUP BY status")
-        return {r["status"]: int(r["n"]) for r in rows}
+        """Rows per status, without reading a broadcast's rows (state/outbox_counts.py)."""
+        return await status_counts(self._db)
 
     async def purge(self, before: float, limit: int = 500) -> int:
         """Delete up to `limit` finished rows last changed before `before` (retention); returns how many.
@@ -519,13 +520,10 @@ class OutboxStore:
             (before, limit),
         )
 
-    async def pending_by_tenant(self) -> list[tuple[str | None, int, float]]:
-        """(tenant id, pending rows, oldest created_at) per tenant: the queue gauges."""
-        rows = await self._db.fetchall(
-            "SELECT tenant_id, COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE status = 'pending' "
-            "GROUP BY tenant_id"
-        )
-        return [(r["tenant_id"], int(r["n"]), float(r["oldest"])) for r in rows]
+    async def tenant_queues(self, cap: int = PENDING_CAP) -> list[TenantQueue]:
+        """Each tenant's pending rows counted up to `cap`, and its first-queued row's time: the queue gauges
+        (bounded work: state/outbox_counts.py)."""
+        return await tenant_queues(self._db, cap)
 
     async def settle_undecided(self, held: Sequence[tuple[int, str | None, float | None]],
                                dropped: Sequence[tuple[int, str]]) -> None:
