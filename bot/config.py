@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,9 +256,24 @@ def _ca_files(values: Mapping[str, str]) -> tuple[str, ...]:
             continue
         if not Path(path).exists():
             raise ConfigError(f"{name} names a CA bundle that does not exist: {path!r}")
+        _readable_bundle(name, path)
         if path not in files:
             files.append(path)
     return tuple(files)
+
+
+def _readable_bundle(name: str, path: str) -> None:
+    """Load the bundle once now, so a file that cannot be read or holds no PEM certificate stops start-up with
+    one line naming the variable, not a traceback from the first TLS context (bot/tls.py)."""
+    if Path(path).is_dir():
+        return  # a directory of hashed certificates: OpenSSL reads each one when it needs it
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{name} names a CA bundle with no PEM certificate OpenSSL can load: {path!r} "
+                          f"({exc.reason or exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{name} names a CA bundle that cannot be read: {path!r} ({exc.strerror or exc})") from None
 
 
 def _proxies(values: Mapping[str, str]) -> ProxySettings:

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import trustme
 
 from bot.config import Config, ConfigError, load_config
 
@@ -110,8 +111,8 @@ def test_auth_settings_default_to_the_public_cloud(env: dict[str, str], login_ur
 def test_us_government_settings_are_read(tmp_path: Path) -> None:
     """The GCC High / DoD values from the README."""
     ca_file, bundle = tmp_path / "corp-ca.pem", tmp_path / "bundle.pem"
-    ca_file.write_text("x")
-    bundle.write_text("x")
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    trustme.CA().cert_pem.write_to_path(str(bundle))
     config = load_config({
         "MicrosoftAppId": "id", "MicrosoftAppPassword": "pw",
         "ToBotFromChannelOpenIdMetadataUrl": "https://login.botframework.azure.us/v1/.well-known/openidconfiguration",
@@ -170,6 +171,29 @@ def test_a_setting_refused_by_a_component_is_also_one_line_and_exit_2(tmp_path: 
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("configuration error: PRICE_FIELD")
+
+
+@pytest.mark.parametrize("content", [
+    "", "not a certificate\n", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"])
+def test_a_ca_bundle_openssl_cannot_load_is_refused_naming_the_variable(tmp_path: Path, content: str) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(content)
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        with pytest.raises(ConfigError, match=f"^{name} names a CA bundle with no PEM certificate"):
+            load_config({name: str(bundle)}, env_file=None)
+    assert load_config({"SSL_CERT_FILE": str(tmp_path)}, env_file=None).ca_files == (str(tmp_path),), "a directory"
+
+
+def test_an_unusable_ca_bundle_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("Microsoft")}
+    env["SSL_CERT_FILE"] = str(tmp_path / "ca.pem")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("configuration error: SSL_CERT_FILE names a CA bundle with no PEM certificate")
 
 
 def test_database_password_is_not_in_repr() -> None:
