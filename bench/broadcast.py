@@ -1,7 +1,7 @@
 """A notice to a whole organisation: one POST /api/notify to N people across 200 tenants, from one bot process.
 
     python bench/broadcast.py [--engine sqlite|postgresql] [--recipients 100000] [--tenants 200]
-                              [--small N] [--postgres-url postgresql://user@host/db]
+                              [--small N] [--postgres-url postgresql://user@host/db] [--scrape-every 15]
 
 Each round seeds N personal conversations across `--tenants` tenants straight into a fresh database
 (`ConversationReferences.upsert_many`), starts the connector double (no throttling, its own process) and the bot
@@ -19,6 +19,9 @@ Each round seeds N personal conversations across `--tenants` tenants straight in
 - busy turns: while the broadcast is accepted, written and sent, someone else chats with the bot: a "help"
   message every 250 ms from the POST until the last send, from 20 other conversations in turn; p50/p99/max of the HTTP
   answer time of those turns;
+- scrapes: as Prometheus does in production, GET /metrics every `--scrape-every` seconds (15; 0: none) from the
+  POST until the last send (the outbox counts and tenant queues are read at each scrape); how many, and the
+  slowest one's answer time;
 - lost / duplicates: seeded conversations that got no message / more than one, as the double counted them;
 - report: after the sends, GET /api/notify/batches/{id}/recipients as CSV, read as it streams: rows, seconds,
   rows per second, size, and the bot's peak RSS while it streams (sampled every 100 ms) and its growth over the
@@ -185,7 +188,24 @@ async def busy_turns(session: aiohttp.ClientSession, bot_url: str, service_url: 
         await asyncio.gather(*tasks)
 
 
-async def run_round(workdir: Path, databases: Databases, engine: str, recipients: int, tenants: int) -> Json:
+async def scrapes(session: aiohttp.ClientSession, bot_url: str, done: asyncio.Event, every_s: float,
+                  latencies: list[float]) -> None:
+    """GET /metrics every `every_s` seconds until `done`, as Prometheus would; each scrape's answer time."""
+    while every_s > 0 and not done.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), every_s)
+        if done.is_set():
+            break
+        started = time.perf_counter()
+        async with session.get(bot_url + "metrics") as response:
+            await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"a scrape answered {response.status}")
+        latencies.append(time.perf_counter() - started)
+
+
+async def run_round(workdir: Path, databases: Databases, engine: str, recipients: int, tenants: int,
+                    scrape_every_s: float) -> Json:
     name = f"n{recipients}"
     database_url = databases.url(engine, name)
     if database_url is None:
@@ -224,6 +244,8 @@ async def run_round(workdir: Path, databases: Databases, engine: str, recipients
             cpu = cpu_seconds(process)
             started = time.monotonic()
             busy = asyncio.create_task(busy_turns(session, bot_url, service_url, done, latencies))
+            scraped: list[float] = []
+            scraping = asyncio.create_task(scrapes(session, bot_url, done, scrape_every_s, scraped))
             async with session.post(bot_url + "api/notify", json={"to": {"all": True}, "text": TEXT},
                                     headers={"Authorization": f"Bearer {TOKEN}"}) as response:
                 body = await response.json()
@@ -249,6 +271,7 @@ async def run_round(workdir: Path, databases: Databases, engine: str, recipients
             cpu = cpu_seconds(process) - cpu
             done.set()
             await busy
+            await scraping
             async with session.get(service_url + "_bench/delivery") as answer:
                 delivery = await answer.json()
             report_figures = await stream_report(session, bot_url, body["batchId"], process)
@@ -274,6 +297,8 @@ async def run_round(workdir: Path, databases: Databases, engine: str, recipients
         "busy_turn_p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "busy_turn_max_ms": round(max(latencies) * 1000, 1) if latencies else None,
         "lost": int(delivery["lost"]), "duplicates": int(delivery["duplicated"]),
+        "scrape_every_s": scrape_every_s, "scrapes": len(scraped),
+        "scrape_max_ms": round(max(scraped) * 1000, 1) if scraped else None,
         **report_figures,
     }
 
@@ -317,6 +342,8 @@ def report(small: Json | None, large: Json) -> Json:
             ("busy turns answered", "busy_turns", None), ("busy turn p50, ms", "busy_turn_p50_ms", None),
             ("busy turn p99, ms", "busy_turn_p99_ms", "≤ 250"), ("busy turn max, ms", "busy_turn_max_ms", "≤ 1000"),
             ("lost", "lost", "0"), ("duplicates", "duplicates", "0"),
+            ("GET /metrics every, s", "scrape_every_s", None), ("scrapes", "scrapes", None),
+            ("slowest scrape, ms", "scrape_max_ms", None),
             ("report (CSV) rows", "report_rows", None), ("report, s", "report_s", None),
             ("report rows/s", "report_rows_per_s", None), ("report size, MB", "report_mb", None),
             ("peak RSS while streaming, MB", "report_peak_rss_mb", "≤ idle + 100"),
@@ -335,7 +362,8 @@ def report(small: Json | None, large: Json) -> Json:
             "peak_rss_mb", "idle_rss_mb", "rss_growth_mb_small_to_large", "db_bytes_per_recipient",
             "db_live_bytes_per_recipient", "busy_turn_p99_ms", "busy_turn_max_ms", "lost", "duplicates",
             "busy_turn_p50_ms", "busy_turns", "seed_s", "small_recipients", "small_peak_rss_mb", "report_rows",
-            "report_s", "report_rows_per_s", "report_mb", "report_peak_rss_mb", "report_rss_growth_mb"]
+            "report_s", "report_rows_per_s", "report_mb", "report_peak_rss_mb", "report_rss_growth_mb",
+            "scrape_every_s", "scrapes", "scrape_max_ms"]
     return {k: figures.get(k) for k in keys}
 
 
@@ -345,8 +373,9 @@ async def drive(args: argparse.Namespace) -> Json:
         databases = Databases(workdir, args.postgres_url)
         try:
             small_n = args.recipients // 10 if args.small is None else args.small
-            small = await run_round(workdir, databases, args.engine, small_n, args.tenants) if small_n else None
-            large = await run_round(workdir, databases, args.engine, args.recipients, args.tenants)
+            small = (await run_round(workdir, databases, args.engine, small_n, args.tenants, args.scrape_every)
+                     if small_n else None)
+            large = await run_round(workdir, databases, args.engine, args.recipients, args.tenants, args.scrape_every)
         finally:
             databases.close()
     return report(small, large)
@@ -362,6 +391,8 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=None)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="keep the databases and logs here")
+    parser.add_argument("--scrape-every", type=float, default=15.0,
+                        help="GET /metrics every this many seconds during the broadcast, as Prometheus (0: never)")
     args = parser.parse_args()
     if args.role == "double":
         serve_double(args)
