@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import pytest
 
 from state.broadcasts import BroadcastStore
 from state.clock import FakeClock
@@ -277,3 +278,25 @@ async def test_counting_costs_the_same_for_a_broadcast_five_times_larger(db: Dat
     assert scan_after > 4 * scan_before, f"the yardstick sees a scan grow: {scan_before} -> {scan_after}"
     assert after <= before * 1.05 + 10, f"the counts' work grew with the recipients: {before} -> {after}"
     assert await outbox.counts() == await every_row(db), "and they stay right"
+
+
+async def test_the_status_of_a_notice_to_everyone_does_not_read_its_rows_for_the_reach_view(
+    start_bot: StartBot, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = await start_bot(notify_token=TOKEN)
+    looked_up: list[str] = []
+    steps = app.reach.batch_steps
+
+    async def counted(batch_id: str) -> dict[str, int]:
+        looked_up.append(batch_id)
+        return await steps(batch_id)
+
+    monkeypatch.setattr(app.reach, "batch_steps", counted)
+    everyone, listed = "e" * 32, "f" * 32
+    await app.broadcast_store.create(everyone, {"all": True}, {"type": "message", "text": "all"})
+    await app.broadcast_store.create(listed, {"users": ["00000000-0000-0000-0000-000000000001"], "tenantId": "t-a"},
+                                     {"type": "message", "text": "one"})
+    for public_id in (everyone, listed):
+        async with http.get(bot_url(app, f"/api/notify/batches/{public_id}"), headers=AUTH) as response:
+            assert response.status == 200, await response.text()
+    assert looked_up == [listed], "people reached through bot/reach are only in listed, team or group notices"

@@ -369,7 +369,10 @@ class NotifyEndpoints:
             "finishedAt": _iso(batch.last_change) if batch.finished else None,
             "finished": batch.finished,
             "acknowledged": batch.acknowledged,
-            **(await self._reach.batch_view(batch.public_id) if self._reach is not None else {}),
+            # a notice to everyone is written from the references: conversations, none of them waits on bot/reach
+            # (and the reach view reads every row of the batch: a million for a whole organisation)
+            **(await self._reach.batch_view(batch.public_id)
+               if self._reach is not None and not batch.audience.get("all") else {}),
         })
 
 
