@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -44,6 +45,7 @@ def main() -> int:
         )
     from state.db import DatabaseUnavailable
 
+    settle_garbage_collector()
     try:
         asyncio.run(_serve(app))
     except DatabaseUnavailable as exc:
@@ -53,6 +55,21 @@ def main() -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+GC_YOUNG_THRESHOLD = 20_000
+"""Allocations between two collections of the youngest generation (CPython's default: 700)."""
+
+
+def settle_garbage_collector() -> None:
+    """Everything built so far (modules, the application) lives as long as the process: move it out of the cyclic
+    collector's sight (`gc.freeze`), and collect young objects less often. A broadcast allocates a few short-lived
+    objects per send, nearly all freed by reference counting; with the defaults the collector ran every 700 of them
+    and walked the long-lived heap every few seconds (6 % of the CPU of a send). Cycles are still collected."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def banner(config: Config) -> str:

@@ -18,7 +18,7 @@ that must differ (row locks for claims, `LISTEN/NOTIFY`) is a property of the im
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -67,6 +67,10 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
     def keys(self) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]:
+        """The values in column order (sqlite3.Row, asyncpg.Record)."""
+        ...
 
 
 class Connection(Protocol):
@@ -134,6 +138,15 @@ def is_database_error(exc: BaseException) -> bool:
     import asyncpg
 
     return isinstance(exc, sqlite3.Error | asyncpg.PostgresError | asyncpg.InterfaceError)
+
+
+def by_name(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Rows as dicts, for reading many columns of many rows by name (a sqlite3.Row compares the name with each
+    column's in turn on every read)."""
+    if not rows:
+        return []
+    names = list(rows[0].keys())
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def marks(count: int) -> str:

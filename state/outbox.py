@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from state.clock import Clock
 
-from .db import Connection, Database, Row, chunks, marks
+from .db import Connection, Database, Row, by_name, chunks, marks
 from .outbox_counts import PENDING_CAP, TenantQueue, status_counts, tenant_queues
 
 Status = Literal["pending", "held", "sent", "failed", "dropped", "expired", "cancelled", "superseded", "merged"]
@@ -175,7 +175,7 @@ class OutboxStore:
 
     async def _rows(self, rows: Iterable[Row]) -> list[OutboxRow]:
         """Rows as read, broadcast rows with their broadcast's payload (shared, read-only) and public id."""
-        out = [OutboxRow.from_row(r) for r in rows]
+        out = [OutboxRow.from_row(r) for r in by_name(list(rows))]
         wanted = {r.broadcast_id for r in out if r.broadcast_id is not None} - self._broadcasts.keys()
         for chunk in chunks(sorted(wanted)):
             for b in await self._db.fetchall(

@@ -11,11 +11,36 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from state.clock import Clock
 
-from .db import ANY, CACHE_CHANNEL, Connection, Database, Row, chunks, marks
+from .db import ANY, CACHE_CHANNEL, Connection, Database, Row, by_name, chunks, marks
+
+
+class _JsonParsedOnUse:
+    """A dict field that may be given as its JSON text, parsed the first time it is read: a record read for a send
+    needs its service URL, not its stored reference (a broadcast reads a million records once each)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._key = f"_{name}"
+
+    @overload
+    def __get__(self, record: None, owner: type) -> _JsonParsedOnUse: ...
+
+    @overload
+    def __get__(self, record: object, owner: type | None = None) -> dict[str, Any]: ...
+
+    def __get__(self, record: object | None, owner: type | None = None) -> dict[str, Any] | _JsonParsedOnUse:
+        if record is None:
+            raise AttributeError("a required field")  # (what dataclasses take for "no default")
+        value = record.__dict__[self._key]
+        if isinstance(value, str):
+            value = record.__dict__[self._key] = json.loads(value)
+        return value
+
+    def __set__(self, record: object, value: dict[str, Any] | str) -> None:
+        record.__dict__[self._key] = value
 
 
 @dataclass
@@ -26,7 +51,7 @@ class ConversationRecord:
     conversation_id: str
     channel_id: str
     service_url: str
-    reference: dict[str, Any]
+    reference: _JsonParsedOnUse = _JsonParsedOnUse()  # a dict, or its JSON text until read
     tenant_id: str | None = None
     conversation_type: str | None = None
     user_id: str | None = None
@@ -48,7 +73,7 @@ class ConversationRecord:
             conversation_id=row["conversation_id"],
             channel_id=row["channel_id"],
             service_url=row["service_url"],
-            reference=json.loads(row["reference"]),
+            reference=row["reference"],
             tenant_id=row["tenant_id"],
             conversation_type=row["conversation_type"],
             user_id=row["user_id"],
@@ -238,7 +263,7 @@ class ConversationReferences:
             generation = self._generation
             rows = await self._db.fetchall(
                 f"SELECT * FROM conversation_refs WHERE conversation_id IN ({marks(len(chunk))})", chunk)
-            for row in rows:
+            for row in by_name(rows):
                 record = ConversationRecord.from_row(row)
                 found[record.conversation_id] = record
                 if generation == self._generation:

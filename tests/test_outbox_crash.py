@@ -6,8 +6,8 @@ received and what the outbox says.
 
 Duplicate bound: outcomes are written in batches, so after the kill a message is sent again only if it was
 in flight or sent with its outcome not yet committed. A batch being written holds at most
-`flush_every` + `max_in_flight` - 1 = 319 outcomes while at most 64 more sends are in flight or just
-answered: 383 (docs/architecture.md, "Crash bound"). At this test's pace, two tenants at 50 sends/s, a
+`flush_every` + `max_in_flight` - 1 = 575 outcomes while at most 64 more sends are in flight or just
+answered: 639 (docs/architecture.md, "Crash bound"). At this test's pace, two tenants at 50 sends/s, a
 batch holds a few rows, so the duplicates seen are a handful.
 """
 
@@ -27,7 +27,7 @@ from tests.outbox_seed import conversation_ids, seed_references
 
 CONVERSATIONS = conversation_ids(tenants=2, per_tenant=200)
 KILL_AFTER = 120  # mid-way through the second one-second window of the two tenants' 50/s budgets
-DUPLICATE_BOUND = 256 + 64 - 1 + 64  # flush_every + max_in_flight - 1 being written, + max_in_flight
+DUPLICATE_BOUND = 512 + 64 - 1 + 64  # flush_every + max_in_flight - 1 being written, + max_in_flight
 TOKEN = "outbox-crash-test"
 DELIVERY_TIMEOUT = 30.0
 
