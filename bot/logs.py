@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,22 +22,24 @@ OUTBOX_ID: ContextVar[int | None] = ContextVar("outbox_id", default=None)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-@contextmanager
-def log_context(*, conversation_id: str | None = None, tenant_id: str | None = None,
-                outbox_id: int | None = None) -> Iterator[None]:
-    """Name the conversation / tenant / outbox row the enclosed code works on (given ones only)."""
-    conversation = CONVERSATION_ID.set(conversation_id) if conversation_id is not None else None
-    tenant = TENANT_ID.set(tenant_id) if tenant_id is not None else None
-    outbox = OUTBOX_ID.set(outbox_id) if outbox_id is not None else None
-    try:
-        yield
-    finally:
-        if outbox is not None:
-            OUTBOX_ID.reset(outbox)
-        if tenant is not None:
-            TENANT_ID.reset(tenant)
-        if conversation is not None:
-            CONVERSATION_ID.reset(conversation)
+class log_context:
+    """Name the conversation / tenant / outbox row the enclosed code works on (given ones only). A class, not a
+    generator: a broadcast enters one per send."""
+
+    __slots__ = ("_ids", "_tokens")
+
+    def __init__(self, *, conversation_id: str | None = None, tenant_id: str | None = None,
+                 outbox_id: int | None = None) -> None:
+        self._ids: tuple[tuple[ContextVar[Any], Any], ...] = (
+            (CONVERSATION_ID, conversation_id), (TENANT_ID, tenant_id), (OUTBOX_ID, outbox_id))
+        self._tokens: list[tuple[ContextVar[Any], Token[Any]]] = []
+
+    def __enter__(self) -> None:
+        self._tokens = [(var, var.set(value)) for var, value in self._ids if value is not None]
+
+    def __exit__(self, *exc: object) -> None:
+        for var, token in reversed(self._tokens):
+            var.reset(token)
 
 
 class JsonFormatter(logging.Formatter):

@@ -649,7 +649,8 @@ class DeliveryWorker:
                       lookup: asyncio.Future[dict[str, ConversationRecord]] | None) -> ConversationRecord:
         if row.conversation_id:
             channel = channel_of(row.conversation_id)
-            found = await asyncio.shield(lookup) if lookup is not None else {}
+            # (shielded: a cancelled send must not cancel the batch's lookup that the others share)
+            found = {} if lookup is None else lookup.result() if lookup.done() else await asyncio.shield(lookup)
             record = found.get(channel) or await self._references.get(channel)
             if record is None or not record.active:  # before giving up on it, make sure the cache is not stale
                 record = await self._references.get(channel, fresh=True)
