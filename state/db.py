@@ -19,7 +19,8 @@ that must differ (row locks for claims, `LISTEN/NOTIFY`) is a property of the im
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlparse
@@ -123,6 +124,21 @@ class Database(Connection, Protocol):
         """Tell every subscriber of `channel`, in every process; on `conn`, delivered when its transaction
         commits (PostgreSQL NOTIFY). SQLite: this process only (one process per database file)."""
         ...
+
+
+INTERACTIVE: ContextVar[bool] = ContextVar("database_interactive", default=False)
+"""Set while someone waits for the answer (a turn): an engine with one connection (SQLite) serves such statements
+before queued background work (delivery, expansion, jobs). See `interactive()`."""
+
+
+@contextmanager
+def interactive() -> Iterator[None]:
+    """Statements from here (and tasks started here) are a person's turn: served before background work."""
+    token = INTERACTIVE.set(True)
+    try:
+        yield
+    finally:
+        INTERACTIVE.reset(token)
 
 
 ANY = "*"

@@ -1,7 +1,10 @@
-"""The embedded engine: one aiosqlite connection, statements serialised by an asyncio lock.
+"""The embedded engine: one aiosqlite connection, statements serialised by a lock that serves turns first.
 
 `BEGIN IMMEDIATE` plus a busy timeout keeps other processes on the same file safe too; WAL lets
-readers in other processes go on while one writes.
+readers in other processes go on while one writes. The one connection is shared by people's turns and by
+background work (a broadcast's claims and outcome batches, its expansion pages, jobs): `TurnsFirst` lets a
+turn's statement (`db.interactive()`) wait only for the statement or transaction running, not for the
+background work queued before it.
 """
 
 from __future__ import annotations
@@ -10,16 +13,58 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
 
-from .db import Connection, DatabaseUnavailable, Engine, Params, Row
+from .db import INTERACTIVE, Connection, DatabaseUnavailable, Engine, Params, Row
 from .migrations import MIGRATIONS, Migration, check_version
 
 log = logging.getLogger(__name__)
+
+
+class TurnsFirst:
+    """An asyncio lock with two queues: waiters marked `INTERACTIVE` (a turn) are served before the others,
+    each queue in arrival order. Background work cannot starve: turns come a few per second."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._turns: deque[asyncio.Future[None]] = deque()
+        self._others: deque[asyncio.Future[None]] = deque()
+
+    def locked(self) -> bool:
+        return self._held
+
+    async def __aenter__(self) -> None:
+        if not self._held and not self._turns and not self._others:
+            self._held = True
+            return
+        queue = self._turns if INTERACTIVE.get() else self._others
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._release()  # handed over just as the waiter was cancelled: pass it on
+            else:
+                queue.remove(granted)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        for queue in (self._turns, self._others):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # the lock passes to it, still held
+                    return
+        self._held = False
 
 
 class SqliteDatabase:
@@ -35,7 +80,7 @@ class SqliteDatabase:
         self._migrations = tuple(sorted(migrations, key=lambda m: m.version))
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._lock = TurnsFirst()
         self._subscribers: dict[str, list[Callable[[str], None]]] = {}
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ from bot.access import AllowedTenants, activity_refusal
 from bot.metrics import Metrics
 from bot.service_urls import ServiceUrlHosts
 from bot.validation import check_id, check_optional_id, check_service_url
+from state.db import interactive
 
 from .errors import describe, error, parse_json
 
@@ -170,7 +171,8 @@ class MessagesEndpoint:
     async def __call__(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         kind = ["unknown"]  # the activity's type, once the body is read (for the metrics)
-        response = await self._process(request, kind)
+        with interactive():  # someone waits for this answer: its statements go before background work
+            response = await self._process(request, kind)
         self._metrics.turn(kind[0], _outcome(response.status), time.perf_counter() - started)
         return response
 
