@@ -14,8 +14,9 @@ Each round seeds N personal conversations across `--tenants` tenants straight in
   from the POST to done; rss_growth_mb_small_to_large: this round's peak minus that of a round with `--small`
   recipients (default N/10, fresh database and processes);
 - db_bytes_per_recipient: the outbox table and its indexes at the end, per recipient (SQLite: `dbstat`;
-  PostgreSQL: `pg_total_relation_size`, dead row versions included); on PostgreSQL also db_live_bytes_per_recipient
-  after VACUUM FULL (what the rows themselves take);
+  PostgreSQL: `pg_total_relation_size`, dead row versions included), and the same split by relation (the table, then
+  each index: `db_bytes_by_relation`); on PostgreSQL also db_live_bytes_per_recipient after VACUUM FULL (what the
+  rows themselves take);
 - busy turns: while the broadcast is accepted, written and sent, someone else chats with the bot: a "help"
   message every 250 ms from the POST until the last send, from 20 other conversations in turn; p50/p99/max of the HTTP
   answer time of those turns;
@@ -129,26 +130,35 @@ async def seed(database_url: str, service_url: str, conversations: Sequence[Conv
         await db.close()
 
 
-async def db_bytes(database_url: str, recipients: int) -> tuple[float, float | None]:
-    """(bytes of the outbox table and its indexes per recipient, the same after VACUUM FULL on PostgreSQL)."""
+async def db_bytes(database_url: str, recipients: int) -> tuple[float, float | None, Json]:
+    """(bytes of the outbox table and its indexes per recipient, the same after VACUUM FULL on PostgreSQL, and the
+    raw bytes per recipient of each relation: the table, its TOAST and every index)."""
     if database_url.startswith("sqlite"):
         path = database_url.removeprefix("sqlite:///")
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
-            total = connection.execute(
-                "SELECT SUM(pgsize) FROM dbstat WHERE name IN "
-                "(SELECT name FROM sqlite_master WHERE tbl_name = 'outbox')").fetchone()[0]
+            sizes = connection.execute(
+                "SELECT name, SUM(pgsize) FROM dbstat WHERE name IN "
+                "(SELECT name FROM sqlite_master WHERE tbl_name = 'outbox') GROUP BY name").fetchall()
         connection.close()
-        return total / recipients, None
+        parts = {str(name): size / recipients for name, size in sizes}
+        return sum(size for _, size in sizes) / recipients, None, parts
     import asyncpg
 
     connection = await asyncpg.connect(database_url)
     try:
         raw = await connection.fetchval("SELECT pg_total_relation_size('outbox')")
+        sizes = await connection.fetch(
+            "SELECT 'outbox' AS name, pg_relation_size('outbox') + pg_relation_size('outbox', 'fsm') "
+            "+ pg_relation_size('outbox', 'vm') + COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0) "
+            "AS size FROM pg_class c WHERE c.relname = 'outbox' UNION ALL "
+            "SELECT indexrelid::regclass::text, pg_relation_size(indexrelid) FROM pg_index "
+            "WHERE indrelid = 'outbox'::regclass")
         await connection.execute("VACUUM FULL outbox")
         live = await connection.fetchval("SELECT pg_total_relation_size('outbox')")
     finally:
         await connection.close()
-    return raw / recipients, live / recipients
+    parts = {str(r["name"]): int(r["size"]) / recipients for r in sizes}
+    return raw / recipients, live / recipients, parts
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -277,7 +287,7 @@ async def run_round(workdir: Path, databases: Databases, engine: str, recipients
             report_figures = await stream_report(session, bot_url, body["batchId"], process)
         stop(bot)
         processes.remove(bot)
-        bytes_raw, bytes_live = await db_bytes(database_url, n)
+        bytes_raw, bytes_live, parts = await db_bytes(database_url, n)
     finally:
         for process_ in processes:
             stop(process_)
@@ -292,6 +302,7 @@ async def run_round(workdir: Path, databases: Databases, engine: str, recipients
         "peak_rss_mb": round(peak / mb, 1), "idle_rss_mb": round(idle / mb, 1),
         "db_bytes_per_recipient": round(bytes_raw, 1),
         "db_live_bytes_per_recipient": round(bytes_live, 1) if bytes_live is not None else None,
+        "db_bytes_by_relation": {name: round(size, 1) for name, size in sorted(parts.items(), key=lambda p: -p[1])},
         "busy_turns": len(latencies),
         "busy_turn_p50_ms": round(percentile(latencies, 50) * 1000, 1),
         "busy_turn_p99_ms": round(percentile(latencies, 99) * 1000, 1),
@@ -355,6 +366,10 @@ def report(small: Json | None, large: Json) -> Json:
     for label, key, target in rows:
         cells = "".join(f"{'-' if r.get(key) is None else r[key]!s:>14}" for r in columns)
         print(f"{label:<30}{cells}{target or '':>16}")
+        if key == "db_live_bytes_per_recipient":  # the raw bytes by relation: the table, then its indexes by size
+            for name in large["db_bytes_by_relation"]:
+                cells = "".join(f"{r['db_bytes_by_relation'].get(name, '-')!s:>14}" for r in columns)
+                print(f"{'  raw: ' + name:<30}{cells}")
     growth = figures["rss_growth_mb_small_to_large"]
     cell = "-" if growth is None else str(growth)
     print(f"{'peak RSS growth small→large, MB':<30}{'':>14}{cell:>14}{'≤ 30 (100k→1M)':>16}")
@@ -363,7 +378,7 @@ def report(small: Json | None, large: Json) -> Json:
             "db_live_bytes_per_recipient", "busy_turn_p99_ms", "busy_turn_max_ms", "lost", "duplicates",
             "busy_turn_p50_ms", "busy_turns", "seed_s", "small_recipients", "small_peak_rss_mb", "report_rows",
             "report_s", "report_rows_per_s", "report_mb", "report_peak_rss_mb", "report_rss_growth_mb",
-            "scrape_every_s", "scrapes", "scrape_max_ms"]
+            "scrape_every_s", "scrapes", "scrape_max_ms", "db_bytes_by_relation"]
     return {k: figures.get(k) for k in keys}
 
 
