@@ -586,6 +586,38 @@ an index of the rows outside broadcasts only, so it adds nothing per recipient (
 `broadcast_id` in it (always NULL there) SQLite counts from the index alone."""
 
 
+def _outbox_bytes_v22(engine: str) -> tuple[str, ...]:
+    """Fewer bytes per outbox row version on PostgreSQL (see docs/architecture.md, "Bytes per recipient").
+
+    - No index on `claimed_by`: a claim (and its renewal) changes no indexed column, so PostgreSQL writes it
+      as a HOT update (no new index entries; the old version is pruned within its page). Claims are renewed
+      and handed back by the ids the worker holds; rows it no longer holds expire on their own.
+    - Pages are filled to 90 % by inserts (`fillfactor`, PostgreSQL only), leaving room in the page for those
+      new versions.
+    - The conversation index keys on the conversation alone: the outcome of a send (a new row version: its
+      status changes) then leaves the entry's key unchanged, so PostgreSQL can delete the old version's entry
+      when the page fills (bottom-up deletion) and keeps a conversation's versions in one posting list.
+    - The dedup key's uniqueness as a partial index: rows without a key (a broadcast's) have no entry. On
+      PostgreSQL it replaces the column's UNIQUE constraint; SQLite keeps that constraint's index too (it
+      cannot be dropped without rebuilding the table; a NULL entry costs a few bytes there).
+      `ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL` matches either.
+    - Held rows keep an index by release time (`outbox_held`); pending rows are found through the claims'
+      (tenant, id) index, so a broadcast's pending rows no longer carry a second (status, not_before) entry."""
+    statements = [
+        "DROP INDEX outbox_claimed_by",
+        "DROP INDEX outbox_conversation",
+        "CREATE INDEX outbox_conversation ON outbox (conversation_id)",
+        "DROP INDEX outbox_pending",
+        "CREATE INDEX outbox_held ON outbox (not_before) WHERE status = 'held'",
+        "CREATE UNIQUE INDEX outbox_dedup ON outbox (dedup_key) WHERE dedup_key IS NOT NULL",
+    ]
+    if engine != "sqlite":
+        statements += [
+            "ALTER TABLE outbox DROP CONSTRAINT outbox_dedup_key_key",
+            "ALTER TABLE outbox SET (fillfactor = 90)",
+        ]
+    return tuple(statements)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -784,4 +816,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(19, "notices: recalled messages", _RECALLS_V19, _RECALLS_V19),
     Migration(20, "reach: people the bot installs itself for through Graph, step by step", _REACH_V20, _REACH_V20),
     Migration(21, "outbox counts that do not read a broadcast's rows", _SINGLE_ROWS_V21, _SINGLE_ROWS_V21),
+    Migration(22, "outbox: fewer bytes per row version (HOT claims, narrower indexes)", _outbox_bytes_v22("sqlite"),
+              _outbox_bytes_v22("postgresql")),
 )

@@ -10,6 +10,7 @@ A broadcast's recipient row (`broadcast_id`) stores no payload: what is said is 
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -161,6 +162,14 @@ _INSERT = (
     "subject, priority, status, not_before, expires_at, created_at, updated_at, last_error, broadcast_id, undecided)"
 )
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SET_OUTCOME = (
+    "UPDATE outbox SET status = ?, attempts = COALESCE(?, attempts), last_error = COALESCE(?, last_error), "
+    "activity_id = COALESCE(?, activity_id), not_before = COALESCE(?, not_before), sent_at = COALESCE(?, sent_at), "
+    "updated_at = ?, claimed_by = CASE WHEN ? = 'pending' THEN claimed_by END, "
+    "claimed_until = CASE WHEN ? = 'pending' THEN claimed_until END"
+)
+_OUTCOME = f"{_SET_OUTCOME} WHERE id = ?"
+_RETARGETED_OUTCOME = f"{_SET_OUTCOME}, conversation_id = ? WHERE id = ?"
 _BATCH = 500  # rows per INSERT: 9,000 parameters, within both engines' limits
 _PAYLOADS_CACHED = 64  # broadcasts whose payload this process keeps parsed
 
@@ -195,7 +204,7 @@ class OutboxStore:
                       also: Writes | None = None) -> list[Enqueued]:
         """Insert items in one transaction; an item whose dedup key exists returns the existing id.
 
-        Rows go in as multi-row `INSERT … ON CONFLICT (dedup_key) DO NOTHING RETURNING` statements (one per
+        Rows go in as multi-row `INSERT … ON CONFLICT (dedup_key) … DO NOTHING RETURNING` statements (one per
         `_BATCH` items), so a fan-out costs a few round trips, not one per target. `reason` is kept as the
         rows' note (e.g. why a notification was dropped). `also` writes what must commit with the rows (e.g.
         "this watch has alerted") in the same transaction: both happen, or neither."""
@@ -221,8 +230,8 @@ class OutboxStore:
                     1 if item.undecided else None,
                 )
             inserted = await tx.fetchall(
-                f"{_INSERT} VALUES {', '.join([_ROW] * len(batch))} ON CONFLICT (dedup_key) DO NOTHING "
-                "RETURNING id, dedup_key", params)
+                f"{_INSERT} VALUES {', '.join([_ROW] * len(batch))} "
+                "ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING RETURNING id, dedup_key", params)
             results += await self._match(tx, batch, inserted)
         return results
 
@@ -368,19 +377,19 @@ class OutboxStore:
             claimed += await self._rows(rows)
         return sorted(claimed, key=lambda r: r.id)
 
-    async def renew_claims(self, owner: str, until: float) -> int:
-        """Heartbeat: `owner` still holds its pending rows."""
-        return await self._db.execute(
-            "UPDATE outbox SET claimed_until = ? WHERE claimed_by = ? AND status = 'pending'", (until, owner)
-        )
+    async def renew_claims(self, owner: str, until: float, ids: Sequence[int]) -> int:
+        """Heartbeat: `owner` still holds these pending rows (those it queued, sends or has an unwritten
+        outcome of). By id, not by owner: no index on `claimed_by`, so a claim stays a HOT update; a row the
+        owner no longer holds keeps its claim until it expires."""
+        changed = 0
+        for chunk in chunks(list(ids)):
+            changed += await self._db.execute(
+                f"UPDATE outbox SET claimed_until = ? WHERE id IN ({marks(len(chunk))}) AND claimed_by = ? "
+                "AND status = 'pending'", (until, *chunk, owner))
+        return changed
 
-    async def unclaim(self, owner: str, ids: Sequence[int] | None = None) -> int:
-        """Hand `owner`'s pending rows back (all, or these), e.g. on a clean stop or a tenant handover."""
-        if ids is None:
-            return await self._db.execute(
-                "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ? AND status = 'pending'",
-                (owner,),
-            )
+    async def unclaim(self, owner: str, ids: Sequence[int]) -> int:
+        """Hand these of `owner`'s pending rows back, e.g. on a clean stop or a tenant handover."""
         changed = 0
         for chunk in chunks(list(ids)):
             changed += await self._db.execute(
@@ -404,11 +413,6 @@ class OutboxStore:
         )
         return [(r["conversation_id"], float(r["sent_at"])) for r in rows]
 
-    async def claimed_count(self, owner: str) -> int:
-        row = await self._db.fetchone(
-            "SELECT COUNT(*) AS n FROM outbox WHERE claimed_by = ? AND status = 'pending'", (owner,))
-        return int(row["n"]) if row else 0
-
     async def pending(self) -> list[OutboxRow]:
         """Every row the worker should (eventually) send, oldest first."""
         rows = await self._db.fetchall(f"{_SELECT} WHERE status = 'pending' ORDER BY id")
@@ -430,32 +434,22 @@ class OutboxStore:
         return await self._rows(rows)
 
     async def apply(self, outcomes: Sequence[Outcome]) -> None:
-        """Record delivery outcomes in one transaction."""
+        """Record delivery outcomes in one transaction, in order.
+
+        `conversation_id` is only assigned by the outcomes that carry one (a chat just opened): an UPDATE that
+        leaves an index's columns out of its SET lets PostgreSQL delete that index's entries for the row's
+        dead versions when a page fills (bottom-up deletion), so the conversation index does not grow by
+        an entry per send (see docs/architecture.md, "Bytes per recipient")."""
         if not outcomes:
             return
         now = self._clock.now().timestamp()
         async with self._db.transaction() as tx:
-            await tx.executemany(
-                """
-                UPDATE outbox SET
-                    status = ?,
-                    attempts = COALESCE(?, attempts),
-                    last_error = COALESCE(?, last_error),
-                    activity_id = COALESCE(?, activity_id),
-                    not_before = COALESCE(?, not_before),
-                    conversation_id = COALESCE(?, conversation_id),
-                    sent_at = COALESCE(?, sent_at),
-                    updated_at = ?,
-                    claimed_by = CASE WHEN ? = 'pending' THEN claimed_by END,
-                    claimed_until = CASE WHEN ? = 'pending' THEN claimed_until END
-                WHERE id = ?
-                """,
-                [
-                    (o.status, o.attempts, o.last_error, o.activity_id, o.not_before, o.conversation_id, o.sent_at,
-                     now, o.status, o.status, o.id)
-                    for o in outcomes
-                ],
-            )
+            for retargets, run in itertools.groupby(outcomes, key=lambda o: o.conversation_id is not None):
+                await tx.executemany(
+                    _RETARGETED_OUTCOME if retargets else _OUTCOME,
+                    [(o.status, o.attempts, o.last_error, o.activity_id, o.not_before, o.sent_at, now, o.status,
+                      o.status, *((o.conversation_id,) if retargets else ()), o.id) for o in run],
+                )
 
     async def set_status(
         self, ids: Sequence[int], status: Status, *, only_from: Sequence[str] = (), note: str | None = None

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import sqlite3
+from collections.abc import Sequence
 
 import aiohttp
 import asyncpg
@@ -20,7 +21,7 @@ from bot.config import Config
 from bot.log_repeats import RepeatFilter
 from state.availability import Availability, is_unavailable, reason
 from state.db import connect
-from state.outbox import OutboxItem
+from state.outbox import OutboxItem, OutboxRow
 from tests.chat import Chat
 from tests.conftest import StartBot, bot_url
 from tests.connector_double import ConnectorDouble
@@ -239,7 +240,14 @@ async def test_a_start_that_fails_on_a_taken_port_hands_everything_back(
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             app = BotApplication(Config(database_url=bot_database_url))
-            app.worker.submit = lambda rows: claimed.append(len(rows))  # type: ignore[method-assign] # not sent
+            submit = app.worker.submit
+
+            def held_not_sent(rows: Sequence[OutboxRow]) -> None:
+                claimed.append(len(rows))
+                submit(rows)  # held by the worker (it hands back what it holds) ...
+
+            app.worker.submit = held_not_sent  # type: ignore[method-assign]
+            app.worker.pump = lambda: 0  # type: ignore[method-assign] # ... but not sent
             with pytest.raises(OSError):
                 await app.start(host="127.0.0.1", port=taken.getsockname()[1])
     assert sum(claimed) == 2, "the start claimed the waiting rows"

@@ -267,10 +267,10 @@ async def test_stop_during_a_flush_does_not_hang() -> None:
         async def tenants_with_work(self, now: float) -> set[str]:
             return set()
 
-        async def renew_claims(self, owner: str, until: float) -> int:
+        async def renew_claims(self, owner: str, until: float, ids: object) -> int:
             return 0
 
-        async def unclaim(self, owner: str, ids: object = None) -> int:
+        async def unclaim(self, owner: str, ids: object) -> int:
             return 0
 
         async def apply(self, outcomes: object) -> None:

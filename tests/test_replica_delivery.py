@@ -211,3 +211,38 @@ async def test_a_maintenance_pass_while_the_queue_is_full_keeps_the_wish_to_clai
         await a.claim_more()
     await cluster.drain(a)
     assert sum(cluster.sends().values()) == 12
+
+
+async def test_claims_are_renewed_by_id_for_the_rows_a_replica_still_holds(cluster: Cluster) -> None:
+    """Renewal names the rows (no index on `claimed_by`): those renewed stay the holder's past the first lease,
+    the others can be claimed by another replica once their claim has expired."""
+    a = await cluster.replica("r-a")
+    ids = await cluster.seed(a, per_tenant=2)
+    store, now = a._store, cluster.clock.now().timestamp()
+    claimed = await store.claim(list(TENANTS), "r-a", now + 20, now)
+    assert sorted(r.id for r in claimed) == sorted(ids)
+    kept, let_go = ids[:3], ids[3:]
+    assert await store.renew_claims("r-a", now + 40, kept) == 3
+    assert await store.renew_claims("r-b", now + 40, let_go) == 0, "only the holder renews"
+    later = now + 30  # the first lease has run out
+    taken = await store.claim(list(TENANTS), "r-b", later + 20, later)
+    assert sorted(r.id for r in taken) == sorted(let_go)
+    assert await store.unclaim("r-a", ids) == 3, "a hands back only what it still holds"
+
+
+async def test_a_replica_renews_the_claims_of_rows_whose_outcome_is_not_written_yet(cluster: Cluster) -> None:
+    a = await cluster.replica("r-a")
+    ids = await cluster.seed(a, per_tenant=2)
+    await a.maintain()  # alone: owns every tenant and claims every row
+    assert sorted(a._held_ids()) == sorted(ids)
+    a.pump()
+    await a.idle()  # sent; the outcomes wait to be written
+    assert not a._rows and sorted(a._held_ids()) == sorted(ids)
+    cluster.clock.advance(15)
+    await a.maintain()  # renews the claims of the rows it sent but has not recorded yet
+    cluster.clock.advance(15)  # past the first lease, within the renewed one
+    now = cluster.clock.now().timestamp()
+    assert await a._store.claim(list(TENANTS), "r-b", now + 20, now) == [], "nobody else may send them again"
+    await a.flush()
+    assert cluster.sends() == Counter({f"{t}-c{n}": 1 for t in TENANTS for n in range(2)})
+    assert a._held_ids() == []

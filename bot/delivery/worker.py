@@ -143,6 +143,7 @@ class DeliveryWorker:
         self._broadcast_sends: dict[asyncio.Task[None], int] = {}  # sends in flight of a broadcast's rows
         self._stopped: OrderedDict[int, None] = OrderedDict()  # cancelled broadcasts: their rows start no send
         self._outcomes: list[Outcome] = []
+        self._writing: list[Outcome] = []  # the outcomes `flush` is writing now
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
@@ -231,7 +232,7 @@ class DeliveryWorker:
                       "restart", len(self._outcomes), self._last_error)
             return  # the claims expire; what was sent is sent again (the documented bound), nothing is lost
         try:
-            await self._store.unclaim(self.ownership.replica_id)
+            await self._store.unclaim(self.ownership.replica_id, list(self._rows))
             await self.ownership.release()
         except Exception:  # the claims and leases expire on their own
             log.warning("could not hand claims and tenants back on stop", exc_info=True)
@@ -283,7 +284,7 @@ class DeliveryWorker:
             if not self._in_flight_tenants.get(tenant):
                 await self.ownership.release([tenant])
                 self._leaving.discard(tenant)
-        await self._store.renew_claims(self.ownership.replica_id, now + self.ownership.lease_s)
+        await self._store.renew_claims(self.ownership.replica_id, now + self.ownership.lease_s, self._held_ids())
         await self.claim_more()
 
     async def claim_more(self) -> int:
@@ -338,6 +339,14 @@ class DeliveryWorker:
         ids = self._forget_tenant(tenant)
         if ids:
             await self._store.unclaim(self.ownership.replica_id, ids)
+
+    def _held_ids(self) -> list[int]:
+        """The rows whose claims this replica renews: queued or in flight here, or with an outcome not yet
+        written (being written included)."""
+        ids = set(self._rows)
+        ids.update(o.id for o in self._outcomes)
+        ids.update(o.id for o in self._writing)
+        return sorted(ids)
 
     def _forget_tenant(self, tenant: str) -> list[int]:
         ids = self._queue.drop_tenant(tenant or None)
@@ -519,9 +528,11 @@ class DeliveryWorker:
             outcomes, self._outcomes = self._outcomes, []
             if not outcomes:
                 return True
+            self._writing = outcomes
             try:
                 await self._store.apply(outcomes)
             except Exception as exc:  # database locked, disk full, connection lost: keep them, in order
+                self._writing = []
                 self.metrics.database_error("worker")
                 self._outcomes[:0] = outcomes
                 self._flush_failures += 1
@@ -535,6 +546,7 @@ class DeliveryWorker:
                     log.warning("could not write %d delivery outcome(s), retrying in %.1f s: %s", len(outcomes),
                                 delay, exc, exc_info=self._flush_failures == 1)
                 return False
+            self._writing = []
             if self._flush_failures:
                 log.info("delivery outcomes written again after %d failed attempt(s)", self._flush_failures)
             self._flush_failures, self._flush_retry_at = 0, 0.0
@@ -601,7 +613,8 @@ class DeliveryWorker:
             finally:
                 self.metrics.send_latency(time.perf_counter() - started)
             self._finish(row, Outcome(row.id, "sent", attempts=row.attempts + 1, activity_id=activity_id,
-                                      conversation_id=row.conversation_id, sent_at=self._clock.now().timestamp()))
+                                      conversation_id=row.conversation_id if row.target_user_id else None,
+                                      sent_at=self._clock.now().timestamp()))  # (only a user's row finds its chat)
         except SendFailure as failure:
             retry = await self._failed(row, ticket, failure)
         except Exception as exc:  # a bug or a surprise from a library: the send may have gone, so it counts

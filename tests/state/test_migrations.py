@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from state.clock import FakeClock
 from state.db import Database, connect
 from state.migrations import MIGRATIONS, Migration
+from state.outbox import OutboxItem, OutboxStore
 from state.postgres import PostgresDatabase
 from state.sqlite import SqliteDatabase
 from tests.pg_server import PostgresServer
@@ -168,3 +170,65 @@ async def test_channel_threads_fold_into_one_record_per_channel(engine: str, req
             (thread1, "pending"), ("dm", "held"), (thread2, "sent")], "only a personal chat's topic holds for everyone"
     finally:
         await db.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+async def test_the_outbox_byte_diet_keeps_rows_and_dedup_keys(engine: str, request: pytest.FixtureRequest,
+                                                               tmp_path: Path) -> None:
+    """An outbox written before "fewer bytes per row version" migrates losing nothing: the dedup key still
+    refuses a second row, rows without a key still go in, and no index covers a claim's columns (so a claim
+    is a HOT update on PostgreSQL, whose table now leaves pages room for it)."""
+    before = next(n for n, m in enumerate(MIGRATIONS) if m.name.startswith("outbox: fewer bytes"))
+
+    def open_at(migrations: tuple[Migration, ...]) -> Database:
+        if engine == "sqlite":
+            return SqliteDatabase(str(tmp_path / "old.sqlite3"), migrations)
+        return PostgresDatabase(url, migrations)
+
+    url = request.getfixturevalue("postgres_server").create_database() if engine == "postgresql" else ""
+    old = open_at(MIGRATIONS[:before])
+    await old.open()
+    for key, status, claimed_by in (("alert:1", "pending", "r-a"), (None, "pending", None), (None, "sent", None)):
+        await old.execute("INSERT INTO outbox (dedup_key, conversation_id, tenant_id, payload, status, not_before, "
+                          "created_at, updated_at, claimed_by, claimed_until) VALUES (?, 'c', 't', '{}', ?, 1, 1, 1, "
+                          "?, ?)", (key, status, claimed_by, 50.0 if claimed_by else None))
+    await old.close()
+
+    db = open_at(MIGRATIONS)
+    await db.open()
+    try:
+        rows = await db.fetchall("SELECT dedup_key, status, claimed_by FROM outbox ORDER BY id")
+        assert [(r["dedup_key"], r["status"], r["claimed_by"]) for r in rows] == [
+            ("alert:1", "pending", "r-a"), (None, "pending", None), (None, "sent", None)]
+        store = OutboxStore(db, FakeClock())
+        again, keyless = await store.enqueue([OutboxItem({"text": "x"}, conversation_id="c", dedup_key="alert:1"),
+                                              OutboxItem({"text": "y"}, conversation_id="c")])
+        assert (again.id, again.created) == (1, False) and keyless.created
+        with pytest.raises(Exception, match=r"(?i)unique"):
+            await db.execute("INSERT INTO outbox (dedup_key, conversation_id, payload, not_before, created_at, "
+                             "updated_at) VALUES ('alert:1', 'c', '{}', 1, 1, 1)")
+        assert await _indexed_columns(db) & {"claimed_by", "claimed_until"} == set()
+        if engine == "postgresql":
+            options = await db.fetchone("SELECT reloptions FROM pg_class WHERE relname = 'outbox'")
+            assert options is not None and "fillfactor=90" in options["reloptions"]
+    finally:
+        await db.close()
+
+
+async def _indexed_columns(db: Database) -> set[str]:
+    """Every outbox column an index keys on or names in its WHERE (what PostgreSQL's HOT updates look at)."""
+    if db.engine == "sqlite":
+        rows = await db.fetchall("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox'")
+        columns = {r["name"] for i in rows for r in await db.fetchall(f"PRAGMA index_info({i['name']})")}
+        where = " ".join(i["sql"].partition(" WHERE ")[2] for i in rows if i["sql"])
+    else:
+        rows = await db.fetchall(
+            "SELECT a.attname AS name FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid "
+            "AND a.attnum = ANY(x.indkey) WHERE x.indrelid = 'outbox'::regclass")
+        columns = {r["name"] for r in rows}
+        where = " ".join(r["w"] or "" for r in await db.fetchall(
+            "SELECT pg_get_expr(indpred, indrelid) AS w FROM pg_index WHERE indrelid = 'outbox'::regclass"))
+    named = {c["name"] for c in await db.fetchall(
+        "SELECT name FROM pragma_table_info('outbox')" if db.engine == "sqlite" else
+        "SELECT column_name AS name FROM information_schema.columns WHERE table_name = 'outbox'")}
+    return columns | {c for c in named if c in where}
