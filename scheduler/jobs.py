@@ -117,11 +117,6 @@ def with_jitter(slot_at: datetime, jitter_s: float, rng: random.Random) -> datet
     return slot_at + timedelta(seconds=rng.uniform(0.0, jitter_s)) if jitter_s > 0 else slot_at
 
 
-def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
-    """Exponential backoff after the `attempts`-th failed run: base, 2*base, 4*base, ... capped."""
-    return min(max_s, base_s * 2 ** max(0, attempts - 1))
-
-
 def describe_error(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 2000 else text[:2000] + "…"

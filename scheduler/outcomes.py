@@ -8,10 +8,10 @@ from collections.abc import Awaitable
 from datetime import datetime, timedelta
 
 from state.availability import is_unavailable
-from state.clock import Clock
+from state.clock import Clock, backoff_s
 
 from .completions import Completions
-from .jobs import Job, Misfire, backoff_s, describe_error, next_slot, with_jitter
+from .jobs import Job, Misfire, describe_error, next_slot, with_jitter
 from .store import JobStore
 
 log = logging.getLogger(__name__)

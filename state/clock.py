@@ -10,6 +10,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
+def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
+    """Exponential backoff after the `attempts`-th failure in a row: base, 2 x base, 4 x base, ... at most `max_s`,
+    for any count (an outage of days must not overflow the arithmetic: 0.5 * 2 ** 1100 is an OverflowError)."""
+    exponent = max(0, attempts - 1)
+    if exponent >= 60:
+        return max_s
+    return min(max_s, base_s * 2 ** exponent)
+
+
 class Clock(Protocol):
     """What every time-dependent part receives instead of calling `time` itself."""
 

@@ -327,6 +327,22 @@ async def test_a_failing_outcome_write_is_retried_and_loses_nothing(rig: Rig) ->
     assert len(rig.double.find(op="send")) == 3, "nothing was sent twice"
 
 
+async def test_a_database_away_for_days_still_gets_its_outcomes_written_when_it_returns(rig: Rig) -> None:
+    """Failures in a row counted into the thousands (2 s apart: a day and a half) do not overflow the backoff."""
+    import sqlite3
+
+    await rig.known("a")
+    flaky = Flaky(rig.store.apply, 1100, sqlite3.OperationalError("disk I/O error"))
+    rig.store.apply = flaky  # type: ignore[method-assign]
+    results = await rig.proactive.enqueue([OutboxItem(text("hi"), conversation_id="a")])
+    rig.worker.pump()
+    await rig.worker.idle()
+    for _ in range(1100):
+        assert await rig.worker.flush() is False
+    assert await rig.worker.flush() is True
+    assert (await rig.store.get(results[0].id)).status == "sent"  # type: ignore[union-attr]
+
+
 async def test_an_error_in_a_pass_of_the_loop_does_not_end_delivery(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:

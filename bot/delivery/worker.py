@@ -37,7 +37,7 @@ from bot.logs import log_context
 from bot.metrics import Metrics
 from scheduler.sendqueue import SendQueue, Ticket
 from state.availability import is_unavailable, reason
-from state.clock import Clock
+from state.clock import Clock, backoff_s
 from state.model import conversation_key as channel_of
 from state.outbox import REPLY_PRIORITY, OutboxRow, OutboxStore, Outcome
 from state.references import ConversationRecord, ConversationReferences
@@ -95,7 +95,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         if retry_after is not None:
             return retry_after
-        return rng.uniform(self.base_s / 2, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
+        return rng.uniform(self.base_s / 2, backoff_s(attempt, self.base_s, self.cap_s))
 
 
 def conversation_key(row: OutboxRow) -> str:
@@ -536,7 +536,7 @@ class DeliveryWorker:
                 self.metrics.database_error("worker")
                 self._outcomes[:0] = outcomes
                 self._flush_failures += 1
-                delay = min(_FLUSH_RETRY_MAX_S, 0.5 * 2 ** (self._flush_failures - 1))
+                delay = backoff_s(self._flush_failures, 0.5, _FLUSH_RETRY_MAX_S)
                 self._flush_retry_at = self._clock.monotonic() + delay
                 self._last_error = f"writing {len(outcomes)} outcome(s): {reason(exc)}"
                 if is_unavailable(exc):  # the outage is logged once (state.availability); the details at DEBUG

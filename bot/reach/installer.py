@@ -30,7 +30,7 @@ from typing import Protocol
 from bot.graph.client import GraphError
 from bot.graph.limits import InstallLimits
 from bot.metrics import Metrics
-from state.clock import Clock
+from state.clock import Clock, backoff_s
 from state.db import Connection
 from state.reach import Person, ReachStore
 
@@ -189,8 +189,8 @@ class Installer:
         if person.attempts >= self._max_attempts:
             await self._give_up(person, "failed", f"gave up after {person.attempts} attempts: {error}")
             return
-        delay = retry_after if retry_after is not None else min(
-            self._retry_cap, self._retry_base * 2 ** max(0, person.attempts - 1))
+        delay = retry_after if retry_after is not None else backoff_s(
+            person.attempts, self._retry_base, self._retry_cap)
         await self._store.defer(person.tenant_id, person.user_id, self._clock.now().timestamp() + delay, error)
         self._metrics.reach_step("deferred")
         log.info("install for %s in tenant %s deferred %.1f s: %s", person.user_id, person.tenant_id, delay, error)

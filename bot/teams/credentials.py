@@ -25,7 +25,7 @@ import logging
 
 from bot.metrics import Metrics
 from bot.service_urls import ServiceUrlHosts, ServiceUrlRefused
-from state.clock import Clock
+from state.clock import Clock, backoff_s
 
 from .tokens import ChannelTokens, TokenUnavailable
 
@@ -90,7 +90,7 @@ class ConnectorCredentials:
         self._metrics.credentials_refused()
         self._refusals += 1
         self._detail = detail[:200]
-        delay = min(self._probe_cap, self._probe_base * 2 ** (self._refusals - 1))
+        delay = backoff_s(self._refusals, self._probe_base, self._probe_cap)
         self._probe_at = self._clock.monotonic() + delay
         self._probing = False
         if not self._paused:

@@ -24,7 +24,7 @@ from typing import Any
 import jwt
 from botframework.connector.auth import JwtTokenExtractor
 
-from state.clock import Clock
+from state.clock import Clock, backoff_s
 
 from .connector import SharedSession
 
@@ -141,7 +141,7 @@ class ChannelSigningKeys:
                     keys = await self._fetch()
             except Exception as exc:  # network, TLS, HTTP status, JSON shape, timeout: keep the old keys
                 failures += 1
-                delay = min(self._retry_cap, self._retry_base * 2 ** (failures - 1))
+                delay = backoff_s(failures, self._retry_base, self._retry_cap)
                 level = logging.WARNING if failures == 1 else logging.DEBUG
                 log.log(level, "cannot refresh the channel's signing keys from %s (%s: %s); %d key(s) kept, "
                         "next try in %g s", self.url, type(exc).__name__, exc, len(self._keys), delay)

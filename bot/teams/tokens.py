@@ -30,7 +30,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.identity.aio import ClientSecretCredential, ManagedIdentityCredential
 
 from bot.config import Config
-from state.clock import Clock
+from state.clock import Clock, backoff_s
 
 from .connector import SharedSession
 
@@ -249,7 +249,7 @@ class ChannelTokens:
         if self._on_acquired is not None:
             self._on_acquired(False)
         self._failures += 1
-        delay = min(self._retry_cap, self._retry_base * 2 ** (self._failures - 1))
+        delay = backoff_s(self._failures, self._retry_base, self._retry_cap)
         self._next_attempt = self._clock.monotonic() + delay
         self._last_error = reason
         self.refused = auth

@@ -9,6 +9,7 @@ import pytest
 from sched_support import MakeScheduler, Recorder
 
 from scheduler import FakeClock, Job, JobSpec, JobState, Scheduler, UnknownHandlerError, jobs
+from state.clock import backoff_s
 from state.db import Database
 
 
@@ -201,7 +202,7 @@ def test_next_slot_coalesces_missed_slots() -> None:
     assert jobs.next_slot(start, 10, start) == start + timedelta(seconds=10)
     assert jobs.next_slot(start, 10, start + timedelta(seconds=95)) == start + timedelta(seconds=100)
     assert jobs.next_slot(start, 10, start + timedelta(seconds=100)) == start + timedelta(seconds=110)
-    assert [jobs.backoff_s(n, 10, 60) for n in range(1, 6)] == [10, 20, 40, 60, 60]
+    assert [backoff_s(n, 10, 60) for n in range(1, 6)] == [10, 20, 40, 60, 60]
 
 
 async def test_handlers_are_registered_once_and_before_start(make_scheduler: MakeScheduler) -> None:
