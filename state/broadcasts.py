@@ -186,10 +186,10 @@ class BroadcastStore:
                 written = await tx.execute(
                     "INSERT INTO outbox (conversation_id, tenant_id, kind, payload, category, priority, status, "
                     "not_before, expires_at, created_at, updated_at, broadcast_id, undecided) "
-                    "SELECT r.conversation_id, r.tenant_id, 'send', '', ?, ?, 'pending', ?, ?, ?, ?, ?, 1 "
+                    "SELECT r.conversation_id, r.tenant_id, 'send', '', '', ?, 'pending', ?, ?, ?, ?, ?, 1 "
                     "FROM conversation_refs r WHERE r.active = 1 AND r.conversation_id > ? AND r.conversation_id <= ?"
                     f"{served}{dedup}",
-                    (head["category"], head["priority"], now, head["expires_at"], now, now, broadcast_id, after, last,
+                    (head["priority"], now, head["expires_at"], now, now, broadcast_id, after, last,
                      *served_params, *params))
                 after = last
             await self.advance(tx, broadcast_id, cursor=after, resolved=max(resolved, written), done=scanned < size)

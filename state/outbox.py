@@ -4,8 +4,8 @@ Enqueueing is a committed write; the delivery worker reads pending rows, sends t
 outcome. Outcomes are written in batches (`apply`), so a crash can re-send at most the rows that were
 in flight or whose outcome was not yet flushed; see docs/architecture.md for the bound.
 
-A broadcast's recipient row (`broadcast_id`) stores no payload: what is said is kept once in its broadcast
-(state/broadcasts.py) and filled in when rows are read, from a small per-process cache.
+A broadcast's recipient row (`broadcast_id`) stores no payload and no category ('' for both): what is said is kept
+once in its broadcast (state/broadcasts.py) and filled in when rows are read, from a small per-process cache.
 """
 
 from __future__ import annotations
@@ -180,25 +180,38 @@ class OutboxStore:
     def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
         self._clock = clock
-        self._broadcasts: OrderedDict[int, tuple[dict[str, Any], str]] = OrderedDict()  # id → (payload, public id)
+        self._broadcasts: OrderedDict[int, tuple[dict[str, Any], str, str]] = OrderedDict()
+        """Broadcast id → (payload, public id, category): what its recipient rows leave out."""
 
     async def _rows(self, rows: Iterable[Row]) -> list[OutboxRow]:
-        """Rows as read, broadcast rows with their broadcast's payload (shared, read-only) and public id."""
+        """Rows as read, broadcast rows with their broadcast's payload (shared, read-only), category and public
+        id."""
         out = [OutboxRow.from_row(r) for r in by_name(list(rows))]
-        wanted = {r.broadcast_id for r in out if r.broadcast_id is not None} - self._broadcasts.keys()
-        for chunk in chunks(sorted(wanted)):
-            for b in await self._db.fetchall(
-                    f"SELECT id, public_id, payload FROM broadcasts WHERE id IN ({marks(len(chunk))})", chunk):
-                self._broadcasts[int(b["id"])] = (json.loads(b["payload"]) if b["payload"] else {}, b["public_id"])
+        await self._know({r.broadcast_id for r in out if r.broadcast_id is not None})
         for row in out:
             if row.broadcast_id is not None and (known := self._broadcasts.get(row.broadcast_id)) is not None:
                 self._broadcasts.move_to_end(row.broadcast_id)
                 if not row.payload:
                     row.payload = known[0]
+                if not row.category:
+                    row.category = known[2]
                 row.batch_id = known[1]
+        self._forget()
+        return out
+
+    async def _know(self, broadcast_ids: Iterable[int]) -> None:
+        """Read the broadcasts not cached yet."""
+        wanted = set(broadcast_ids) - self._broadcasts.keys()
+        for chunk in chunks(sorted(wanted)):
+            for b in await self._db.fetchall(
+                    f"SELECT id, public_id, payload, category FROM broadcasts WHERE id IN ({marks(len(chunk))})",
+                    chunk):
+                self._broadcasts[int(b["id"])] = (json.loads(b["payload"]) if b["payload"] else {}, b["public_id"],
+                                                  str(b["category"]))
+
+    def _forget(self) -> None:
         while len(self._broadcasts) > _PAYLOADS_CACHED:
             self._broadcasts.popitem(last=False)
-        return out
 
     async def enqueue(self, items: Sequence[OutboxItem], *, reason: str | None = None,
                       also: Writes | None = None) -> list[Enqueued]:
@@ -224,7 +237,7 @@ class OutboxStore:
                     item.dedup_key, item.conversation_id, item.target_user_id, item.tenant_id, item.kind,
                     item.update_of,
                     "" if item.broadcast_id is not None else json.dumps(item.payload, separators=(",", ":")),
-                    item.category, item.subject, item.priority, item.status,
+                    "" if item.broadcast_id is not None else item.category, item.subject, item.priority, item.status,
                     item.not_before if item.not_before is not None else now, item.expires_at, now, now,
                     item.note or (reason if item.status == "dropped" else None), item.broadcast_id,
                     1 if item.undecided else None,
@@ -489,10 +502,16 @@ class OutboxStore:
         async with self._db.transaction() as tx:
             rows = await tx.fetchall(
                 "UPDATE outbox SET status = 'cancelled', last_error = ?, updated_at = ? "
-                "WHERE conversation_id = ? AND status IN ('pending', 'held') RETURNING id, category",
+                "WHERE conversation_id = ? AND status IN ('pending', 'held') RETURNING id, category, broadcast_id",
                 (reason, now, conversation_id),
             )
-        return {int(r["id"]): str(r["category"]) for r in rows}
+        await self._know(int(r["broadcast_id"]) for r in rows if not r["category"] and r["broadcast_id"] is not None)
+        categories: dict[int, str] = {}
+        for r in rows:  # a broadcast's row leaves its category to the broadcast
+            known = self._broadcasts.get(int(r["broadcast_id"])) if r["broadcast_id"] is not None else None
+            categories[int(r["id"])] = str(r["category"]) or (known[2] if known else "notification")
+        self._forget()
+        return categories
 
     async def counts(self) -> dict[str, int]:
         """Rows per status, without reading a broadcast's rows (state/outbox_counts.py)."""

@@ -13,6 +13,7 @@ from decimal import Decimal
 from scheduler.jobs import Job
 from scheduler.store import JobStore, insert_row
 from state.analyses import AnalysisStore
+from state.broadcasts import BroadcastStore
 from state.clock import FakeClock
 from state.db import Database
 from state.model import Condition, Observation, UserRef
@@ -220,3 +221,26 @@ async def test_analysis_rows(db: Database) -> None:
     assert row is not None and (row.product, row.status, row.progress_row, row.tenant_id) == ("Gadget", "done", 42,
                                                                                              "t1")
     assert [r.id for r in await store.running("29:ada")] == ["a2"] and await store.get("nope") is None
+
+
+async def test_a_broadcasts_rows_read_its_payload_and_category_stored_once(db: Database) -> None:
+    """A recipient row stores neither (bytes per recipient): both are the broadcast's, on every read path,
+    and a cancel reports the broadcast's category for its rows."""
+    clock = FakeClock()
+    outbox = OutboxStore(db, clock)
+    broadcasts = BroadcastStore(db, outbox, clock)
+    broadcast_id = await broadcasts.create("b-1", {"all": True}, {"text": "closed on Friday"}, category="alert")
+    results, _ = await broadcasts.write_page(broadcast_id, [
+        OutboxItem({"text": "closed on Friday"}, conversation_id=c, tenant_id="t", category="alert",
+                   broadcast_id=broadcast_id, undecided=True) for c in ("c1", "c2")],
+        cursor="c2", resolved=2, done=True)
+    stored = await db.fetchall("SELECT payload, category FROM outbox ORDER BY id")
+    assert [(r["payload"], r["category"]) for r in stored] == [("", ""), ("", "")]
+    ids = [r.id for r in results]
+    fresh = OutboxStore(db, clock)  # another process: nothing cached yet
+    for rows in (await fresh.get_many(ids), await fresh.pending(), [await fresh.get(ids[0])]):
+        read = {(r.category, r.payload["text"], r.batch_id) for r in rows if r}
+        assert read == {("alert", "closed on Friday", "b-1")}
+    single = (await outbox.enqueue([note("alone", conversation_id="c1")]))[0].id
+    assert await OutboxStore(db, clock).cancel_conversation("c1", "removed") == {ids[0]: "alert",
+                                                                                 single: "notification"}
