@@ -69,7 +69,7 @@ async def seed(db: Database, engine: str, recipients: int, tenants: int) -> None
             "INSERT INTO outbox (conversation_id, tenant_id, kind, payload, category, priority, status, not_before, "
             "created_at, updated_at, broadcast_id, undecided) "
             f"SELECT 'a:c-' || CAST(i + ? AS TEXT), 'tenant-' || CAST((i + ?) % ? AS TEXT), 'send', '', "
-            f"'notification', 0, 'pending', ?, ?, ?, 1, 1 FROM ({numbers}) s",
+            f"'', 0, 'pending', ?, ?, ?, 1, 1 FROM ({numbers}) s",
             (start, start, tenants, now, now, now, size))
     if engine == "postgresql":
         await db.execute("VACUUM ANALYZE outbox")  # as autovacuum would soon after
