@@ -144,6 +144,11 @@ class TeamsRateLimiter:
                 self._forget_after = forget_after
                 windows[-1] = Window(windows[-1].limit - missed, windows[-1].seconds)
         self._singles: deque[tuple[float, str]] = deque()
+        # A conversation whose log would hold one send and nothing else (the usual broadcast recipient) is kept
+        # as that send's time alone (about half the memory of a log): one send fills no window while every
+        # window allows two or more, so it needs no log until a second send comes.
+        self._once: dict[str, float] = {}
+        self._compact = all(w.limit >= 2 for w in windows)
         self._conversation = _Limits(windows, margin)
         self._tenant = _Limits((Window(math.floor(tenant_rps), 1.0),), margin)
         self._conversations: dict[str, _Log] = {}
@@ -169,9 +174,7 @@ class TeamsRateLimiter:
         wait = self._wait(conversation_id, tenant_id, now)
         if wait > 0.0:
             return wait
-        conversation = self._conversations.get(conversation_id)
-        if conversation is None:
-            conversation = self._conversations[conversation_id] = _Log(self._conversation.capacity)
+        conversation = self._conversation_log(conversation_id)
         conversation.add(now)
         self._maybe_single(conversation_id, conversation, now)
         if tenant_id is not None:
@@ -204,6 +207,7 @@ class TeamsRateLimiter:
         Teams counts a request when it arrives, which is after we send it and before we see the answer.
         Counting it as "in flight" until the answer, then logging the answer's time, keeps every window
         that Teams can see within its limit, however much the network delays the request."""
+        self._conversation_log(conversation_id)
         for logs, key, capacity in self._logs(conversation_id, tenant_id):
             log = logs.get(key)
             if log is None:
@@ -213,6 +217,7 @@ class TeamsRateLimiter:
     def complete(self, conversation_id: str, tenant_id: str | None) -> None:
         """The send started by `begin` has been answered (or failed): log it at the answer's time."""
         now = self._clock.monotonic()
+        self._conversation_log(conversation_id)
         for logs, key, capacity in self._logs(conversation_id, tenant_id):
             log = logs.get(key)
             if log is None:
@@ -222,14 +227,33 @@ class TeamsRateLimiter:
         log = self._conversations[conversation_id]
         self._maybe_single(conversation_id, log, now)
 
+    def _conversation_log(self, conversation_id: str) -> _Log:
+        """The conversation's log, made again from its one send if it was kept as that alone."""
+        log = self._conversations.get(conversation_id)
+        if log is None:
+            log = self._conversations[conversation_id] = _Log(self._conversation.capacity)
+            at = self._once.pop(conversation_id, None)
+            if at is not None:
+                log.times.append(at)
+        return log
+
     def _maybe_single(self, conversation_id: str, log: _Log, now: float) -> None:
         """A conversation with one send in its log is forgotten once that send has left every window but the
-        longest (see `forgotten_hourly`), so a broadcast to a million people does not keep a million logs."""
-        if self._forget_after is not None and len(log.times) == 1 and not log.in_flight:
-            self._singles.append((now, conversation_id))
+        longest (see `forgotten_hourly`), so a broadcast to a million people does not keep a million logs;
+        until then it is kept as that send's time alone (`_once`)."""
+        if len(log.times) == 1 and not log.in_flight and log.blocked_until <= now:
+            at = log.times[0]
+            if self._forget_after is not None:
+                self._singles.append((at, conversation_id))
+            if self._compact:
+                del self._conversations[conversation_id]
+                self._once[conversation_id] = at
         singles, cutoff = self._singles, now - (self._forget_after or 0.0)
         while singles and singles[0][0] <= cutoff:
             at, key = singles.popleft()
+            if self._once.get(key) == at:
+                del self._once[key]
+                continue
             old = self._conversations.get(key)
             if old is not None and old.in_flight == 0 and old.blocked_until <= now and old.times == [at]:
                 del self._conversations[key]
@@ -244,6 +268,7 @@ class TeamsRateLimiter:
         """Count a send made `ago_s` seconds ago (by another replica, before this one took its tenant over), so
         the windows start from what Teams has already seen. Call oldest first."""
         at = self._clock.monotonic() - max(0.0, ago_s)
+        self._conversation_log(conversation_id)
         for logs, key, capacity in self._logs(conversation_id, tenant_id):
             log = logs.get(key)
             if log is None:
@@ -264,6 +289,7 @@ class TeamsRateLimiter:
                 raise ValueError("tenant_wide penalty needs a tenant_id")
             logs, key, capacity = self._tenants, tenant_id, self._tenant.capacity
         else:
+            self._conversation_log(conversation_id)
             logs, key, capacity = self._conversations, conversation_id, self._conversation.capacity
         log = logs.get(key)
         if log is None:
@@ -279,7 +305,11 @@ class TeamsRateLimiter:
             for key in idle:
                 del logs[key]
             dropped += len(idle)
-        return dropped
+        horizon = now - self._conversation.horizon
+        idle = [key for key, at in self._once.items() if at <= horizon]
+        for key in idle:
+            del self._once[key]
+        return dropped + len(idle)
 
     def _wait(self, conversation_id: str, tenant_id: str | None, now: float) -> float:
         wait = 0.0

@@ -277,7 +277,8 @@ def test_one_send_conversations_are_forgotten_once_only_the_hour_could_count_the
         limiter.begin(f"c{n}", "t")
         clock.advance(0.01)  # 100 sends a second
         limiter.complete(f"c{n}", "t")
-    assert len(limiter._conversations) <= 30.6 * 100 + 2
+    assert len(limiter._conversations) + len(limiter._once) <= 30.6 * 100 + 2
+    assert not limiter._conversations, "one send each: kept as its time alone, no log"
     # a conversation sent to twice keeps its log (its sends may add up to a window's limit)
     limiter.begin("busy", "t")
     limiter.complete("busy", "t")
@@ -288,6 +289,24 @@ def test_one_send_conversations_are_forgotten_once_only_the_hour_could_count_the
     limiter.complete("other", "t")
     assert "busy" in limiter._conversations and "c0" not in limiter._conversations
     assert send_until_refused(limiter, "c0", "t")[0] == 7, "a forgotten conversation starts again within its limits"
+
+
+def test_a_conversation_kept_as_its_one_send_still_counts_that_send(clock: FakeClock) -> None:
+    """The compact form of a one-send conversation loses nothing: the send counts in every window when more come,
+    and a penalty or a send remembered from another replica start from it."""
+    limiter = TeamsRateLimiter(clock, tenant_rps=10_000)
+    for conversation in ("a", "b", "c"):
+        limiter.begin(conversation, "t")
+        limiter.complete(conversation, "t")
+    assert set(limiter._once) == {"a", "b", "c"} and not limiter._conversations
+    assert limiter.wait_time("a", "t") == 0.0
+    assert send_until_refused(limiter, "a", "t")[0] == 6, "7 a second, one of them already sent"
+    limiter.remember("c", "t", 0.0)
+    assert send_until_refused(limiter, "c", "t")[0] == 5, "its send, the remembered one, and 5 more"
+    limiter.penalize("b", "t", 5.0)
+    assert 4.9 < limiter.wait_time("b", "t") <= 5.0
+    clock.advance(5.0)
+    assert send_until_refused(limiter, "b", "t")[0] == 7, "the first send left the 1-s window meanwhile"
 
 
 def test_the_hour_allows_teams_1800_less_what_forgetting_can_miss_and_no_more(clock: FakeClock) -> None:
