@@ -19,7 +19,7 @@ Each round seeds N personal conversations across `--tenants` tenants straight in
   rows themselves take);
 - busy turns: while the broadcast is accepted, written and sent, someone else chats with the bot: a "help"
   message every 250 ms from the POST until the last send, from 20 other conversations in turn; p50/p99/max of the HTTP
-  answer time of those turns;
+  answer time of those turns, and when the slowest began (seconds after the POST: expanding or sending?);
 - scrapes: as Prometheus does in production, GET /metrics every `--scrape-every` seconds (15; 0: none) from the
   POST until the last send (the outbox counts and tenant queues are read at each scrape); how many, and the
   slowest one's answer time;
@@ -167,8 +167,10 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 
 async def busy_turns(session: aiohttp.ClientSession, bot_url: str, service_url: str, done: asyncio.Event,
-                     latencies: list[float]) -> None:
-    """A "help" every 250 ms until `done`; each turn's HTTP answer time (turns overlap if one is slow)."""
+                     latencies: list[float], slowest: list[float]) -> None:
+    """A "help" every 250 ms until `done`; each turn's HTTP answer time (turns overlap if one is slow), and in
+    `slowest` [seconds, seconds after the first turn it started] of the slowest."""
+    origin = time.perf_counter()
     ids = itertools.count()
     tasks: set[asyncio.Task[None]] = set()
 
@@ -185,6 +187,8 @@ async def busy_turns(session: aiohttp.ClientSession, bot_url: str, service_url: 
             if response.status >= 300:
                 raise RuntimeError(f"a busy turn answered {response.status}")
         latencies.append(time.perf_counter() - started)
+        if not slowest or latencies[-1] > slowest[0]:
+            slowest[:] = [latencies[-1], started - origin]
 
     next_at = time.monotonic()
     while not done.is_set():
@@ -251,9 +255,10 @@ async def run_round(workdir: Path, databases: Databases, engine: str, recipients
                 await asyncio.sleep(SAMPLE_S)
             done = asyncio.Event()
             latencies: list[float] = []
+            slowest: list[float] = []
             cpu = cpu_seconds(process)
             started = time.monotonic()
-            busy = asyncio.create_task(busy_turns(session, bot_url, service_url, done, latencies))
+            busy = asyncio.create_task(busy_turns(session, bot_url, service_url, done, latencies, slowest))
             scraped: list[float] = []
             scraping = asyncio.create_task(scrapes(session, bot_url, done, scrape_every_s, scraped))
             async with session.post(bot_url + "api/notify", json={"to": {"all": True}, "text": TEXT},
@@ -307,6 +312,7 @@ async def run_round(workdir: Path, databases: Databases, engine: str, recipients
         "busy_turn_p50_ms": round(percentile(latencies, 50) * 1000, 1),
         "busy_turn_p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "busy_turn_max_ms": round(max(latencies) * 1000, 1) if latencies else None,
+        "busy_turn_max_at_s": round(slowest[1], 1) if slowest else None,
         "lost": int(delivery["lost"]), "duplicates": int(delivery["duplicated"]),
         "scrape_every_s": scrape_every_s, "scrapes": len(scraped),
         "scrape_max_ms": round(max(scraped) * 1000, 1) if scraped else None,
@@ -352,6 +358,7 @@ def report(small: Json | None, large: Json) -> Json:
             ("  live (after VACUUM FULL)", "db_live_bytes_per_recipient", None),
             ("busy turns answered", "busy_turns", None), ("busy turn p50, ms", "busy_turn_p50_ms", None),
             ("busy turn p99, ms", "busy_turn_p99_ms", "≤ 250"), ("busy turn max, ms", "busy_turn_max_ms", "≤ 1000"),
+            ("  slowest, s after the POST", "busy_turn_max_at_s", None),
             ("lost", "lost", "0"), ("duplicates", "duplicates", "0"),
             ("GET /metrics every, s", "scrape_every_s", None), ("scrapes", "scrapes", None),
             ("slowest scrape, ms", "scrape_max_ms", None),
