@@ -372,9 +372,13 @@ class OutboxStore:
                 arms.append(f"SELECT id FROM (SELECT id FROM outbox WHERE status = 'pending' AND {where} "
                             f"AND (claimed_by IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?{lock}) AS a{n}")
                 params += [tenant, now, per] if tenant else [now, per]
+            # The picks are made once (MATERIALIZED): as `WHERE id IN (subquery)`, PostgreSQL may run the
+            # subquery again per row it updates, and each run past the rows already claimed took more, beyond
+            # the LIMIT (a 4-row claim took 12 in one suite run).
             rows = await self._db.fetchall(
-                f"UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN ({' UNION ALL '.join(arms)}) "
-                "RETURNING *", (owner, until, *params))
+                f"WITH picked AS MATERIALIZED ({' UNION ALL '.join(arms)}) "
+                "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM picked) "
+                "RETURNING *", (*params, owner, until))
             claimed += await self._rows(rows)
         return sorted(claimed, key=lambda r: r.id)
 
