@@ -178,10 +178,7 @@ class TeamsRateLimiter:
         conversation.add(now)
         self._maybe_single(conversation_id, conversation, now)
         if tenant_id is not None:
-            tenant = self._tenants.get(tenant_id)
-            if tenant is None:
-                tenant = self._tenants[tenant_id] = _Log(self._tenant.capacity)
-            tenant.add(now)
+            self._tenant_log(tenant_id).add(now)
         return 0.0
 
     def tenant_wait(self, tenant_id: str | None) -> float:
@@ -207,25 +204,17 @@ class TeamsRateLimiter:
         Teams counts a request when it arrives, which is after we send it and before we see the answer.
         Counting it as "in flight" until the answer, then logging the answer's time, keeps every window
         that Teams can see within its limit, however much the network delays the request."""
-        self._conversation_log(conversation_id)
-        for logs, key, capacity in self._logs(conversation_id, tenant_id):
-            log = logs.get(key)
-            if log is None:
-                log = logs[key] = _Log(capacity)
+        for log in self._logs(conversation_id, tenant_id):
             log.in_flight += 1
 
     def complete(self, conversation_id: str, tenant_id: str | None) -> None:
         """The send started by `begin` has been answered (or failed): log it at the answer's time."""
         now = self._clock.monotonic()
-        self._conversation_log(conversation_id)
-        for logs, key, capacity in self._logs(conversation_id, tenant_id):
-            log = logs.get(key)
-            if log is None:
-                log = logs[key] = _Log(capacity)
+        logs = self._logs(conversation_id, tenant_id)
+        for log in logs:
             log.in_flight = max(0, log.in_flight - 1)
             log.add(now)
-        log = self._conversations[conversation_id]
-        self._maybe_single(conversation_id, log, now)
+        self._maybe_single(conversation_id, logs[0], now)
 
     def _conversation_log(self, conversation_id: str) -> _Log:
         """The conversation's log, made again from its one send if it was kept as that alone."""
@@ -258,21 +247,24 @@ class TeamsRateLimiter:
             if old is not None and old.in_flight == 0 and old.blocked_until <= now and old.times == [at]:
                 del self._conversations[key]
 
-    def _logs(self, conversation_id: str, tenant_id: str | None) -> list[tuple[dict[str, _Log], str, int]]:
-        keys = [(self._conversations, conversation_id, self._conversation.capacity)]
+    def _logs(self, conversation_id: str, tenant_id: str | None) -> list[_Log]:
+        """The logs a send counts in: the conversation's (first), and its tenant's if it has one."""
+        logs = [self._conversation_log(conversation_id)]
         if tenant_id is not None:
-            keys.append((self._tenants, tenant_id, self._tenant.capacity))
-        return keys
+            logs.append(self._tenant_log(tenant_id))
+        return logs
+
+    def _tenant_log(self, tenant_id: str) -> _Log:
+        log = self._tenants.get(tenant_id)
+        if log is None:
+            log = self._tenants[tenant_id] = _Log(self._tenant.capacity)
+        return log
 
     def remember(self, conversation_id: str, tenant_id: str | None, ago_s: float) -> None:
         """Count a send made `ago_s` seconds ago (by another replica, before this one took its tenant over), so
         the windows start from what Teams has already seen. Call oldest first."""
         at = self._clock.monotonic() - max(0.0, ago_s)
-        self._conversation_log(conversation_id)
-        for logs, key, capacity in self._logs(conversation_id, tenant_id):
-            log = logs.get(key)
-            if log is None:
-                log = logs[key] = _Log(capacity)
+        for log in self._logs(conversation_id, tenant_id):
             log.add(at)
 
     def penalize(
@@ -287,13 +279,9 @@ class TeamsRateLimiter:
         if tenant_wide:
             if tenant_id is None:
                 raise ValueError("tenant_wide penalty needs a tenant_id")
-            logs, key, capacity = self._tenants, tenant_id, self._tenant.capacity
+            log = self._tenant_log(tenant_id)
         else:
-            self._conversation_log(conversation_id)
-            logs, key, capacity = self._conversations, conversation_id, self._conversation.capacity
-        log = logs.get(key)
-        if log is None:
-            log = logs[key] = _Log(capacity)
+            log = self._conversation_log(conversation_id)
         log.blocked_until = max(log.blocked_until, self._clock.monotonic() + retry_after)
 
     def forget_idle(self) -> int:
