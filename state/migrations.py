@@ -618,6 +618,20 @@ def _outbox_bytes_v22(engine: str) -> tuple[str, ...]:
         ]
     return tuple(statements)
 
+_BROADCAST_PENDING_V23 = """
+DROP INDEX outbox_claims;
+CREATE INDEX outbox_claims ON outbox (tenant_id, id) WHERE status = 'pending' AND broadcast_id IS NULL;
+CREATE INDEX outbox_broadcast_pending ON outbox (tenant_id, broadcast_id)
+    WHERE status = 'pending' AND broadcast_id IS NOT NULL
+"""
+"""A broadcast's pending rows are found per tenant through an index keyed by (tenant, broadcast) alone: every
+row of a tenant in one broadcast has the same key, so PostgreSQL keeps them as one posting list (about 6 bytes
+a row instead of a (tenant_id, id) entry of 36 or more, in pages split in half as tenants' rows interleave:
+73 bytes a recipient at 100,000). Within a broadcast no order is owed (one row per conversation): SQLite's
+index gives id order (its rowid), PostgreSQL's the rows' place in the table. The rows outside broadcasts keep
+the (tenant_id, id) claims index, where a conversation's messages go in the order they were queued."""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -818,4 +832,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(21, "outbox counts that do not read a broadcast's rows", _SINGLE_ROWS_V21, _SINGLE_ROWS_V21),
     Migration(22, "outbox: fewer bytes per row version (HOT claims, narrower indexes)", _outbox_bytes_v22("sqlite"),
               _outbox_bytes_v22("postgresql")),
+    Migration(23, "outbox: a broadcast's pending rows by (tenant, broadcast), one posting list each",
+              _BROADCAST_PENDING_V23, _BROADCAST_PENDING_V23),
 )

@@ -21,6 +21,7 @@ from state.clock import Clock
 
 from .db import Connection, Database, Row, by_name, chunks, marks
 from .outbox_counts import PENDING_CAP, TenantQueue, status_counts, tenant_queues
+from .pending import PENDING_INDEXES
 
 Status = Literal["pending", "held", "sent", "failed", "dropped", "expired", "cancelled", "superseded", "merged"]
 PRIORITIES = {"normal": 0, "urgent": 1}
@@ -170,6 +171,7 @@ _SET_OUTCOME = (
 )
 _OUTCOME = f"{_SET_OUTCOME} WHERE id = ?"
 _RETARGETED_OUTCOME = f"{_SET_OUTCOME}, conversation_id = ? WHERE id = ?"
+_UNCLAIMED = "(claimed_by IS NULL OR claimed_until < ?)"
 _BATCH = 500  # rows per INSERT: 9,000 parameters, within both engines' limits
 _PAYLOADS_CACHED = 64  # broadcasts whose payload this process keeps parsed
 
@@ -337,29 +339,32 @@ class OutboxStore:
     async def tenants_with_work(self, now: float) -> set[str]:
         """Tenants ('' for none) with pending rows nobody holds a live claim on.
 
-        A skip scan over the (tenant_id, id) index of pending rows: one seek per tenant, however many rows
+        A skip scan over each index of pending rows (state/pending.py): one seek per tenant, however many rows
         wait (a broadcast to a million people leaves a million pending rows)."""
-        rows = await self._db.fetchall(
-            "WITH RECURSIVE t(tenant) AS (SELECT MIN(tenant_id) FROM outbox WHERE status = 'pending' UNION ALL "
-            "SELECT (SELECT MIN(o.tenant_id) FROM outbox o WHERE o.status = 'pending' AND o.tenant_id > t.tenant) "
-            "FROM t WHERE t.tenant IS NOT NULL) "
-            "SELECT tenant FROM t WHERE tenant IS NOT NULL AND EXISTS (SELECT 1 FROM outbox o WHERE "
-            "o.status = 'pending' AND o.tenant_id = t.tenant AND (o.claimed_by IS NULL OR o.claimed_until < ?))",
-            (now,),
-        )
-        tenants = {str(r["tenant"]) for r in rows}
-        if await self._db.fetchone(
-                "SELECT 1 AS x FROM outbox WHERE status = 'pending' AND tenant_id IS NULL "
-                "AND (claimed_by IS NULL OR claimed_until < ?) LIMIT 1", (now,)):
-            tenants.add("")
+        tenants: set[str] = set()
+        for index in PENDING_INDEXES:
+            rows = await self._db.fetchall(
+                f"WITH RECURSIVE t(tenant) AS (SELECT MIN(tenant_id) FROM outbox WHERE {index.where} UNION ALL "
+                f"SELECT (SELECT MIN(o.tenant_id) FROM outbox o WHERE {index.where} AND o.tenant_id > t.tenant) "
+                "FROM t WHERE t.tenant IS NOT NULL) "
+                f"SELECT tenant FROM t WHERE tenant IS NOT NULL AND EXISTS (SELECT 1 FROM outbox o WHERE {index.where} "
+                f"AND o.tenant_id = t.tenant AND {_UNCLAIMED})",
+                (now,),
+            )
+            tenants.update(str(r["tenant"]) for r in rows)
+            if await self._db.fetchone(
+                    f"SELECT 1 AS x FROM outbox WHERE {index.where} AND tenant_id IS NULL AND {_UNCLAIMED} LIMIT 1",
+                    (now,)):
+                tenants.add("")
         return tenants
 
     async def claim(self, tenants: Sequence[str], owner: str, until: float, now: float,
                     limit: int = 1000) -> list[OutboxRow]:
-        """Claim pending rows of `tenants` that nobody holds (or whose claim expired), each tenant's oldest
-        first and about `limit` in all, shared between the tenants (each is sent within its own budget);
-        returns them. A claimed row is sent by its claimer only. One index seek per tenant: the cost does
-        not grow with the rows waiting."""
+        """Claim pending rows of `tenants` that nobody holds (or whose claim expired), about `limit` in all,
+        shared between the tenants (each is sent within its own budget); returns them. A tenant's rows outside
+        broadcasts come first, oldest first, then its broadcasts' rows, older broadcasts first (state/pending.py).
+        A claimed row is sent by its claimer only. Two index seeks per tenant: the cost does not grow with the
+        rows waiting."""
         if not tenants:
             return []
         lock = f" {self._db.row_lock}" if self._db.row_lock else ""
@@ -368,10 +373,13 @@ class OutboxStore:
         for group in chunks(list(tenants), 100):
             arms, params = [], []
             for n, tenant in enumerate(group):
-                where = "tenant_id = ?" if tenant else "(tenant_id IS NULL OR tenant_id = '')"
-                arms.append(f"SELECT id FROM (SELECT id FROM outbox WHERE status = 'pending' AND {where} "
-                            f"AND (claimed_by IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?{lock}) AS a{n}")
-                params += [tenant, now, per] if tenant else [now, per]
+                who = "tenant_id = ?" if tenant else "(tenant_id IS NULL OR tenant_id = '')"
+                picks = [f"SELECT id FROM (SELECT id FROM outbox WHERE {index.where} AND {who} AND {_UNCLAIMED} "
+                         f"ORDER BY {index.order} LIMIT ?{lock}) AS {index.order[0]}{n}" for index in PENDING_INDEXES]
+                arms.append(f"SELECT id FROM ({' UNION ALL '.join(picks)} LIMIT ?) AS a{n}")
+                for _ in PENDING_INDEXES:
+                    params += [tenant, now, per] if tenant else [now, per]
+                params.append(per)
             # The picks are made once (MATERIALIZED): as `WHERE id IN (subquery)`, PostgreSQL may run the
             # subquery again per row it updates, and each run past the rows already claimed took more, beyond
             # the LIMIT (a 4-row claim took 12 in one suite run).

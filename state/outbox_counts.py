@@ -6,9 +6,9 @@ connection for seconds at every scrape. Neither reading here grows with a broadc
 - **By status**: the rows outside broadcasts are counted through their own partial index (`outbox_single_status`,
   migration 21; they are few, bounded by retention), and a broadcast's rows by its `n_<status>` counters
   (kept by triggers as rows are written and change, migration 14; retention lowers them as it deletes rows).
-- **Tenant queues**: a skip scan over the pending rows' `(tenant_id, id)` index (one seek per tenant with
-  pending rows, as the claims use it) counting each tenant's pending rows up to `PENDING_CAP`, with its
-  first-queued row's time. At most tenants x `PENDING_CAP` index entries, however many recipients wait.
+- **Tenant queues**: a skip scan over each index of pending rows (state/pending.py: one seek per tenant with
+  pending rows, as the claims use them) counting each tenant's pending rows up to `PENDING_CAP`, with its
+  first-queued row's time. At most tenants x 2 x `PENDING_CAP` index entries, however many recipients wait.
 """
 
 from __future__ import annotations
@@ -18,32 +18,35 @@ from dataclasses import dataclass
 
 from .db import Database
 from .migrations import BROADCAST_STATUSES
+from .pending import PENDING_INDEXES, PendingIndex
 
 PENDING_CAP = 1000
 """A tenant's pending rows are counted up to this many (a tenant with more shows this many)."""
 
 _SUMS = ", ".join(f"COALESCE(SUM(n_{s}), 0) AS n_{s}" for s in BROADCAST_STATUSES)
 
-# `ORDER BY tenant_id, id`, the order of the (tenant_id, id) index of pending rows, with the tenant as a range
-# (`=` would make PostgreSQL drop tenant_id from the order and walk the primary key or the table, reading every
-# other tenant's rows on the way to `cap` of this one's): only that index gives the order, so it is the plan
-_TENANTS = (
-    "WITH RECURSIVE t(tenant) AS (SELECT MIN(tenant_id) FROM outbox WHERE status = 'pending' UNION ALL "
-    "SELECT (SELECT MIN(o.tenant_id) FROM outbox o WHERE o.status = 'pending' AND o.tenant_id > t.tenant) "
-    "FROM t WHERE t.tenant IS NOT NULL) "
-    "SELECT t.tenant AS tenant_id, "
-    "(SELECT COUNT(*) FROM (SELECT 1 AS x FROM outbox o WHERE o.status = 'pending' AND o.tenant_id >= t.tenant "
-    "AND o.tenant_id <= t.tenant ORDER BY o.tenant_id, o.id LIMIT ?) c) AS n, "
-    "(SELECT o.created_at FROM outbox o WHERE o.status = 'pending' AND o.tenant_id >= t.tenant "
-    "AND o.tenant_id <= t.tenant ORDER BY o.tenant_id, o.id LIMIT 1) AS oldest "
-    "FROM t WHERE t.tenant IS NOT NULL"
-)
-_NO_TENANT = (
-    "SELECT (SELECT COUNT(*) FROM (SELECT 1 AS x FROM outbox WHERE status = 'pending' AND tenant_id IS NULL "
-    "ORDER BY tenant_id, id LIMIT ?) c) AS n, "
-    "(SELECT created_at FROM outbox WHERE status = 'pending' AND tenant_id IS NULL ORDER BY tenant_id, id "
-    "LIMIT 1) AS oldest"
-)
+
+def _tenants(index: PendingIndex) -> str:
+    """Each tenant's rows in `index`, counted up to a cap, with the first one's time.
+
+    `ORDER BY tenant_id, <order>`, the index's order, with the tenant as a range (`=` would make PostgreSQL
+    drop tenant_id from the order and walk the primary key or the table, reading every other tenant's rows on
+    the way to `cap` of this one's): only that index gives the order, so it is the plan."""
+    this = (f"{index.where} AND o.tenant_id >= t.tenant AND o.tenant_id <= t.tenant "
+            f"ORDER BY o.tenant_id, o.{index.order}")
+    return (
+        f"WITH RECURSIVE t(tenant) AS (SELECT MIN(tenant_id) FROM outbox WHERE {index.where} UNION ALL "
+        f"SELECT (SELECT MIN(o.tenant_id) FROM outbox o WHERE {index.where} AND o.tenant_id > t.tenant) "
+        "FROM t WHERE t.tenant IS NOT NULL) "
+        f"SELECT t.tenant AS tenant_id, (SELECT COUNT(*) FROM (SELECT 1 AS x FROM outbox o WHERE {this} LIMIT ?) c) "
+        f"AS n, (SELECT o.created_at FROM outbox o WHERE {this} LIMIT 1) AS oldest FROM t WHERE t.tenant IS NOT NULL"
+    )
+
+
+def _no_tenant(index: PendingIndex) -> str:
+    this = f"{index.where} AND tenant_id IS NULL ORDER BY tenant_id, {index.order}"
+    return (f"SELECT (SELECT COUNT(*) FROM (SELECT 1 AS x FROM outbox WHERE {this} LIMIT ?) c) AS n, "
+            f"(SELECT created_at FROM outbox WHERE {this} LIMIT 1) AS oldest")
 
 
 @dataclass(frozen=True)
@@ -72,18 +75,19 @@ async def status_counts(db: Database) -> dict[str, int]:
 
 
 async def tenant_queues(db: Database, cap: int = PENDING_CAP) -> list[TenantQueue]:
-    """Each tenant's pending rows, counted up to `cap`, and its first-queued row's time; rows with no tenant
-    ('' or none) as one queue with tenant None. One index seek per tenant plus at most `cap` entries."""
-    queues = [TenantQueue(str(r["tenant_id"]), int(r["n"]), float(r["oldest"]))
-              for r in await db.fetchall(_TENANTS, (cap,)) if r["oldest"] is not None]
-    none = await db.fetchone(_NO_TENANT, (cap,))
-    if none is not None and none["oldest"] is not None:
-        queues.append(TenantQueue(None, int(none["n"]), float(none["oldest"])))
-    blank = [q for q in queues if not q.tenant_id]
-    if len(blank) > 1:  # '' and NULL are both "no tenant"
-        queues = [q for q in queues if q.tenant_id] + [TenantQueue(
-            None, min(cap, sum(q.pending for q in blank)), min(q.oldest_created_at for q in blank))]
-    return queues
+    """Each tenant's pending rows, counted up to `cap`, and its first-queued row's time (a broadcast's rows: the
+    first in its index's order); rows with no tenant ('' or none) as one queue with tenant None. Per index of
+    pending rows, one index seek per tenant plus at most `cap` entries."""
+    found: dict[str | None, list[tuple[int, float]]] = {}
+    for index in PENDING_INDEXES:
+        for r in await db.fetchall(_tenants(index), (cap,)):
+            if r["oldest"] is not None:
+                found.setdefault(str(r["tenant_id"]) or None, []).append((int(r["n"]), float(r["oldest"])))
+        none = await db.fetchone(_no_tenant(index), (cap,))
+        if none is not None and none["oldest"] is not None:
+            found.setdefault(None, []).append((int(none["n"]), float(none["oldest"])))
+    return [TenantQueue(tenant, min(cap, sum(n for n, _ in parts)), min(t for _, t in parts))
+            for tenant, parts in found.items()]
 
 
 def busiest_queue(queues: Iterable[TenantQueue], total_pending: int, cap: int = PENDING_CAP) -> float:
