@@ -79,6 +79,10 @@ class Broadcast:
         return sum(self.counts.values())
 
 
+ANALYZE_AFTER = 10_000
+"""Rows a broadcast writes before the end of its expansion refreshes PostgreSQL's statistics of the outbox."""
+
+
 @dataclass(frozen=True)
 class Page:
     """What one page of an expansion did."""
@@ -247,6 +251,15 @@ class BroadcastStore:
         async with self._db.transaction() as tx:
             await self.advance(tx, broadcast_id, cursor="", resolved=resolved, unknown=unknown, inactive=inactive,
                                done=True)
+
+    async def expanded(self, rows: int) -> None:
+        """A broadcast's recipients are all written, `rows` of them. After many, on PostgreSQL, the planner's
+        statistics of the outbox are refreshed (ANALYZE: a sample; it blocks no reads or writes). Until
+        autovacuum's next analyze (a minute or more away) the planner takes a broadcast for a few rows, and the
+        delivery report's keyset pages sort every row of the broadcast per page (100,000 rows: 2.6 s instead
+        of 0.5)."""
+        if self._db.engine == "postgresql" and rows >= ANALYZE_AFTER:
+            await self._db.execute("ANALYZE outbox")
 
     async def purge_rows(self, before: float, limit: int = 500) -> int:
         """Delete up to `limit` rows of a broadcast that finished (every row written, none pending or held)

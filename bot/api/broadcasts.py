@@ -242,6 +242,7 @@ class Broadcasts:
             await self._outbox.announce("*")
         if done:
             log.info("broadcast %s: all recipients written", broadcast.public_id)
+            await self._store.expanded(broadcast.targets + written)
         return done
 
     async def _list_page_of(self, broadcast: Broadcast) -> tuple[bool, int]:

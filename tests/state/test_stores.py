@@ -13,7 +13,7 @@ from decimal import Decimal
 from scheduler.jobs import Job
 from scheduler.store import JobStore, insert_row
 from state.analyses import AnalysisStore
-from state.broadcasts import BroadcastStore
+from state.broadcasts import ANALYZE_AFTER, BroadcastStore
 from state.clock import FakeClock
 from state.db import Database
 from state.model import Condition, Observation, UserRef
@@ -312,3 +312,20 @@ async def test_a_broadcasts_pending_rows_cost_a_few_bytes_each_in_the_claims_ind
                              "broadcast_id IS NOT NULL AND tenant_id = 'tenant-07' AND claimed_by IS NULL "
                              "ORDER BY broadcast_id LIMIT 5")
     assert plan is not None and "outbox_broadcast_pending" in str(plan["QUERY PLAN"])
+
+
+async def test_a_large_broadcast_written_leaves_postgresql_knowing_its_rows(database_on: DatabaseOn) -> None:
+    """Its expansion's end analyzes the outbox: the delivery report's keyset page (`DeliveryReport.page`) walks
+    the primary key, where the planner, still taking the broadcast for a few rows, sorted all of them per page."""
+    db = await database_on("postgresql")
+    clock = FakeClock()
+    outbox = OutboxStore(db, clock)
+    broadcasts = BroadcastStore(db, outbox, clock)
+    ids = await _broadcast_rows(broadcasts, "b-report", [f"tenant-{n}" for n in range(10)], ANALYZE_AFTER // 10)
+    await broadcasts.expanded(len(ids))
+    row = await outbox.get(ids[0])
+    assert row is not None
+    plan = await db.fetchall("EXPLAIN SELECT o.id FROM outbox o WHERE o.broadcast_id = ? AND o.id > ? "
+                             "ORDER BY o.id LIMIT ?", (row.broadcast_id, ids[len(ids) // 2], 500))
+    text = " ".join(str(r["QUERY PLAN"]) for r in plan)
+    assert "outbox_pkey" in text and "Sort" not in text, text
