@@ -184,7 +184,7 @@ class BotApplication:
         self._health_cache = CachedHealth(self.readiness, self.clock)
         self._health_detail_cache = CachedHealth(self.health, self.clock)
         self.scheduler.register(WELCOME_TEAM_MEMBERS, TeamMemberWelcome(
-            self.teams.roster, self.references, self.proactive, config.bot_name))
+            self.teams.roster, self.references, self.proactive, config.bot_name, self.scheduler))
         self.notice_lifecycle = NoticeLifecycle(NoticeControl(self.db, self.clock), self.worker, self.scheduler,
                                                 self.clock, self.metrics, tenant_rps=config.tenant_rps,
                                                 expansion_key=expansion_key)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import aiohttp
 import pytest
@@ -180,7 +181,8 @@ async def test_uninstall_cancels_held_and_pending_items(chat: Chat) -> None:
 
 
 async def test_welcome_team_members_pages_the_roster_and_greets_each_once(
-    start_bot: StartBot, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock
+    start_bot: StartBot, http: aiohttp.ClientSession, double: ConnectorDouble, fake_clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     app = await start_bot(welcome_team_members=True)
     team_id = "19:general@thread.tacv2"
@@ -190,8 +192,17 @@ async def test_welcome_team_members_pages_the_roster_and_greets_each_once(
     double.add_member(team_id, {"id": "28:bot", "name": "Price Watch"})
     team = Chat(http, app, double, conversation_id=team_id, kind="channel",
                 channel_data={"tenant": {"id": "t1"}, "team": {"id": team_id, "name": "Pricing"}})
+    batches: list[int] = []
+    enqueue = app.proactive.enqueue
+
+    async def noted(items: Sequence[OutboxItem], **kwargs: Any) -> list[Any]:
+        batches.append(sum(1 for i in items if i.target_user_id))
+        return await enqueue(items, **kwargs)
+
+    monkeypatch.setattr(app.proactive, "enqueue", noted)
     await team.post(team.activity("conversationUpdate", membersAdded=[{"id": "28:bot"}]))
     await app.scheduler.run_due()
+    assert [b for b in batches if b] == [100, 50], "a page per run, the next scheduled with its token"
     for _ in range(10):  # 150 sends at the tenant's 50 per second
         await team.settle()
         fake_clock.advance(1.1)

@@ -1,4 +1,9 @@
-"""WELCOME_TEAM_MEMBERS: greet every member of a team 1:1, paging through the roster (a scheduler job)."""
+"""WELCOME_TEAM_MEMBERS: greet every member of a team 1:1, one roster page per run of a scheduler job.
+
+A team has up to 25,000 members: each run reads one page (100), queues its welcomes and schedules the next run
+with the page's continuation token, so memory holds a page, not the roster. A run that dies before scheduling
+the next is run again (its lease expires) from the same token; each welcome's dedup key makes that harmless.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Protocol
 from bot.delivery.proactive import ProactiveMessages
 from dialogs.welcome_card import InstallContext, welcome_payload
 from scheduler.jobs import Job
+from scheduler.scheduler import Scheduler
 from state.outbox import OutboxItem
 from state.references import ConversationRecord, ConversationReferences
 
@@ -28,17 +34,20 @@ class Member:
 
 
 class Roster(Protocol):
-    """Who is in a team (bot/teams/roster.py pages Teams' roster, 100 at a time)."""
+    """Who is in a team, a page at a time (bot/teams/roster.py: Teams' paged roster)."""
 
-    async def team_members(self, record: ConversationRecord, team_id: str) -> list[Member]: ...
+    async def team_members_page(self, record: ConversationRecord, team_id: str,
+                                token: str | None) -> tuple[list[Member], str | None]: ...
+
 
 
 class TeamMemberWelcome:
     """Queues one welcome per team member (but the bot) through the outbox."""
 
     def __init__(self, roster: Roster, references: ConversationReferences, proactive: ProactiveMessages,
-                 bot_name: str) -> None:
+                 bot_name: str, scheduler: Scheduler) -> None:
         self._roster = roster
+        self._scheduler = scheduler
         self._references = references
         self._proactive = proactive
         self._bot_name = bot_name
@@ -50,7 +59,9 @@ class TeamMemberWelcome:
             log.info("not welcoming team members of %s: the bot is no longer there", conversation_id)
             return
         team_id = str(job.payload.get("team_id") or conversation_id)
-        members = [m for m in await self._roster.team_members(record, team_id) if m.id != record.bot_id]
+        after = job.payload.get("token")
+        page, token = await self._roster.team_members_page(record, team_id, after if isinstance(after, str) else None)
+        members = [m for m in page if m.id != record.bot_id]
         await self._references.add_members(conversation_id, [(m.id, m.aad_object_id, m.name) for m in members])
         where = InstallContext("member", job.payload.get("installer"), job.payload.get("team"))
         items = [
@@ -60,4 +71,13 @@ class TeamMemberWelcome:
             for member in members
         ]
         await self._proactive.enqueue(items)
-        log.info("queued %d team member welcome(s) for %s", len(items), conversation_id)
+        log.info("queued %d team member welcome(s) for %s%s", len(items), conversation_id,
+                 "; more to come" if token else "")
+        if token:
+            await self._scheduler.schedule_in(0, WELCOME_TEAM_MEMBERS, {**job.payload, "token": token},
+                                              key=welcome_members_key(conversation_id))
+
+
+def welcome_members_key(conversation_id: str) -> str:
+    """The one welcome job of a team's members (scheduling it again replaces it)."""
+    return f"welcome-members:{conversation_id}"

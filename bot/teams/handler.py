@@ -29,7 +29,7 @@ from msrest.exceptions import DeserializationError
 from bot.delivery.proactive import ProactiveMessages
 from bot.notices.acknowledge import ADAPTIVE, Acknowledgements, Pressed
 from bot.notices.acknowledge import COMMAND as NOTICE_ACK
-from bot.onboarding.team_members import WELCOME_TEAM_MEMBERS
+from bot.onboarding.team_members import WELCOME_TEAM_MEMBERS, welcome_members_key
 from bot.turn_gate import TurnGate
 from dialogs.runner import DIALOG_STATE_PROPERTY, pending_prompt, run_main_dialog
 from dialogs.runner import mid_topic as mid_topic_of
@@ -294,7 +294,7 @@ class ProactiveBot(TeamsActivityHandler):
                 0, WELCOME_TEAM_MEMBERS,
                 {"conversation_id": conversation_id, "team": where.team, "installer": where.installer,
                  "team_id": team_id_of(activity.channel_data) or (known.team_id if known else None)},
-                key=f"welcome-members:{conversation_id}",
+                key=welcome_members_key(conversation_id),
             )
 
 

@@ -19,22 +19,6 @@ class TeamsRoster:
         self._adapter = adapter
         self._app_id = app_id
 
-    async def team_members(self, record: ConversationRecord, team_id: str) -> list[Member]:
-        members: list[Member] = []
-
-        async def collect(turn_context: TurnContext) -> None:
-            token = None
-            while True:
-                page = await TeamsInfo.get_paged_team_members(turn_context, team_id, token, 100)
-                members.extend(Member(m.id, getattr(m, "aad_object_id", None), m.name, getattr(m, "tenant_id", None))
-                               for m in page.members or [] if m.id)
-                token = page.continuation_token
-                if not token:
-                    break
-
-        await self._adapter.continue_conversation(reference_from_record(record), collect, self._app_id)
-        return members
-
     async def team_members_page(self, record: ConversationRecord, team_id: str, token: str | None,
                                 size: int = 100) -> tuple[list[Member], str | None]:
         """One page of a team's roster and the continuation token of the next (None: that was the last)."""
