@@ -345,11 +345,8 @@ class OutboxStore:
         tenants: set[str] = set()
         for index in PENDING_INDEXES:
             rows = await self._db.fetchall(
-                f"WITH RECURSIVE t(tenant) AS (SELECT MIN(tenant_id) FROM outbox WHERE {index.where} UNION ALL "
-                f"SELECT (SELECT MIN(o.tenant_id) FROM outbox o WHERE {index.where} AND o.tenant_id > t.tenant) "
-                "FROM t WHERE t.tenant IS NOT NULL) "
-                f"SELECT tenant FROM t WHERE tenant IS NOT NULL AND EXISTS (SELECT 1 FROM outbox o WHERE {index.where} "
-                f"AND o.tenant_id = t.tenant AND {_UNCLAIMED})",
+                f"{index.tenants}SELECT tenant FROM t WHERE tenant IS NOT NULL AND EXISTS (SELECT 1 FROM outbox o "
+                f"WHERE {index.where} AND o.tenant_id = t.tenant AND {_UNCLAIMED})",
                 (now,),
             )
             tenants.update(str(r["tenant"]) for r in rows)
@@ -373,29 +370,24 @@ class OutboxStore:
         if not tenants:
             return []
         per = max(1, -(-limit // len(tenants)))
-        share = [now, per, now, per, per]  # the parameters of one `_share` after its tenant's
-        statements: list[tuple[list[str], list[object]]] = []
+        statements: list[list[tuple[str, list[object]]]] = []  # each: the tenants' shares, SQL and parameters
         if self._db.engine == "postgresql":
             named = [t for t in tenants if t]
-            arms, params = [], []
+            shares: list[tuple[str, list[object]]] = []
             if named:
-                arms.append("SELECT x.id FROM unnest(?::text[]) AS t(tenant) CROSS JOIN LATERAL "
-                            f"({self._share('tenant_id = t.tenant', '_each')}) AS x")
-                params += [named, *share]
+                each, params = self._share("tenant_id = t.tenant", [], "_each", now, per)
+                shares.append((f"SELECT x.id FROM unnest(?::text[]) AS t(tenant) CROSS JOIN LATERAL ({each}) AS x",
+                               [named, *params]))
             if len(named) < len(tenants):
-                arms.append(self._share(_NO_TENANT, "_none"))
-                params += share
-            statements.append((arms, params))
+                shares.append(self._share(_NO_TENANT, [], "_none", now, per))
+            statements.append(shares)
         else:
-            for group in chunks(list(tenants), 100):
-                arms, params = [], []
-                for n, tenant in enumerate(group):
-                    arms.append(self._share("tenant_id = ?" if tenant else _NO_TENANT, str(n)))
-                    params += [*([tenant] if tenant else []), share[0], share[1],
-                               *([tenant] if tenant else []), *share[2:]]
-                statements.append((arms, params))
+            statements += [[self._share("tenant_id = ?" if tenant else _NO_TENANT, [tenant] if tenant else [], str(n),
+                                        now, per) for n, tenant in enumerate(group)]
+                           for group in chunks(list(tenants), 100)]
         claimed: list[OutboxRow] = []
-        for arms, params in statements:
+        for shares in statements:
+            arms, params = [sql for sql, _ in shares], [p for _, share in shares for p in share]
             # The picks are made once (MATERIALIZED): as `WHERE id IN (subquery)`, PostgreSQL may run the
             # subquery again per row it updates, and each run past the rows already claimed took more, beyond
             # the LIMIT (a 4-row claim took 12 in one suite run).
@@ -406,13 +398,15 @@ class OutboxStore:
             claimed += await self._rows(rows)
         return sorted(claimed, key=lambda r: r.id)
 
-    def _share(self, who: str, alias: str) -> str:
-        """One tenant's share of a claim (`who`: which tenant): its rows outside broadcasts first, then its
-        broadcasts', at most `per` in all; parameters: `who`'s, now, per, `who`'s, now, per, per."""
+    def _share(self, who: str, who_params: list[object], alias: str, now: float,
+               per: int) -> tuple[str, list[object]]:
+        """One tenant's share of a claim (`who`, with its parameters: which tenant) and its parameters: the
+        tenant's rows outside broadcasts first, then its broadcasts', at most `per` in all."""
         lock = f" {self._db.row_lock}" if self._db.row_lock else ""
         picks = [f"SELECT id FROM (SELECT id FROM outbox WHERE {index.where} AND {who} AND {_UNCLAIMED} "
                  f"ORDER BY {index.order} LIMIT ?{lock}) AS {index.order[0]}{alias}" for index in PENDING_INDEXES]
-        return f"SELECT id FROM ({' UNION ALL '.join(picks)} LIMIT ?) AS a{alias}"
+        params = [p for _ in PENDING_INDEXES for p in (*who_params, now, per)]
+        return f"SELECT id FROM ({' UNION ALL '.join(picks)} LIMIT ?) AS a{alias}", [*params, per]
 
     async def claim_ids(self, ids: Sequence[int], owner: str, until: float, now: float) -> list[OutboxRow]:
         """Claim these rows (just queued or released here) if they are pending and nobody holds them."""

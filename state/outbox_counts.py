@@ -35,11 +35,9 @@ def _tenants(index: PendingIndex) -> str:
     this = (f"{index.where} AND o.tenant_id >= t.tenant AND o.tenant_id <= t.tenant "
             f"ORDER BY o.tenant_id, o.{index.order}")
     return (
-        f"WITH RECURSIVE t(tenant) AS (SELECT MIN(tenant_id) FROM outbox WHERE {index.where} UNION ALL "
-        f"SELECT (SELECT MIN(o.tenant_id) FROM outbox o WHERE {index.where} AND o.tenant_id > t.tenant) "
-        "FROM t WHERE t.tenant IS NOT NULL) "
-        f"SELECT t.tenant AS tenant_id, (SELECT COUNT(*) FROM (SELECT 1 AS x FROM outbox o WHERE {this} LIMIT ?) c) "
-        f"AS n, (SELECT o.created_at FROM outbox o WHERE {this} LIMIT 1) AS oldest FROM t WHERE t.tenant IS NOT NULL"
+        f"{index.tenants}SELECT t.tenant AS tenant_id, "
+        f"(SELECT COUNT(*) FROM (SELECT 1 AS x FROM outbox o WHERE {this} LIMIT ?) c) AS n, "
+        f"(SELECT o.created_at FROM outbox o WHERE {this} LIMIT 1) AS oldest FROM t WHERE t.tenant IS NOT NULL"
     )
 
 

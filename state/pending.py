@@ -26,6 +26,13 @@ class PendingIndex:
     where: str
     order: str
 
+    @property
+    def tenants(self) -> str:
+        """`WITH RECURSIVE t(tenant)`: the tenants with rows in this index, by skip scan (one seek each)."""
+        return (f"WITH RECURSIVE t(tenant) AS (SELECT MIN(tenant_id) FROM outbox WHERE {self.where} UNION ALL "
+                f"SELECT (SELECT MIN(o.tenant_id) FROM outbox o WHERE {self.where} AND o.tenant_id > t.tenant) "
+                "FROM t WHERE t.tenant IS NOT NULL) ")
+
 
 SINGLE = PendingIndex("status = 'pending' AND broadcast_id IS NULL", "id")
 BROADCAST = PendingIndex("status = 'pending' AND broadcast_id IS NOT NULL", "broadcast_id")
